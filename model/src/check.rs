@@ -1,0 +1,627 @@
+//! The rules beyond the botocore constraints: what App Mesh rejected, or what Envoy would
+//! reject once the spec is translated. A spec that passes [`spec`] and [`references`] never
+//! makes a proxy fail to load its configuration.
+
+use std::collections::BTreeSet;
+
+use crate::api::{self, Duration, DurationUnit};
+use crate::error::ApiError;
+use crate::resource::{Kind, ResourceKey, Spec};
+use crate::store::{describe, Model};
+use crate::validate::{FieldError, Validate, Validator};
+
+/// Retry events App Mesh accepts in `httpRetryEvents`.
+pub const HTTP_RETRY_EVENTS: [&str; 4] = ["server-error", "gateway-error", "client-error", "stream-error"];
+
+/// Checks a resource name: the model's 1–255 characters, and characters that keep ARNs,
+/// node ids and Envoy resource names unambiguous (letters, digits, `-`, `_`, `.`).
+pub fn name(kind: Kind, name: &str) -> Result<(), ApiError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > 255 || !ok_chars {
+        return Err(ApiError::bad_request(format!(
+            "{} name {:?} is invalid: use 1 to 255 letters, digits, '-', '_' or '.'",
+            kind.title(),
+            name
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a spec on its own (no state): the model's constraints, then the rules below.
+/// Returns every problem found, each with its JSON path under `spec`.
+pub fn spec(spec: &Spec) -> Vec<FieldError> {
+    let mut v = Validator::at("spec");
+    match spec {
+        Spec::Mesh(s) => s.validate(&mut v),
+        Spec::VirtualNode(s) => {
+            s.validate(&mut v);
+            virtual_node(s, &mut v);
+        }
+        Spec::VirtualRouter(s) => {
+            s.validate(&mut v);
+            let listeners = s.listeners.as_deref().unwrap_or_default();
+            if listeners.is_empty() {
+                v.error("listeners", "a virtual router needs at least one listener");
+            }
+            unique_ports(&mut v, listeners.iter().map(|l| l.port_mapping.port));
+        }
+        Spec::Route(s) => {
+            s.validate(&mut v);
+            route(s, &mut v);
+        }
+        Spec::VirtualService(s) => {
+            s.validate(&mut v);
+        }
+        Spec::VirtualGateway(s) => {
+            s.validate(&mut v);
+            virtual_gateway(s, &mut v);
+        }
+        Spec::GatewayRoute(s) => {
+            s.validate(&mut v);
+            gateway_route(s, &mut v);
+        }
+    }
+    v.into_errors()
+}
+
+/// Joins field errors into one `BadRequestException`, or `Ok` if there are none.
+pub fn into_result(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    Err(ApiError::bad_request(parts.join("; ")))
+}
+
+fn unique_ports(v: &mut Validator, ports: impl Iterator<Item = i32>) {
+    let mut seen = BTreeSet::new();
+    for p in ports {
+        if !seen.insert(p) {
+            v.error("listeners", format!("port {p} is used by more than one listener"));
+        }
+    }
+}
+
+fn duration(v: &mut Validator, member: &str, d: &Option<Duration>) {
+    if let Some(d) = d {
+        if d.value.is_some() != d.unit.is_some() {
+            v.error(member, "a duration needs both value and unit");
+        }
+        if let (Some(value), Some(unit)) = (d.value, d.unit) {
+            // Envoy durations are protobuf Durations: at most 315,576,000,000 seconds.
+            let secs = match unit {
+                DurationUnit::S => value,
+                DurationUnit::Ms => value / 1000,
+            };
+            if secs > 315_576_000_000 {
+                v.error(member, "duration is too long");
+            }
+        }
+    }
+}
+
+fn http_timeout(v: &mut Validator, member: &str, t: &api::HttpTimeout) {
+    v.within(member, |v| {
+        duration(v, "idle", &t.idle);
+        duration(v, "perRequest", &t.per_request);
+    });
+}
+
+fn grpc_timeout(v: &mut Validator, member: &str, t: &api::GrpcTimeout) {
+    v.within(member, |v| {
+        duration(v, "idle", &t.idle);
+        duration(v, "perRequest", &t.per_request);
+    });
+}
+
+fn regex(v: &mut Validator, member: &str, re: &str) {
+    // Envoy uses RE2; the regex crate accepts the same syntax (no lookaround, no
+    // backreferences), so what compiles here compiles in Envoy.
+    if let Err(e) = regex::Regex::new(re) {
+        v.error(member, format!("invalid regular expression: {}", one_line(&e.to_string())));
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn hostname(v: &mut Validator, member: &str, h: &str) {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !ok {
+        v.error(member, format!("{h:?} is not a valid DNS name"));
+    }
+}
+
+fn header_match(v: &mut Validator, m: &api::HeaderMatchMethod) {
+    v.within("match", |v| match m {
+        api::HeaderMatchMethod::Regex(re) => regex(v, "regex", re),
+        api::HeaderMatchMethod::Range(r) if r.start >= r.end => {
+            v.error("range", "start must be less than end")
+        }
+        _ => {}
+    });
+}
+
+fn path_match(v: &mut Validator, p: &api::HttpPathMatch) {
+    v.within("path", |v| match (&p.exact, &p.regex) {
+        (Some(_), Some(_)) | (None, None) => v.error("", "set exactly one of exact and regex"),
+        (Some(e), None) if !e.starts_with('/') => v.error("exact", "must start with '/'"),
+        (None, Some(re)) => regex(v, "regex", re),
+        _ => {}
+    });
+}
+
+fn virtual_node(s: &api::VirtualNodeSpec, v: &mut Validator) {
+    let listeners = s.listeners.as_deref().unwrap_or_default();
+    unique_ports(v, listeners.iter().map(|l| l.port_mapping.port));
+    v.within("listeners", |v| {
+        for (i, l) in listeners.iter().enumerate() {
+            v.within(&format!("[{i}]"), |v| listener(v, l));
+        }
+    });
+    if let Some(sd) = &s.service_discovery {
+        v.within("serviceDiscovery", |v| match sd {
+            api::ServiceDiscovery::Dns(d) => v.within("dns", |v| hostname(v, "hostname", &d.hostname)),
+            api::ServiceDiscovery::AwsCloudMap(_) => {}
+        });
+    }
+    if let Some(backends) = &s.backends {
+        v.within("backends", |v| {
+            for (i, b) in backends.iter().enumerate() {
+                let api::Backend::VirtualService(vs) = b;
+                v.within(&format!("[{i}].virtualService"), |v| {
+                    if let Err(e) = name(Kind::VirtualService, &vs.virtual_service_name) {
+                        v.error("virtualServiceName", e.message);
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn listener(v: &mut Validator, l: &api::Listener) {
+    let proto = l.port_mapping.protocol;
+    let proto_name = proto.as_str();
+    if let Some(hc) = &l.health_check {
+        v.within("healthCheck", |v| {
+            let http_like = matches!(hc.protocol, api::PortProtocol::Http | api::PortProtocol::Http2);
+            if http_like && hc.path.as_deref().is_none_or(|p| !p.starts_with('/')) {
+                v.error("path", "an HTTP health check needs a path starting with '/'");
+            }
+        });
+    }
+    if let Some(t) = &l.timeout {
+        let member = match t {
+            api::ListenerTimeout::Grpc(t) => {
+                grpc_timeout(v, "timeout.grpc", t);
+                "grpc"
+            }
+            api::ListenerTimeout::Http(t) => {
+                http_timeout(v, "timeout.http", t);
+                "http"
+            }
+            api::ListenerTimeout::Http2(t) => {
+                http_timeout(v, "timeout.http2", t);
+                "http2"
+            }
+            api::ListenerTimeout::Tcp(t) => {
+                v.within("timeout.tcp", |v| duration(v, "idle", &t.idle));
+                "tcp"
+            }
+        };
+        if member != proto_name {
+            v.error(
+                "timeout",
+                format!("timeout.{member} does not match the listener's protocol {proto_name}"),
+            );
+        }
+    }
+    if let Some(cp) = &l.connection_pool {
+        let member = match cp {
+            api::VirtualNodeConnectionPool::Grpc(_) => "grpc",
+            api::VirtualNodeConnectionPool::Http(_) => "http",
+            api::VirtualNodeConnectionPool::Http2(_) => "http2",
+            api::VirtualNodeConnectionPool::Tcp(_) => "tcp",
+        };
+        if member != proto_name {
+            v.error(
+                "connectionPool",
+                format!("connectionPool.{member} does not match the listener's protocol {proto_name}"),
+            );
+        }
+    }
+    if let Some(od) = &l.outlier_detection {
+        v.within("outlierDetection", |v| {
+            duration(v, "baseEjectionDuration", &Some(od.base_ejection_duration.clone()));
+            duration(v, "interval", &Some(od.interval.clone()));
+        });
+    }
+}
+
+fn retry_events(v: &mut Validator, http: &Option<Vec<String>>, others: bool) {
+    if let Some(events) = http {
+        v.within("httpRetryEvents", |v| {
+            for (i, e) in events.iter().enumerate() {
+                if !HTTP_RETRY_EVENTS.contains(&e.as_str()) {
+                    v.error(
+                        &format!("[{i}]"),
+                        format!("unknown retry event {e:?}; use one of {}", HTTP_RETRY_EVENTS.join(", ")),
+                    );
+                }
+            }
+        });
+    }
+    if http.is_none() && !others {
+        v.error("", "a retry policy needs at least one kind of retry event");
+    }
+}
+
+fn weighted_targets(v: &mut Validator, targets: &[api::WeightedTarget]) {
+    let total: i64 = targets.iter().map(|t| i64::from(t.weight)).sum();
+    if !targets.is_empty() && total == 0 {
+        v.error("weightedTargets", "the weights of the targets must not all be 0");
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if let Err(e) = name(Kind::VirtualNode, &t.virtual_node) {
+            v.error(&format!("weightedTargets[{i}].virtualNode"), e.message);
+        }
+    }
+}
+
+fn http_route(v: &mut Validator, r: &api::HttpRoute) {
+    v.within("match", |v| {
+        let m = &r.r#match;
+        match (&m.prefix, &m.path) {
+            (Some(_), Some(_)) => v.error("", "set either prefix or path, not both"),
+            (None, None) => v.error("", "set one of prefix and path"),
+            (Some(p), None) if !p.starts_with('/') => v.error("prefix", "must start with '/'"),
+            (None, Some(p)) => path_match(v, p),
+            _ => {}
+        }
+        if let Some(headers) = &m.headers {
+            for (i, h) in headers.iter().enumerate() {
+                if let Some(hm) = &h.r#match {
+                    v.within(&format!("headers[{i}]"), |v| header_match(v, hm));
+                }
+            }
+        }
+    });
+    v.within("action", |v| weighted_targets(v, &r.action.weighted_targets));
+    if let Some(rp) = &r.retry_policy {
+        v.within("retryPolicy", |v| {
+            duration(v, "perRetryTimeout", &Some(rp.per_retry_timeout.clone()));
+            retry_events(v, &rp.http_retry_events, rp.tcp_retry_events.is_some());
+        });
+    }
+    if let Some(t) = &r.timeout {
+        http_timeout(v, "timeout", t);
+    }
+}
+
+fn route(s: &api::RouteSpec, v: &mut Validator) {
+    let set = [s.http_route.is_some(), s.http2_route.is_some(), s.grpc_route.is_some(), s.tcp_route.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if set != 1 {
+        v.error("", "set exactly one of httpRoute, http2Route, grpcRoute and tcpRoute");
+    }
+    if let Some(r) = &s.http_route {
+        v.within("httpRoute", |v| http_route(v, r));
+    }
+    if let Some(r) = &s.http2_route {
+        v.within("http2Route", |v| http_route(v, r));
+    }
+    if let Some(r) = &s.grpc_route {
+        v.within("grpcRoute", |v| {
+            let m = &r.r#match;
+            v.within("match", |v| {
+                if m.method_name.is_some() && m.service_name.is_none() {
+                    v.error("methodName", "a method name needs a service name");
+                }
+                for (i, md) in m.metadata.iter().flatten().enumerate() {
+                    if let Some(mm) = &md.r#match {
+                        v.within(&format!("metadata[{i}].match"), |v| match mm {
+                            api::GrpcRouteMetadataMatchMethod::Regex(re) => regex(v, "regex", re),
+                            api::GrpcRouteMetadataMatchMethod::Range(r) if r.start >= r.end => {
+                                v.error("range", "start must be less than end")
+                            }
+                            _ => {}
+                        });
+                    }
+                }
+            });
+            v.within("action", |v| weighted_targets(v, &r.action.weighted_targets));
+            if let Some(rp) = &r.retry_policy {
+                v.within("retryPolicy", |v| {
+                    duration(v, "perRetryTimeout", &Some(rp.per_retry_timeout.clone()));
+                    retry_events(
+                        v,
+                        &rp.http_retry_events,
+                        rp.tcp_retry_events.is_some() || rp.grpc_retry_events.is_some(),
+                    );
+                });
+            }
+            if let Some(t) = &r.timeout {
+                grpc_timeout(v, "timeout", t);
+            }
+        });
+    }
+    if let Some(r) = &s.tcp_route {
+        v.within("tcpRoute", |v| {
+            v.within("action", |v| weighted_targets(v, &r.action.weighted_targets));
+            if let Some(t) = &r.timeout {
+                v.within("timeout", |v| duration(v, "idle", &t.idle));
+            }
+        });
+    }
+}
+
+fn virtual_gateway(s: &api::VirtualGatewaySpec, v: &mut Validator) {
+    if s.listeners.is_empty() {
+        v.error("listeners", "a virtual gateway needs at least one listener");
+    }
+    unique_ports(v, s.listeners.iter().map(|l| l.port_mapping.port));
+    v.within("listeners", |v| {
+        for (i, l) in s.listeners.iter().enumerate() {
+            v.within(&format!("[{i}]"), |v| {
+                let proto = l.port_mapping.protocol.as_str();
+                if let Some(hc) = &l.health_check {
+                    let http_like = !matches!(hc.protocol, api::VirtualGatewayPortProtocol::Grpc);
+                    if http_like && hc.path.as_deref().is_none_or(|p| !p.starts_with('/')) {
+                        v.error("healthCheck.path", "an HTTP health check needs a path starting with '/'");
+                    }
+                }
+                if let Some(cp) = &l.connection_pool {
+                    let member = match cp {
+                        api::VirtualGatewayConnectionPool::Grpc(_) => "grpc",
+                        api::VirtualGatewayConnectionPool::Http(_) => "http",
+                        api::VirtualGatewayConnectionPool::Http2(_) => "http2",
+                    };
+                    if member != proto {
+                        v.error(
+                            "connectionPool",
+                            format!("connectionPool.{member} does not match the listener's protocol {proto}"),
+                        );
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn gateway_http_route(v: &mut Validator, r: &api::HttpGatewayRoute) {
+    let m = &r.r#match;
+    v.within("match", |v| {
+        match (&m.prefix, &m.path) {
+            (Some(_), Some(_)) => v.error("", "set either prefix or path, not both"),
+            (Some(p), None) if !p.starts_with('/') => v.error("prefix", "must start with '/'"),
+            (None, Some(p)) => path_match(v, p),
+            (None, None) if m.hostname.is_none() && m.headers.is_none() && m.query_parameters.is_none() && m.method.is_none() => {
+                v.error("", "set at least one of prefix, path, hostname, headers, method and queryParameters")
+            }
+            _ => {}
+        }
+        if let Some(h) = &m.hostname {
+            v.within("hostname", |v| match (&h.exact, &h.suffix) {
+                (Some(_), Some(_)) | (None, None) => v.error("", "set exactly one of exact and suffix"),
+                (Some(e), None) => hostname(v, "exact", e),
+                (None, Some(s)) => hostname(v, "suffix", s.trim_start_matches('.')),
+            });
+        }
+        for (i, h) in m.headers.iter().flatten().enumerate() {
+            if let Some(hm) = &h.r#match {
+                v.within(&format!("headers[{i}]"), |v| header_match(v, hm));
+            }
+        }
+    });
+    if let Some(rw) = &r.action.rewrite {
+        v.within("action.rewrite", |v| {
+            if let Some(p) = &rw.prefix {
+                if let Some(val) = &p.value {
+                    if !val.starts_with('/') || !val.ends_with('/') {
+                        v.error("prefix.value", "must start and end with '/'");
+                    }
+                    if p.default_prefix.is_some() {
+                        v.error("prefix", "set either defaultPrefix or value, not both");
+                    }
+                }
+                if m.prefix.is_none() {
+                    v.error("prefix", "a prefix rewrite needs a prefix match");
+                }
+            }
+            if let Some(p) = &rw.path {
+                if let Some(e) = &p.exact {
+                    if !e.starts_with('/') {
+                        v.error("path.exact", "must start with '/'");
+                    }
+                }
+            }
+        });
+    }
+    target_name(v, &r.action.target);
+}
+
+fn target_name(v: &mut Validator, t: &api::GatewayRouteTarget) {
+    if let Err(e) = name(Kind::VirtualService, &t.virtual_service.virtual_service_name) {
+        v.error("action.target.virtualService.virtualServiceName", e.message);
+    }
+}
+
+fn gateway_route(s: &api::GatewayRouteSpec, v: &mut Validator) {
+    let set = [s.http_route.is_some(), s.http2_route.is_some(), s.grpc_route.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if set != 1 {
+        v.error("", "set exactly one of httpRoute, http2Route and grpcRoute");
+    }
+    if let Some(r) = &s.http_route {
+        v.within("httpRoute", |v| gateway_http_route(v, r));
+    }
+    if let Some(r) = &s.http2_route {
+        v.within("http2Route", |v| gateway_http_route(v, r));
+    }
+    if let Some(r) = &s.grpc_route {
+        v.within("grpcRoute", |v| {
+            if let Some(h) = &r.r#match.hostname {
+                if h.exact.is_some() == h.suffix.is_some() {
+                    v.error("match.hostname", "set exactly one of exact and suffix");
+                }
+            }
+            target_name(v, &r.action.target);
+        });
+    }
+}
+
+fn targets_of(spec: &Spec) -> Vec<&api::WeightedTarget> {
+    match spec {
+        Spec::Route(r) => {
+            let mut out = Vec::new();
+            for h in [&r.http_route, &r.http2_route].into_iter().flatten() {
+                out.extend(h.action.weighted_targets.iter());
+            }
+            if let Some(g) = &r.grpc_route {
+                out.extend(g.action.weighted_targets.iter());
+            }
+            if let Some(t) = &r.tcp_route {
+                out.extend(t.action.weighted_targets.iter());
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn gateway_target(spec: &Spec) -> Option<&str> {
+    match spec {
+        Spec::GatewayRoute(g) => {
+            let t = [&g.http_route, &g.http2_route]
+                .into_iter()
+                .flatten()
+                .map(|h| &h.action.target)
+                .chain(g.grpc_route.iter().map(|g| &g.action.target))
+                .next()?;
+            Some(&t.virtual_service.virtual_service_name)
+        }
+        _ => None,
+    }
+}
+
+fn route_protocol(r: &api::RouteSpec) -> Option<api::PortProtocol> {
+    if r.http_route.is_some() {
+        Some(api::PortProtocol::Http)
+    } else if r.http2_route.is_some() {
+        Some(api::PortProtocol::Http2)
+    } else if r.grpc_route.is_some() {
+        Some(api::PortProtocol::Grpc)
+    } else if r.tcp_route.is_some() {
+        Some(api::PortProtocol::Tcp)
+    } else {
+        None
+    }
+}
+
+/// Checks the references of a spec at `key` against `model`: a route's targets and a virtual
+/// service's provider must exist, a route's type must match a listener of its router, and a
+/// gateway route's target service must exist.
+pub fn references(model: &Model, key: &ResourceKey, spec: &Spec) -> Result<(), ApiError> {
+    let exists = |kind: Kind, name: &str| model.get(&ResourceKey::in_mesh(&key.mesh, kind, name)).is_some();
+    for t in targets_of(spec) {
+        if !exists(Kind::VirtualNode, &t.virtual_node) {
+            return Err(ApiError::bad_request(format!(
+                "Route target virtual node {} does not exist in mesh {}",
+                t.virtual_node, key.mesh
+            )));
+        }
+    }
+    if let Spec::Route(r) = spec {
+        let router = model.get(&ResourceKey::in_mesh(&key.mesh, Kind::VirtualRouter, &key.parent));
+        if let (Some(router), Some(proto)) = (router, route_protocol(r)) {
+            if let Spec::VirtualRouter(vr) = &router.spec {
+                let protos: Vec<api::PortProtocol> = vr
+                    .listeners
+                    .iter()
+                    .flatten()
+                    .map(|l| l.port_mapping.protocol)
+                    .collect();
+                if !protos.contains(&proto) {
+                    return Err(ApiError::bad_request(format!(
+                        "A {} route needs a {} listener on virtual router {}",
+                        proto.as_str(),
+                        proto.as_str(),
+                        key.parent
+                    )));
+                }
+            }
+        }
+    }
+    if let Spec::VirtualService(vs) = spec {
+        match &vs.provider {
+            Some(api::VirtualServiceProvider::VirtualNode(p)) if !exists(Kind::VirtualNode, &p.virtual_node_name) => {
+                return Err(ApiError::not_found(format!(
+                    "Virtual node {} not found in mesh {}",
+                    p.virtual_node_name, key.mesh
+                )))
+            }
+            Some(api::VirtualServiceProvider::VirtualRouter(p))
+                if !exists(Kind::VirtualRouter, &p.virtual_router_name) =>
+            {
+                return Err(ApiError::not_found(format!(
+                    "Virtual router {} not found in mesh {}",
+                    p.virtual_router_name, key.mesh
+                )))
+            }
+            _ => {}
+        }
+    }
+    if let Some(vs) = gateway_target(spec) {
+        if !exists(Kind::VirtualService, vs) {
+            return Err(ApiError::not_found(format!(
+                "Virtual service {vs} not found in mesh {}",
+                key.mesh
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first resource that refers to `key` (and so blocks its deletion), if any.
+pub fn first_user<'a>(model: &'a Model, key: &ResourceKey) -> Option<&'a ResourceKey> {
+    let mesh = &key.mesh;
+    if key.kind == Kind::Mesh {
+        return model.in_mesh(mesh).map(|r| &r.key).next();
+    }
+    model.in_mesh(mesh).map(|r| (&r.key, &r.spec)).find_map(|(k, spec)| {
+        let uses = match key.kind {
+            Kind::VirtualNode => {
+                targets_of(spec).iter().any(|t| t.virtual_node == key.name)
+                    || matches!(spec, Spec::VirtualService(vs) if matches!(&vs.provider,
+                        Some(api::VirtualServiceProvider::VirtualNode(p)) if p.virtual_node_name == key.name))
+            }
+            Kind::VirtualRouter => {
+                (k.kind == Kind::Route && k.parent == key.name)
+                    || matches!(spec, Spec::VirtualService(vs) if matches!(&vs.provider,
+                        Some(api::VirtualServiceProvider::VirtualRouter(p)) if p.virtual_router_name == key.name))
+            }
+            Kind::VirtualService => gateway_target(spec) == Some(key.name.as_str()),
+            Kind::VirtualGateway => k.kind == Kind::GatewayRoute && k.parent == key.name,
+            Kind::Mesh | Kind::Route | Kind::GatewayRoute => false,
+        };
+        uses.then_some(k)
+    })
+}
+
+/// `describe` re-exported for messages built by callers.
+pub fn describe_key(key: &ResourceKey) -> String {
+    describe(key)
+}

@@ -1,0 +1,25 @@
+//! shoal-model: the App Mesh resource model and everything about it that is pure logic.
+//!
+//! # Layout
+//! - [`api`]: the wire types, generated from the botocore model (one Rust type per shape).
+//! - [`validate`]: the constraint walker the generated code reports to.
+//! - [`check`]: the rules the model's constraints cannot express (unions of optional members,
+//!   regexes Envoy must accept, references between resources, what a delete would orphan).
+//! - [`resource`]: kinds, keys, ARNs, stored resources and their API shapes.
+//! - [`store`]: the replicated [`Model`], the [`Command`] the Raft log carries, and the
+//!   deterministic [`Model::apply`].
+//! - [`error`]: the API's exception kinds.
+//!
+//! This crate does no I/O and has no async code: every other crate builds on it, and
+//! everything in it is tested without a network.
+
+pub mod api;
+pub mod check;
+pub mod error;
+pub mod resource;
+pub mod store;
+pub mod validate;
+
+pub use error::{ApiError, ErrorKind};
+pub use resource::{Kind, Metadata, Resource, ResourceKey, Spec};
+pub use store::{Applied, Change, Command, Model, Outcome, PutMode, Stamp};

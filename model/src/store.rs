@@ -1,0 +1,478 @@
+//! The replicated state: every resource of every mesh, and the deterministic function that
+//! applies one committed [`Command`] to it.
+//!
+//! Every server applies the same log with [`Model::apply`]; nothing in it reads a clock, a
+//! random source or the environment (the proposer puts time, uid and account in the command),
+//! so the same log gives the same model and the same revisions everywhere.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::TagRef;
+use crate::check;
+use crate::error::{ApiError, ErrorKind};
+use crate::resource::{Kind, Metadata, Resource, ResourceKey, Spec};
+
+/// How long a client token is remembered, in seconds (App Mesh does not document it; AWS
+/// idempotency windows are typically hours, and a day covers every retry loop).
+pub const CLIENT_TOKEN_TTL_SECS: f64 = 24.0 * 3600.0;
+
+/// Most tags one resource may carry (the model's `TagList` maximum).
+pub const MAX_TAGS: usize = 50;
+
+/// Values the proposer fixes for a write so that applying it is deterministic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Seconds since the epoch at the proposer.
+    pub now: f64,
+    /// A fresh unique id, used if the write creates a resource.
+    pub uid: String,
+    /// The account that owns what is created (12 digits).
+    pub account: String,
+    /// The region written into ARNs.
+    pub region: String,
+}
+
+/// Whether a put must create or must update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutMode {
+    /// Fails with `ConflictException` if the resource exists.
+    Create,
+    /// Fails with `NotFoundException` if it does not.
+    Update,
+}
+
+/// A write, as it travels through the Raft log. Serialized as JSON in the log: a
+/// compatibility contract between versions, so only add optional members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates or updates a resource.
+    Put {
+        /// Which resource.
+        key: ResourceKey,
+        /// Its new spec (already validated by the proposer).
+        spec: Spec,
+        /// Create or update.
+        mode: PutMode,
+        /// Tags to set at creation.
+        #[serde(default)]
+        tags: Vec<TagRef>,
+        /// The request's idempotency token, if any.
+        #[serde(default)]
+        client_token: Option<String>,
+        /// Time, uid, owner.
+        stamp: Stamp,
+    },
+    /// Deletes a resource.
+    Delete {
+        /// Which resource.
+        key: ResourceKey,
+    },
+    /// Adds or replaces tags.
+    Tag {
+        /// Which resource.
+        key: ResourceKey,
+        /// Tags to add or overwrite.
+        tags: Vec<TagRef>,
+    },
+    /// Removes tags by key.
+    Untag {
+        /// Which resource.
+        key: ResourceKey,
+        /// Keys to remove.
+        keys: Vec<String>,
+    },
+}
+
+/// What applying a command produced: the resource as the API returns it, or an error.
+pub type Outcome = Result<Resource, ApiError>;
+
+/// One change of the model, published to watchers in commit order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// A resource was created or replaced; this is its new state.
+    Put(Resource),
+    /// A resource was deleted; this was its last state.
+    Delete(Resource),
+}
+
+impl Change {
+    /// The resource the change is about.
+    pub fn resource(&self) -> &Resource {
+        match self {
+            Change::Put(r) | Change::Delete(r) => r,
+        }
+    }
+}
+
+/// The result of [`Model::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The answer for the client.
+    pub outcome: Outcome,
+    /// The change it made, if any (errors and idempotent replays change nothing).
+    pub change: Option<Change>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TokenRecord {
+    key: ResourceKey,
+    fingerprint: u64,
+    at: f64,
+}
+
+/// Every resource of every mesh, at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Snapshot", into = "Snapshot")]
+pub struct Model {
+    resources: BTreeMap<ResourceKey, Resource>,
+    tokens: BTreeMap<String, TokenRecord>,
+    revision: u64,
+}
+
+/// The serialized form of a [`Model`] (JSON maps need string keys, so resources are a list).
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    format: u32,
+    revision: u64,
+    resources: Vec<Resource>,
+    tokens: Vec<(String, TokenRecord)>,
+}
+
+impl From<Model> for Snapshot {
+    fn from(m: Model) -> Self {
+        Snapshot {
+            format: 1,
+            revision: m.revision,
+            resources: m.resources.into_values().collect(),
+            tokens: m.tokens.into_iter().collect(),
+        }
+    }
+}
+
+impl From<Snapshot> for Model {
+    fn from(s: Snapshot) -> Self {
+        Model {
+            resources: s.resources.into_iter().map(|r| (r.key.clone(), r)).collect(),
+            tokens: s.tokens.into_iter().collect(),
+            revision: s.revision,
+        }
+    }
+}
+
+/// FNV-1a: a stable hash (unlike `DefaultHasher`, fixed across builds and platforms), so
+/// every replica computes the same client-token fingerprint.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+impl Model {
+    /// The revision of the last change applied (the Raft log index that made it); 0 when empty.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Looks one resource up.
+    pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+        self.resources.get(key)
+    }
+
+    /// Every resource, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
+        self.resources.values()
+    }
+
+    /// Number of resources of each kind.
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        let mut c = BTreeMap::new();
+        for k in self.resources.keys() {
+            *c.entry(k.kind).or_insert(0) += 1;
+        }
+        c
+    }
+
+    /// One page of a list operation: up to `limit` resources of `kind` in `mesh` (under
+    /// `parent` for routes and gateway routes; `mesh` is ignored for meshes), in name order,
+    /// starting after the name `after`. Returns the page and the name to continue after, if
+    /// more remain.
+    pub fn page(
+        &self,
+        kind: Kind,
+        mesh: &str,
+        parent: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<&Resource>, Option<String>) {
+        let items: Box<dyn Iterator<Item = &Resource>> = if kind == Kind::Mesh {
+            // Mesh keys sort by name first, so meshes are spread among their resources.
+            Box::new(self.resources.values().filter(|r| r.key.kind == Kind::Mesh))
+        } else {
+            let start = ResourceKey::child(mesh, kind, parent, after.unwrap_or_default());
+            let (mesh, parent) = (mesh.to_string(), parent.to_string());
+            Box::new(self.resources.range(start..).map(|(_, r)| r).take_while(move |r| {
+                r.key.kind == kind && r.key.mesh == mesh && r.key.parent == parent
+            }))
+        };
+        let mut items = items.filter(|r| after.is_none_or(|a| r.key.name.as_str() > a));
+        let page: Vec<&Resource> = items.by_ref().take(limit).collect();
+        let next = match items.next() {
+            Some(_) => page.last().map(|r| r.key.name.clone()),
+            None => None,
+        };
+        (page, next)
+    }
+
+    /// Resources in `mesh` (other than the mesh itself).
+    pub fn in_mesh<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a Resource> + 'a {
+        let start = ResourceKey::mesh(mesh);
+        let mesh = mesh.to_string();
+        self.resources
+            .range(start..)
+            .map(|(_, r)| r)
+            .take_while(move |r| r.key.mesh == mesh)
+            .filter(|r| r.key.kind != Kind::Mesh)
+    }
+
+    /// Checks that `spec` may be put at `key` against the current state: the mesh and parent
+    /// exist, the resource exists or not as `mode` requires, and every reference resolves.
+    /// Run by the proposer before commit and again, deterministically, at apply.
+    pub fn check_put(&self, key: &ResourceKey, spec: &Spec, mode: PutMode) -> Result<(), ApiError> {
+        if key.kind != Kind::Mesh && !self.resources.contains_key(&ResourceKey::mesh(&key.mesh)) {
+            return Err(ApiError::not_found(format!("Mesh {} not found", key.mesh)));
+        }
+        if let Some(pk) = key.parent_key() {
+            if !self.resources.contains_key(&pk) {
+                return Err(ApiError::not_found(format!(
+                    "{} {} not found in mesh {}",
+                    pk.kind.title(),
+                    pk.name,
+                    pk.mesh
+                )));
+            }
+        }
+        match (mode, self.resources.contains_key(key)) {
+            (PutMode::Create, true) => {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!("{} {} already exists", key.kind.title(), describe(key)),
+                ))
+            }
+            (PutMode::Update, false) => {
+                return Err(ApiError::not_found(format!(
+                    "{} {} not found",
+                    key.kind.title(),
+                    describe(key)
+                )))
+            }
+            _ => {}
+        }
+        check::references(self, key, spec)
+    }
+
+    /// Checks that `key` may be deleted: it exists and nothing refers to it.
+    pub fn check_delete(&self, key: &ResourceKey) -> Result<(), ApiError> {
+        if !self.resources.contains_key(key) {
+            return Err(ApiError::not_found(format!(
+                "{} {} not found",
+                key.kind.title(),
+                describe(key)
+            )));
+        }
+        if let Some(user) = check::first_user(self, key) {
+            return Err(ApiError::new(
+                ErrorKind::ResourceInUse,
+                format!(
+                    "{} {} is in use by {} {}",
+                    key.kind.title(),
+                    describe(key),
+                    user.kind.title().to_lowercase(),
+                    describe(user)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies one committed command at Raft log index `index`. Deterministic.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
+        let result = match cmd {
+            Command::Put {
+                key,
+                spec,
+                mode,
+                tags,
+                client_token,
+                stamp,
+            } => self.apply_put(key, spec, *mode, tags, client_token.as_deref(), stamp),
+            Command::Delete { key } => self.check_delete(key).map(|()| {
+                let r = self.resources.remove(key).expect("checked");
+                (r.clone(), Some(Change::Delete(r)))
+            }),
+            Command::Tag { key, tags } => self.apply_tags(key, |existing| {
+                for t in tags {
+                    match existing.iter_mut().find(|e| e.key == t.key) {
+                        Some(e) => e.value = t.value.clone(),
+                        None => existing.push(t.clone()),
+                    }
+                }
+                if existing.len() > MAX_TAGS {
+                    return Err(ApiError::new(
+                        ErrorKind::TooManyTags,
+                        format!("A resource can have at most {MAX_TAGS} tags"),
+                    ));
+                }
+                Ok(())
+            }),
+            Command::Untag { key, keys } => self.apply_tags(key, |existing| {
+                existing.retain(|t| !keys.contains(&t.key));
+                Ok(())
+            }),
+        };
+        match result {
+            Ok((resource, change)) => {
+                if change.is_some() {
+                    self.revision = self.revision.max(index);
+                }
+                Applied {
+                    outcome: Ok(resource),
+                    change,
+                }
+            }
+            Err(e) => Applied {
+                outcome: Err(e),
+                change: None,
+            },
+        }
+    }
+
+    fn apply_tags(
+        &mut self,
+        key: &ResourceKey,
+        edit: impl FnOnce(&mut Vec<TagRef>) -> Result<(), ApiError>,
+    ) -> Result<(Resource, Option<Change>), ApiError> {
+        let r = self.resources.get(key).ok_or_else(|| {
+            ApiError::not_found(format!("{} {} not found", key.kind.title(), describe(key)))
+        })?;
+        let mut tags = r.tags.clone();
+        edit(&mut tags)?;
+        if tags == r.tags {
+            return Ok((r.clone(), None));
+        }
+        let r = self.resources.get_mut(key).expect("present");
+        r.tags = tags;
+        Ok((r.clone(), Some(Change::Put(r.clone()))))
+    }
+
+    fn apply_put(
+        &mut self,
+        key: &ResourceKey,
+        spec: &Spec,
+        mode: PutMode,
+        tags: &[TagRef],
+        client_token: Option<&str>,
+        stamp: &Stamp,
+    ) -> Result<(Resource, Option<Change>), ApiError> {
+        // Forget tokens past their window; the stamp's clock makes this deterministic.
+        self.tokens
+            .retain(|_, t| stamp.now - t.at < CLIENT_TOKEN_TTL_SECS);
+        let fp = client_token.map(|_| {
+            let body = serde_json::to_vec(&(key, spec, mode, tags)).expect("serializes");
+            fingerprint(&body)
+        });
+        if let (Some(token), Some(fp)) = (client_token, fp) {
+            if let Some(seen) = self.tokens.get(token) {
+                if seen.fingerprint == fp && &seen.key == key {
+                    // A retry of a request that already succeeded: answer it again.
+                    if let Some(r) = self.resources.get(key) {
+                        return Ok((r.clone(), None));
+                    }
+                }
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    "The request uses a client token that was already used for a different request",
+                ));
+            }
+        }
+        self.check_put(key, spec, mode)?;
+        if tags.len() > MAX_TAGS {
+            return Err(ApiError::new(
+                ErrorKind::TooManyTags,
+                format!("A resource can have at most {MAX_TAGS} tags"),
+            ));
+        }
+        let resource = match self.resources.get(key) {
+            Some(old) => Resource {
+                key: key.clone(),
+                spec: spec.clone(),
+                meta: Metadata {
+                    version: old.meta.version + 1,
+                    last_updated_at: stamp.now,
+                    ..old.meta.clone()
+                },
+                tags: old.tags.clone(),
+            },
+            None => {
+                let mesh_owner = match key.kind {
+                    Kind::Mesh => stamp.account.clone(),
+                    _ => self
+                        .resources
+                        .get(&ResourceKey::mesh(&key.mesh))
+                        .map(|m| m.meta.mesh_owner.clone())
+                        .unwrap_or_else(|| stamp.account.clone()),
+                };
+                Resource {
+                    key: key.clone(),
+                    spec: spec.clone(),
+                    meta: Metadata {
+                        arn: format!(
+                            "arn:aws:appmesh:{}:{}:{}",
+                            stamp.region,
+                            mesh_owner,
+                            key.arn_resource()
+                        ),
+                        uid: stamp.uid.clone(),
+                        version: 1,
+                        created_at: stamp.now,
+                        last_updated_at: stamp.now,
+                        mesh_owner,
+                        resource_owner: stamp.account.clone(),
+                    },
+                    tags: tags.to_vec(),
+                }
+            }
+        };
+        if let (Some(token), Some(fp)) = (client_token, fp) {
+            self.tokens.insert(
+                token.to_string(),
+                TokenRecord {
+                    key: key.clone(),
+                    fingerprint: fp,
+                    at: stamp.now,
+                },
+            );
+        }
+        self.resources.insert(key.clone(), resource.clone());
+        Ok((resource.clone(), Some(Change::Put(resource))))
+    }
+}
+
+/// `name` for meshes, `name in mesh m` (or `name of router r in mesh m`) otherwise.
+pub(crate) fn describe(key: &ResourceKey) -> String {
+    match key.kind {
+        Kind::Mesh => key.name.clone(),
+        Kind::Route | Kind::GatewayRoute => format!(
+            "{} of {} {} in mesh {}",
+            key.name,
+            key.kind.parent().expect("child kind").title().to_lowercase(),
+            key.parent,
+            key.mesh
+        ),
+        _ => format!("{} in mesh {}", key.name, key.mesh),
+    }
+}
