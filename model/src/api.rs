@@ -43,8 +43,20 @@ pub struct AwsCloudMapInstanceAttribute {
 
 impl Validate for AwsCloudMapInstanceAttribute {
     fn validate(&self, v: &mut Validator) {
-        v.string("key", &self.key, Some(1), Some(255), Some("AwsCloudMapInstanceAttributeKey"));
-        v.string("value", &self.value, Some(1), Some(1024), Some("AwsCloudMapInstanceAttributeValue"));
+        v.string(
+            "key",
+            &self.key,
+            Some(1),
+            Some(255),
+            Some("AwsCloudMapInstanceAttributeKey"),
+        );
+        v.string(
+            "value",
+            &self.value,
+            Some(1),
+            Some(1024),
+            Some("AwsCloudMapInstanceAttributeValue"),
+        );
     }
 }
 
@@ -53,10 +65,18 @@ impl Validate for AwsCloudMapInstanceAttribute {
 #[serde(deny_unknown_fields)]
 pub struct AwsCloudMapServiceDiscovery {
     /// A string map that contains attributes with values that you can use to filter instances by any custom attribute that you specified when you registered the instance.
-    #[serde(rename = "attributes", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "attributes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub attributes: Option<Vec<AwsCloudMapInstanceAttribute>>,
     /// The preferred IP version that this virtual node uses.
-    #[serde(rename = "ipPreference", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ipPreference",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ip_preference: Option<IpPreference>,
     /// The name of the Cloud Map namespace to use.
     #[serde(rename = "namespaceName")]
@@ -71,7 +91,13 @@ impl Validate for AwsCloudMapServiceDiscovery {
         if let Some(x) = &self.attributes {
             v.list("attributes", x, None, None, |v, x| v.nested("", x));
         }
-        v.string("namespaceName", &self.namespace_name, Some(1), Some(1024), None);
+        v.string(
+            "namespaceName",
+            &self.namespace_name,
+            Some(1),
+            Some(1024),
+            None,
+        );
         v.string("serviceName", &self.service_name, Some(1), Some(1024), None);
     }
 }
@@ -100,7 +126,11 @@ impl Validate for Backend {
 #[serde(deny_unknown_fields)]
 pub struct BackendDefaults {
     /// A reference to an object that represents a client policy.
-    #[serde(rename = "clientPolicy", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_policy: Option<ClientPolicy>,
 }
 
@@ -134,7 +164,11 @@ impl Validate for ClientPolicy {
 #[serde(deny_unknown_fields)]
 pub struct ClientPolicyTls {
     /// A reference to an object that represents a client's TLS certificate.
-    #[serde(rename = "certificate", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "certificate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub certificate: Option<ClientTlsCertificate>,
     /// Whether the policy is enforced.
     #[serde(rename = "enforce", default, skip_serializing_if = "Option::is_none")]
@@ -153,7 +187,9 @@ impl Validate for ClientPolicyTls {
             v.nested("certificate", x);
         }
         if let Some(x) = &self.ports {
-            v.list("ports", x, None, None, |v, x| v.number("", *x as i64, Some(1), Some(65535)));
+            v.list("ports", x, None, None, |v, x| {
+                v.number("", *x as i64, Some(1), Some(65535))
+            });
         }
         v.nested("validation", &self.validation);
     }
@@ -187,7 +223,11 @@ impl Validate for ClientTlsCertificate {
 #[serde(deny_unknown_fields)]
 pub struct CreateGatewayRouteInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The name to use for the gateway route.
     #[serde(rename = "gatewayRouteName")]
@@ -202,7 +242,13 @@ pub struct CreateGatewayRouteInput {
 
 impl Validate for CreateGatewayRouteInput {
     fn validate(&self, v: &mut Validator) {
-        v.string("gatewayRouteName", &self.gateway_route_name, Some(1), Some(255), None);
+        v.string(
+            "gatewayRouteName",
+            &self.gateway_route_name,
+            Some(1),
+            Some(255),
+            None,
+        );
         v.nested("spec", &self.spec);
         if let Some(x) = &self.tags {
             v.list("tags", x, Some(0), Some(50), |v, x| v.nested("", x));
@@ -215,7 +261,11 @@ impl Validate for CreateGatewayRouteInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateMeshInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The name to use for the service mesh.
     #[serde(rename = "meshName")]
@@ -245,7 +295,11 @@ impl Validate for CreateMeshInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateRouteInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The name to use for the route.
     #[serde(rename = "routeName")]
@@ -273,7 +327,11 @@ impl Validate for CreateRouteInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateVirtualGatewayInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The virtual gateway specification to apply.
     #[serde(rename = "spec")]
@@ -292,7 +350,13 @@ impl Validate for CreateVirtualGatewayInput {
         if let Some(x) = &self.tags {
             v.list("tags", x, Some(0), Some(50), |v, x| v.nested("", x));
         }
-        v.string("virtualGatewayName", &self.virtual_gateway_name, Some(1), Some(255), None);
+        v.string(
+            "virtualGatewayName",
+            &self.virtual_gateway_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -301,7 +365,11 @@ impl Validate for CreateVirtualGatewayInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateVirtualNodeInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The virtual node specification to apply.
     #[serde(rename = "spec")]
@@ -320,7 +388,13 @@ impl Validate for CreateVirtualNodeInput {
         if let Some(x) = &self.tags {
             v.list("tags", x, Some(0), Some(50), |v, x| v.nested("", x));
         }
-        v.string("virtualNodeName", &self.virtual_node_name, Some(1), Some(255), None);
+        v.string(
+            "virtualNodeName",
+            &self.virtual_node_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -329,7 +403,11 @@ impl Validate for CreateVirtualNodeInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateVirtualRouterInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The virtual router specification to apply.
     #[serde(rename = "spec")]
@@ -348,7 +426,13 @@ impl Validate for CreateVirtualRouterInput {
         if let Some(x) = &self.tags {
             v.list("tags", x, Some(0), Some(50), |v, x| v.nested("", x));
         }
-        v.string("virtualRouterName", &self.virtual_router_name, Some(1), Some(255), None);
+        v.string(
+            "virtualRouterName",
+            &self.virtual_router_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -357,7 +441,11 @@ impl Validate for CreateVirtualRouterInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateVirtualServiceInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The virtual service specification to apply.
     #[serde(rename = "spec")]
@@ -390,7 +478,10 @@ pub enum DefaultGatewayRouteRewrite {
 
 impl DefaultGatewayRouteRewrite {
     /// Every value, in the model's order.
-    pub const ALL: &'static [DefaultGatewayRouteRewrite] = &[DefaultGatewayRouteRewrite::Enabled, DefaultGatewayRouteRewrite::Disabled];
+    pub const ALL: &'static [DefaultGatewayRouteRewrite] = &[
+        DefaultGatewayRouteRewrite::Enabled,
+        DefaultGatewayRouteRewrite::Disabled,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -403,155 +494,127 @@ impl DefaultGatewayRouteRewrite {
 /// The body of the DeleteGatewayRoute request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteGatewayRouteInput {
-}
+pub struct DeleteGatewayRouteInput {}
 
 impl Validate for DeleteGatewayRouteInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DeleteMesh request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteMeshInput {
-}
+pub struct DeleteMeshInput {}
 
 impl Validate for DeleteMeshInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DeleteRoute request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteRouteInput {
-}
+pub struct DeleteRouteInput {}
 
 impl Validate for DeleteRouteInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DeleteVirtualGateway request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteVirtualGatewayInput {
-}
+pub struct DeleteVirtualGatewayInput {}
 
 impl Validate for DeleteVirtualGatewayInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// Deletes a virtual node input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteVirtualNodeInput {
-}
+pub struct DeleteVirtualNodeInput {}
 
 impl Validate for DeleteVirtualNodeInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DeleteVirtualRouter request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteVirtualRouterInput {
-}
+pub struct DeleteVirtualRouterInput {}
 
 impl Validate for DeleteVirtualRouterInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DeleteVirtualService request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteVirtualServiceInput {
-}
+pub struct DeleteVirtualServiceInput {}
 
 impl Validate for DeleteVirtualServiceInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DescribeGatewayRoute request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeGatewayRouteInput {
-}
+pub struct DescribeGatewayRouteInput {}
 
 impl Validate for DescribeGatewayRouteInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DescribeMesh request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeMeshInput {
-}
+pub struct DescribeMeshInput {}
 
 impl Validate for DescribeMeshInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DescribeRoute request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeRouteInput {
-}
+pub struct DescribeRouteInput {}
 
 impl Validate for DescribeRouteInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DescribeVirtualGateway request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeVirtualGatewayInput {
-}
+pub struct DescribeVirtualGatewayInput {}
 
 impl Validate for DescribeVirtualGatewayInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DescribeVirtualNode request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeVirtualNodeInput {
-}
+pub struct DescribeVirtualNodeInput {}
 
 impl Validate for DescribeVirtualNodeInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DescribeVirtualRouter request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeVirtualRouterInput {
-}
+pub struct DescribeVirtualRouterInput {}
 
 impl Validate for DescribeVirtualRouterInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the DescribeVirtualService request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeVirtualServiceInput {
-}
+pub struct DescribeVirtualServiceInput {}
 
 impl Validate for DescribeVirtualServiceInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// DnsResponseType
@@ -565,7 +628,8 @@ pub enum DnsResponseType {
 
 impl DnsResponseType {
     /// Every value, in the model's order.
-    pub const ALL: &'static [DnsResponseType] = &[DnsResponseType::Loadbalancer, DnsResponseType::Endpoints];
+    pub const ALL: &'static [DnsResponseType] =
+        &[DnsResponseType::Loadbalancer, DnsResponseType::Endpoints];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -583,16 +647,23 @@ pub struct DnsServiceDiscovery {
     #[serde(rename = "hostname")]
     pub hostname: String,
     /// The preferred IP version that this virtual node uses.
-    #[serde(rename = "ipPreference", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ipPreference",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ip_preference: Option<IpPreference>,
     /// Specifies the DNS response type for the virtual node.
-    #[serde(rename = "responseType", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "responseType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub response_type: Option<DnsResponseType>,
 }
 
 impl Validate for DnsServiceDiscovery {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a duration of time.
@@ -646,8 +717,7 @@ pub struct EgressFilter {
 }
 
 impl Validate for EgressFilter {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// EgressFilterType
@@ -661,7 +731,8 @@ pub enum EgressFilterType {
 
 impl EgressFilterType {
     /// Every value, in the model's order.
-    pub const ALL: &'static [EgressFilterType] = &[EgressFilterType::AllowAll, EgressFilterType::DropAll];
+    pub const ALL: &'static [EgressFilterType] =
+        &[EgressFilterType::AllowAll, EgressFilterType::DropAll];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -718,12 +789,24 @@ pub struct GatewayRouteData {
 
 impl Validate for GatewayRouteData {
     fn validate(&self, v: &mut Validator) {
-        v.string("gatewayRouteName", &self.gateway_route_name, Some(1), Some(255), None);
+        v.string(
+            "gatewayRouteName",
+            &self.gateway_route_name,
+            Some(1),
+            Some(255),
+            None,
+        );
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.nested("metadata", &self.metadata);
         v.nested("spec", &self.spec);
         v.nested("status", &self.status);
-        v.string("virtualGatewayName", &self.virtual_gateway_name, Some(1), Some(255), None);
+        v.string(
+            "virtualGatewayName",
+            &self.virtual_gateway_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -755,13 +838,16 @@ impl Validate for GatewayRouteHostnameMatch {
 #[serde(deny_unknown_fields)]
 pub struct GatewayRouteHostnameRewrite {
     /// The default target host name to write to.
-    #[serde(rename = "defaultTargetHostname", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "defaultTargetHostname",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_target_hostname: Option<DefaultGatewayRouteRewrite>,
 }
 
 impl Validate for GatewayRouteHostnameRewrite {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a gateway route returned by a list operation.
@@ -799,11 +885,29 @@ pub struct GatewayRouteRef {
 
 impl Validate for GatewayRouteRef {
     fn validate(&self, v: &mut Validator) {
-        v.string("gatewayRouteName", &self.gateway_route_name, Some(1), Some(255), None);
+        v.string(
+            "gatewayRouteName",
+            &self.gateway_route_name,
+            Some(1),
+            Some(255),
+            None,
+        );
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
-        v.string("virtualGatewayName", &self.virtual_gateway_name, Some(1), Some(255), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
+        v.string(
+            "virtualGatewayName",
+            &self.virtual_gateway_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -815,7 +919,11 @@ pub struct GatewayRouteSpec {
     #[serde(rename = "grpcRoute", default, skip_serializing_if = "Option::is_none")]
     pub grpc_route: Option<GrpcGatewayRoute>,
     /// An object that represents the specification of an HTTP/2 gateway route.
-    #[serde(rename = "http2Route", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http2Route",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http2_route: Option<HttpGatewayRoute>,
     /// An object that represents the specification of an HTTP gateway route.
     #[serde(rename = "httpRoute", default, skip_serializing_if = "Option::is_none")]
@@ -852,8 +960,7 @@ pub struct GatewayRouteStatus {
 }
 
 impl Validate for GatewayRouteStatus {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// GatewayRouteStatusCode
@@ -869,7 +976,11 @@ pub enum GatewayRouteStatusCode {
 
 impl GatewayRouteStatusCode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [GatewayRouteStatusCode] = &[GatewayRouteStatusCode::Active, GatewayRouteStatusCode::Inactive, GatewayRouteStatusCode::Deleted];
+    pub const ALL: &'static [GatewayRouteStatusCode] = &[
+        GatewayRouteStatusCode::Active,
+        GatewayRouteStatusCode::Inactive,
+        GatewayRouteStatusCode::Deleted,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -912,7 +1023,13 @@ pub struct GatewayRouteVirtualService {
 
 impl Validate for GatewayRouteVirtualService {
     fn validate(&self, v: &mut Validator) {
-        v.string("virtualServiceName", &self.virtual_service_name, Some(1), Some(255), None);
+        v.string(
+            "virtualServiceName",
+            &self.virtual_service_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -970,7 +1087,11 @@ pub struct GrpcGatewayRouteMatch {
     #[serde(rename = "port", default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
     /// The fully qualified domain name for the service to match from the request.
-    #[serde(rename = "serviceName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "serviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_name: Option<String>,
 }
 
@@ -1069,10 +1190,18 @@ impl Validate for GrpcMetadataMatchMethod {
 #[serde(deny_unknown_fields)]
 pub struct GrpcRetryPolicy {
     /// Specify at least one of the valid values.
-    #[serde(rename = "grpcRetryEvents", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "grpcRetryEvents",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub grpc_retry_events: Option<Vec<GrpcRetryPolicyEvent>>,
     /// Specify at least one of the following values.
-    #[serde(rename = "httpRetryEvents", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "httpRetryEvents",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http_retry_events: Option<Vec<String>>,
     /// The maximum number of retry attempts.
     #[serde(rename = "maxRetries")]
@@ -1081,22 +1210,32 @@ pub struct GrpcRetryPolicy {
     #[serde(rename = "perRetryTimeout")]
     pub per_retry_timeout: Duration,
     /// Specify a valid value.
-    #[serde(rename = "tcpRetryEvents", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "tcpRetryEvents",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tcp_retry_events: Option<Vec<TcpRetryPolicyEvent>>,
 }
 
 impl Validate for GrpcRetryPolicy {
     fn validate(&self, v: &mut Validator) {
         if let Some(x) = &self.grpc_retry_events {
-            v.list("grpcRetryEvents", x, Some(1), Some(5), |v, x| { let _ = (v, x); });
+            v.list("grpcRetryEvents", x, Some(1), Some(5), |v, x| {
+                let _ = (v, x);
+            });
         }
         if let Some(x) = &self.http_retry_events {
-            v.list("httpRetryEvents", x, Some(1), Some(25), |v, x| v.string("", x, Some(1), Some(25), None));
+            v.list("httpRetryEvents", x, Some(1), Some(25), |v, x| {
+                v.string("", x, Some(1), Some(25), None)
+            });
         }
         v.number("maxRetries", *&self.max_retries as i64, Some(0), None);
         v.nested("perRetryTimeout", &self.per_retry_timeout);
         if let Some(x) = &self.tcp_retry_events {
-            v.list("tcpRetryEvents", x, Some(1), Some(1), |v, x| { let _ = (v, x); });
+            v.list("tcpRetryEvents", x, Some(1), Some(1), |v, x| {
+                let _ = (v, x);
+            });
         }
     }
 }
@@ -1118,7 +1257,13 @@ pub enum GrpcRetryPolicyEvent {
 
 impl GrpcRetryPolicyEvent {
     /// Every value, in the model's order.
-    pub const ALL: &'static [GrpcRetryPolicyEvent] = &[GrpcRetryPolicyEvent::Cancelled, GrpcRetryPolicyEvent::DeadlineExceeded, GrpcRetryPolicyEvent::Internal, GrpcRetryPolicyEvent::ResourceExhausted, GrpcRetryPolicyEvent::Unavailable];
+    pub const ALL: &'static [GrpcRetryPolicyEvent] = &[
+        GrpcRetryPolicyEvent::Cancelled,
+        GrpcRetryPolicyEvent::DeadlineExceeded,
+        GrpcRetryPolicyEvent::Internal,
+        GrpcRetryPolicyEvent::ResourceExhausted,
+        GrpcRetryPolicyEvent::Unavailable,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -1142,7 +1287,11 @@ pub struct GrpcRoute {
     #[serde(rename = "match")]
     pub r#match: GrpcRouteMatch,
     /// An object that represents a retry policy.
-    #[serde(rename = "retryPolicy", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "retryPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_policy: Option<GrpcRetryPolicy>,
     /// An object that represents types of timeouts.
     #[serde(rename = "timeout", default, skip_serializing_if = "Option::is_none")]
@@ -1173,7 +1322,13 @@ pub struct GrpcRouteAction {
 
 impl Validate for GrpcRouteAction {
     fn validate(&self, v: &mut Validator) {
-        v.list("weightedTargets", &self.weighted_targets, Some(1), Some(10), |v, x| v.nested("", x));
+        v.list(
+            "weightedTargets",
+            &self.weighted_targets,
+            Some(1),
+            Some(10),
+            |v, x| v.nested("", x),
+        );
     }
 }
 
@@ -1185,13 +1340,21 @@ pub struct GrpcRouteMatch {
     #[serde(rename = "metadata", default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Vec<GrpcRouteMetadata>>,
     /// The method name to match from the request.
-    #[serde(rename = "methodName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "methodName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub method_name: Option<String>,
     /// The port number to match on.
     #[serde(rename = "port", default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
     /// The fully qualified domain name for the service to match from the request.
-    #[serde(rename = "serviceName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "serviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_name: Option<String>,
 }
 
@@ -1259,11 +1422,19 @@ pub enum GrpcRouteMetadataMatchMethod {
 impl Validate for GrpcRouteMetadataMatchMethod {
     fn validate(&self, v: &mut Validator) {
         match self {
-            GrpcRouteMetadataMatchMethod::Exact(x) => v.string("exact", x, Some(1), Some(255), None),
-            GrpcRouteMetadataMatchMethod::Prefix(x) => v.string("prefix", x, Some(1), Some(255), None),
+            GrpcRouteMetadataMatchMethod::Exact(x) => {
+                v.string("exact", x, Some(1), Some(255), None)
+            }
+            GrpcRouteMetadataMatchMethod::Prefix(x) => {
+                v.string("prefix", x, Some(1), Some(255), None)
+            }
             GrpcRouteMetadataMatchMethod::Range(x) => v.nested("range", x),
-            GrpcRouteMetadataMatchMethod::Regex(x) => v.string("regex", x, Some(1), Some(255), None),
-            GrpcRouteMetadataMatchMethod::Suffix(x) => v.string("suffix", x, Some(1), Some(255), None),
+            GrpcRouteMetadataMatchMethod::Regex(x) => {
+                v.string("regex", x, Some(1), Some(255), None)
+            }
+            GrpcRouteMetadataMatchMethod::Suffix(x) => {
+                v.string("suffix", x, Some(1), Some(255), None)
+            }
         }
     }
 }
@@ -1276,7 +1447,11 @@ pub struct GrpcTimeout {
     #[serde(rename = "idle", default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
     /// An object that represents a per request timeout.
-    #[serde(rename = "perRequest", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "perRequest",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_request: Option<Duration>,
 }
 
@@ -1355,13 +1530,33 @@ pub struct HealthCheckPolicy {
 
 impl Validate for HealthCheckPolicy {
     fn validate(&self, v: &mut Validator) {
-        v.number("healthyThreshold", *&self.healthy_threshold as i64, Some(2), Some(10));
-        v.number("intervalMillis", *&self.interval_millis as i64, Some(5000), Some(300000));
+        v.number(
+            "healthyThreshold",
+            *&self.healthy_threshold as i64,
+            Some(2),
+            Some(10),
+        );
+        v.number(
+            "intervalMillis",
+            *&self.interval_millis as i64,
+            Some(5000),
+            Some(300000),
+        );
         if let Some(x) = &self.port {
             v.number("port", *x as i64, Some(1), Some(65535));
         }
-        v.number("timeoutMillis", *&self.timeout_millis as i64, Some(2000), Some(60000));
-        v.number("unhealthyThreshold", *&self.unhealthy_threshold as i64, Some(2), Some(10));
+        v.number(
+            "timeoutMillis",
+            *&self.timeout_millis as i64,
+            Some(2000),
+            Some(60000),
+        );
+        v.number(
+            "unhealthyThreshold",
+            *&self.unhealthy_threshold as i64,
+            Some(2),
+            Some(10),
+        );
     }
 }
 
@@ -1452,7 +1647,11 @@ pub struct HttpGatewayRouteMatch {
     #[serde(rename = "prefix", default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// The query parameter to match on.
-    #[serde(rename = "queryParameters", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "queryParameters",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub query_parameters: Option<Vec<HttpQueryParameter>>,
 }
 
@@ -1471,7 +1670,9 @@ impl Validate for HttpGatewayRouteMatch {
             v.number("port", *x as i64, Some(1), Some(65535));
         }
         if let Some(x) = &self.query_parameters {
-            v.list("queryParameters", x, Some(1), Some(10), |v, x| v.nested("", x));
+            v.list("queryParameters", x, Some(1), Some(10), |v, x| {
+                v.nested("", x)
+            });
         }
     }
 }
@@ -1498,7 +1699,11 @@ impl Validate for HttpGatewayRoutePathRewrite {
 #[serde(deny_unknown_fields)]
 pub struct HttpGatewayRoutePrefixRewrite {
     /// The default prefix used to replace the incoming route prefix when rewritten.
-    #[serde(rename = "defaultPrefix", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "defaultPrefix",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_prefix: Option<DefaultGatewayRouteRewrite>,
     /// The value used to replace the incoming route prefix when rewritten.
     #[serde(rename = "value", default, skip_serializing_if = "Option::is_none")]
@@ -1567,7 +1772,17 @@ pub enum HttpMethod {
 
 impl HttpMethod {
     /// Every value, in the model's order.
-    pub const ALL: &'static [HttpMethod] = &[HttpMethod::Get, HttpMethod::Head, HttpMethod::Post, HttpMethod::Put, HttpMethod::Delete, HttpMethod::Connect, HttpMethod::Options, HttpMethod::Trace, HttpMethod::Patch];
+    pub const ALL: &'static [HttpMethod] = &[
+        HttpMethod::Get,
+        HttpMethod::Head,
+        HttpMethod::Post,
+        HttpMethod::Put,
+        HttpMethod::Delete,
+        HttpMethod::Connect,
+        HttpMethod::Options,
+        HttpMethod::Trace,
+        HttpMethod::Patch,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -1632,7 +1847,11 @@ impl Validate for HttpQueryParameter {
 #[serde(deny_unknown_fields)]
 pub struct HttpRetryPolicy {
     /// Specify at least one of the following values.
-    #[serde(rename = "httpRetryEvents", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "httpRetryEvents",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http_retry_events: Option<Vec<String>>,
     /// The maximum number of retry attempts.
     #[serde(rename = "maxRetries")]
@@ -1641,19 +1860,27 @@ pub struct HttpRetryPolicy {
     #[serde(rename = "perRetryTimeout")]
     pub per_retry_timeout: Duration,
     /// Specify a valid value.
-    #[serde(rename = "tcpRetryEvents", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "tcpRetryEvents",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tcp_retry_events: Option<Vec<TcpRetryPolicyEvent>>,
 }
 
 impl Validate for HttpRetryPolicy {
     fn validate(&self, v: &mut Validator) {
         if let Some(x) = &self.http_retry_events {
-            v.list("httpRetryEvents", x, Some(1), Some(25), |v, x| v.string("", x, Some(1), Some(25), None));
+            v.list("httpRetryEvents", x, Some(1), Some(25), |v, x| {
+                v.string("", x, Some(1), Some(25), None)
+            });
         }
         v.number("maxRetries", *&self.max_retries as i64, Some(0), None);
         v.nested("perRetryTimeout", &self.per_retry_timeout);
         if let Some(x) = &self.tcp_retry_events {
-            v.list("tcpRetryEvents", x, Some(1), Some(1), |v, x| { let _ = (v, x); });
+            v.list("tcpRetryEvents", x, Some(1), Some(1), |v, x| {
+                let _ = (v, x);
+            });
         }
     }
 }
@@ -1669,7 +1896,11 @@ pub struct HttpRoute {
     #[serde(rename = "match")]
     pub r#match: HttpRouteMatch,
     /// An object that represents a retry policy.
-    #[serde(rename = "retryPolicy", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "retryPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_policy: Option<HttpRetryPolicy>,
     /// An object that represents types of timeouts.
     #[serde(rename = "timeout", default, skip_serializing_if = "Option::is_none")]
@@ -1700,7 +1931,13 @@ pub struct HttpRouteAction {
 
 impl Validate for HttpRouteAction {
     fn validate(&self, v: &mut Validator) {
-        v.list("weightedTargets", &self.weighted_targets, Some(1), Some(10), |v, x| v.nested("", x));
+        v.list(
+            "weightedTargets",
+            &self.weighted_targets,
+            Some(1),
+            Some(10),
+            |v, x| v.nested("", x),
+        );
     }
 }
 
@@ -1748,7 +1985,11 @@ pub struct HttpRouteMatch {
     #[serde(rename = "prefix", default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// The client request query parameters to match on.
-    #[serde(rename = "queryParameters", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "queryParameters",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub query_parameters: Option<Vec<HttpQueryParameter>>,
     /// The client request scheme to match on.
     #[serde(rename = "scheme", default, skip_serializing_if = "Option::is_none")]
@@ -1767,7 +2008,9 @@ impl Validate for HttpRouteMatch {
             v.number("port", *x as i64, Some(1), Some(65535));
         }
         if let Some(x) = &self.query_parameters {
-            v.list("queryParameters", x, Some(1), Some(10), |v, x| v.nested("", x));
+            v.list("queryParameters", x, Some(1), Some(10), |v, x| {
+                v.nested("", x)
+            });
         }
     }
 }
@@ -1801,7 +2044,11 @@ pub struct HttpTimeout {
     #[serde(rename = "idle", default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
     /// An object that represents a per request timeout.
-    #[serde(rename = "perRequest", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "perRequest",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_request: Option<Duration>,
 }
 
@@ -1831,7 +2078,12 @@ pub enum IpPreference {
 
 impl IpPreference {
     /// Every value, in the model's order.
-    pub const ALL: &'static [IpPreference] = &[IpPreference::IPv6Preferred, IpPreference::IPv4Preferred, IpPreference::IPv4Only, IpPreference::IPv6Only];
+    pub const ALL: &'static [IpPreference] = &[
+        IpPreference::IPv6Preferred,
+        IpPreference::IPv4Preferred,
+        IpPreference::IPv4Only,
+        IpPreference::IPv6Only,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -1865,12 +2117,10 @@ impl Validate for JsonFormatRef {
 /// The body of the ListGatewayRoutes request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListGatewayRoutesInput {
-}
+pub struct ListGatewayRoutesInput {}
 
 impl Validate for ListGatewayRoutesInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListGatewayRoutesOutput
@@ -1887,19 +2137,19 @@ pub struct ListGatewayRoutesOutput {
 
 impl Validate for ListGatewayRoutesOutput {
     fn validate(&self, v: &mut Validator) {
-        v.list("gatewayRoutes", &self.gateway_routes, None, None, |v, x| v.nested("", x));
+        v.list("gatewayRoutes", &self.gateway_routes, None, None, |v, x| {
+            v.nested("", x)
+        });
     }
 }
 
 /// The body of the ListMeshes request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListMeshesInput {
-}
+pub struct ListMeshesInput {}
 
 impl Validate for ListMeshesInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListMeshesOutput
@@ -1923,12 +2173,10 @@ impl Validate for ListMeshesOutput {
 /// The body of the ListRoutes request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListRoutesInput {
-}
+pub struct ListRoutesInput {}
 
 impl Validate for ListRoutesInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListRoutesOutput
@@ -1952,12 +2200,10 @@ impl Validate for ListRoutesOutput {
 /// The body of the ListTagsForResource request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListTagsForResourceInput {
-}
+pub struct ListTagsForResourceInput {}
 
 impl Validate for ListTagsForResourceInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListTagsForResourceOutput
@@ -1974,19 +2220,19 @@ pub struct ListTagsForResourceOutput {
 
 impl Validate for ListTagsForResourceOutput {
     fn validate(&self, v: &mut Validator) {
-        v.list("tags", &self.tags, Some(0), Some(50), |v, x| v.nested("", x));
+        v.list("tags", &self.tags, Some(0), Some(50), |v, x| {
+            v.nested("", x)
+        });
     }
 }
 
 /// The body of the ListVirtualGateways request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListVirtualGatewaysInput {
-}
+pub struct ListVirtualGatewaysInput {}
 
 impl Validate for ListVirtualGatewaysInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListVirtualGatewaysOutput
@@ -2003,19 +2249,23 @@ pub struct ListVirtualGatewaysOutput {
 
 impl Validate for ListVirtualGatewaysOutput {
     fn validate(&self, v: &mut Validator) {
-        v.list("virtualGateways", &self.virtual_gateways, None, None, |v, x| v.nested("", x));
+        v.list(
+            "virtualGateways",
+            &self.virtual_gateways,
+            None,
+            None,
+            |v, x| v.nested("", x),
+        );
     }
 }
 
 /// The body of the ListVirtualNodes request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListVirtualNodesInput {
-}
+pub struct ListVirtualNodesInput {}
 
 impl Validate for ListVirtualNodesInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListVirtualNodesOutput
@@ -2032,19 +2282,19 @@ pub struct ListVirtualNodesOutput {
 
 impl Validate for ListVirtualNodesOutput {
     fn validate(&self, v: &mut Validator) {
-        v.list("virtualNodes", &self.virtual_nodes, None, None, |v, x| v.nested("", x));
+        v.list("virtualNodes", &self.virtual_nodes, None, None, |v, x| {
+            v.nested("", x)
+        });
     }
 }
 
 /// The body of the ListVirtualRouters request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListVirtualRoutersInput {
-}
+pub struct ListVirtualRoutersInput {}
 
 impl Validate for ListVirtualRoutersInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListVirtualRoutersOutput
@@ -2061,19 +2311,23 @@ pub struct ListVirtualRoutersOutput {
 
 impl Validate for ListVirtualRoutersOutput {
     fn validate(&self, v: &mut Validator) {
-        v.list("virtualRouters", &self.virtual_routers, None, None, |v, x| v.nested("", x));
+        v.list(
+            "virtualRouters",
+            &self.virtual_routers,
+            None,
+            None,
+            |v, x| v.nested("", x),
+        );
     }
 }
 
 /// The body of the ListVirtualServices request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListVirtualServicesInput {
-}
+pub struct ListVirtualServicesInput {}
 
 impl Validate for ListVirtualServicesInput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// ListVirtualServicesOutput
@@ -2090,7 +2344,13 @@ pub struct ListVirtualServicesOutput {
 
 impl Validate for ListVirtualServicesOutput {
     fn validate(&self, v: &mut Validator) {
-        v.list("virtualServices", &self.virtual_services, None, None, |v, x| v.nested("", x));
+        v.list(
+            "virtualServices",
+            &self.virtual_services,
+            None,
+            None,
+            |v, x| v.nested("", x),
+        );
     }
 }
 
@@ -2099,13 +2359,25 @@ impl Validate for ListVirtualServicesOutput {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// The connection pool information for the listener.
-    #[serde(rename = "connectionPool", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "connectionPool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connection_pool: Option<VirtualNodeConnectionPool>,
     /// The health check information for the listener.
-    #[serde(rename = "healthCheck", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "healthCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub health_check: Option<HealthCheckPolicy>,
     /// The outlier detection information for the listener.
-    #[serde(rename = "outlierDetection", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "outlierDetection",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub outlier_detection: Option<OutlierDetection>,
     /// The port mapping information for the listener.
     #[serde(rename = "portMapping")]
@@ -2181,7 +2453,11 @@ pub struct ListenerTls {
     #[serde(rename = "mode")]
     pub mode: ListenerTlsMode,
     /// A reference to an object that represents a listener's Transport Layer Security (TLS) validation context.
-    #[serde(rename = "validation", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "validation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub validation: Option<ListenerTlsValidationContext>,
 }
 
@@ -2204,8 +2480,7 @@ pub struct ListenerTlsAcmCertificate {
 }
 
 impl Validate for ListenerTlsAcmCertificate {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a listener's Transport Layer Security (TLS) certificate.
@@ -2249,7 +2524,13 @@ pub struct ListenerTlsFileCertificate {
 
 impl Validate for ListenerTlsFileCertificate {
     fn validate(&self, v: &mut Validator) {
-        v.string("certificateChain", &self.certificate_chain, Some(1), Some(255), None);
+        v.string(
+            "certificateChain",
+            &self.certificate_chain,
+            Some(1),
+            Some(255),
+            None,
+        );
         v.string("privateKey", &self.private_key, Some(1), Some(255), None);
     }
 }
@@ -2267,7 +2548,11 @@ pub enum ListenerTlsMode {
 
 impl ListenerTlsMode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [ListenerTlsMode] = &[ListenerTlsMode::Strict, ListenerTlsMode::Permissive, ListenerTlsMode::Disabled];
+    pub const ALL: &'static [ListenerTlsMode] = &[
+        ListenerTlsMode::Strict,
+        ListenerTlsMode::Permissive,
+        ListenerTlsMode::Disabled,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -2288,8 +2573,7 @@ pub struct ListenerTlsSdsCertificate {
 }
 
 impl Validate for ListenerTlsSdsCertificate {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a listener's Transport Layer Security (TLS) validation context.
@@ -2297,7 +2581,11 @@ impl Validate for ListenerTlsSdsCertificate {
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsValidationContext {
     /// A reference to an object that represents the SANs for a listener's Transport Layer Security (TLS) validation context.
-    #[serde(rename = "subjectAlternativeNames", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "subjectAlternativeNames",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub subject_alternative_names: Option<SubjectAlternativeNames>,
     /// A reference to where to retrieve the trust chain when validating a peer’s Transport Layer Security (TLS) certificate.
     #[serde(rename = "trust")]
@@ -2389,8 +2677,7 @@ pub struct MatchRange {
 }
 
 impl Validate for MatchRange {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a service mesh returned by a describe operation.
@@ -2451,7 +2738,13 @@ impl Validate for MeshRef {
     fn validate(&self, v: &mut Validator) {
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
     }
 }
 
@@ -2460,13 +2753,16 @@ impl Validate for MeshRef {
 #[serde(deny_unknown_fields)]
 pub struct MeshServiceDiscovery {
     /// The IP version to use to control traffic within the mesh.
-    #[serde(rename = "ipPreference", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ipPreference",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ip_preference: Option<IpPreference>,
 }
 
 impl Validate for MeshServiceDiscovery {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents the specification of a service mesh.
@@ -2474,10 +2770,18 @@ impl Validate for MeshServiceDiscovery {
 #[serde(deny_unknown_fields)]
 pub struct MeshSpec {
     /// The egress filter rules for the service mesh.
-    #[serde(rename = "egressFilter", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "egressFilter",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub egress_filter: Option<EgressFilter>,
     /// serviceDiscovery
-    #[serde(rename = "serviceDiscovery", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "serviceDiscovery",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_discovery: Option<MeshServiceDiscovery>,
 }
 
@@ -2502,8 +2806,7 @@ pub struct MeshStatus {
 }
 
 impl Validate for MeshStatus {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// MeshStatusCode
@@ -2519,7 +2822,11 @@ pub enum MeshStatusCode {
 
 impl MeshStatusCode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [MeshStatusCode] = &[MeshStatusCode::Active, MeshStatusCode::Inactive, MeshStatusCode::Deleted];
+    pub const ALL: &'static [MeshStatusCode] = &[
+        MeshStatusCode::Active,
+        MeshStatusCode::Inactive,
+        MeshStatusCode::Deleted,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -2552,8 +2859,18 @@ impl Validate for OutlierDetection {
     fn validate(&self, v: &mut Validator) {
         v.nested("baseEjectionDuration", &self.base_ejection_duration);
         v.nested("interval", &self.interval);
-        v.number("maxEjectionPercent", *&self.max_ejection_percent as i64, Some(0), Some(100));
-        v.number("maxServerErrors", *&self.max_server_errors as i64, Some(1), None);
+        v.number(
+            "maxEjectionPercent",
+            *&self.max_ejection_percent as i64,
+            Some(0),
+            Some(100),
+        );
+        v.number(
+            "maxServerErrors",
+            *&self.max_server_errors as i64,
+            Some(1),
+            None,
+        );
     }
 }
 
@@ -2590,7 +2907,12 @@ pub enum PortProtocol {
 
 impl PortProtocol {
     /// Every value, in the model's order.
-    pub const ALL: &'static [PortProtocol] = &[PortProtocol::Http, PortProtocol::Tcp, PortProtocol::Http2, PortProtocol::Grpc];
+    pub const ALL: &'static [PortProtocol] = &[
+        PortProtocol::Http,
+        PortProtocol::Tcp,
+        PortProtocol::Http2,
+        PortProtocol::Grpc,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -2612,8 +2934,7 @@ pub struct QueryParameterMatch {
 }
 
 impl Validate for QueryParameterMatch {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents metadata for a resource.
@@ -2646,7 +2967,13 @@ pub struct ResourceMetadata {
 impl Validate for ResourceMetadata {
     fn validate(&self, v: &mut Validator) {
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
     }
 }
 
@@ -2681,7 +3008,13 @@ impl Validate for RouteData {
         v.string("routeName", &self.route_name, Some(1), Some(255), None);
         v.nested("spec", &self.spec);
         v.nested("status", &self.status);
-        v.string("virtualRouterName", &self.virtual_router_name, Some(1), Some(255), None);
+        v.string(
+            "virtualRouterName",
+            &self.virtual_router_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -2722,9 +3055,21 @@ impl Validate for RouteRef {
     fn validate(&self, v: &mut Validator) {
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
         v.string("routeName", &self.route_name, Some(1), Some(255), None);
-        v.string("virtualRouterName", &self.virtual_router_name, Some(1), Some(255), None);
+        v.string(
+            "virtualRouterName",
+            &self.virtual_router_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -2736,7 +3081,11 @@ pub struct RouteSpec {
     #[serde(rename = "grpcRoute", default, skip_serializing_if = "Option::is_none")]
     pub grpc_route: Option<GrpcRoute>,
     /// An object that represents the specification of an HTTP/2 route.
-    #[serde(rename = "http2Route", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "http2Route",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub http2_route: Option<HttpRoute>,
     /// An object that represents the specification of an HTTP route.
     #[serde(rename = "httpRoute", default, skip_serializing_if = "Option::is_none")]
@@ -2779,8 +3128,7 @@ pub struct RouteStatus {
 }
 
 impl Validate for RouteStatus {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// RouteStatusCode
@@ -2796,7 +3144,11 @@ pub enum RouteStatusCode {
 
 impl RouteStatusCode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [RouteStatusCode] = &[RouteStatusCode::Active, RouteStatusCode::Inactive, RouteStatusCode::Deleted];
+    pub const ALL: &'static [RouteStatusCode] = &[
+        RouteStatusCode::Active,
+        RouteStatusCode::Inactive,
+        RouteStatusCode::Deleted,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -2841,7 +3193,9 @@ pub struct SubjectAlternativeNameMatchers {
 
 impl Validate for SubjectAlternativeNameMatchers {
     fn validate(&self, v: &mut Validator) {
-        v.list("exact", &self.exact, None, None, |v, x| v.string("", x, Some(1), Some(254), None));
+        v.list("exact", &self.exact, None, None, |v, x| {
+            v.string("", x, Some(1), Some(254), None)
+        });
     }
 }
 
@@ -2890,19 +3244,19 @@ pub struct TagResourceInput {
 
 impl Validate for TagResourceInput {
     fn validate(&self, v: &mut Validator) {
-        v.list("tags", &self.tags, Some(0), Some(50), |v, x| v.nested("", x));
+        v.list("tags", &self.tags, Some(0), Some(50), |v, x| {
+            v.nested("", x)
+        });
     }
 }
 
 /// TagResourceOutput
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TagResourceOutput {
-}
+pub struct TagResourceOutput {}
 
 impl Validate for TagResourceOutput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// TcpRetryPolicyEvent
@@ -2961,7 +3315,13 @@ pub struct TcpRouteAction {
 
 impl Validate for TcpRouteAction {
     fn validate(&self, v: &mut Validator) {
-        v.list("weightedTargets", &self.weighted_targets, Some(1), Some(10), |v, x| v.nested("", x));
+        v.list(
+            "weightedTargets",
+            &self.weighted_targets,
+            Some(1),
+            Some(10),
+            |v, x| v.nested("", x),
+        );
     }
 }
 
@@ -3004,7 +3364,11 @@ impl Validate for TcpTimeout {
 #[serde(deny_unknown_fields)]
 pub struct TlsValidationContext {
     /// A reference to an object that represents the SANs for a Transport Layer Security (TLS) validation context.
-    #[serde(rename = "subjectAlternativeNames", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "subjectAlternativeNames",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub subject_alternative_names: Option<SubjectAlternativeNames>,
     /// A reference to where to retrieve the trust chain when validating a peer’s Transport Layer Security (TLS) certificate.
     #[serde(rename = "trust")]
@@ -3031,7 +3395,13 @@ pub struct TlsValidationContextAcmTrust {
 
 impl Validate for TlsValidationContextAcmTrust {
     fn validate(&self, v: &mut Validator) {
-        v.list("certificateAuthorityArns", &self.certificate_authority_arns, Some(1), Some(3), |v, x| v.string("", x, None, None, None));
+        v.list(
+            "certificateAuthorityArns",
+            &self.certificate_authority_arns,
+            Some(1),
+            Some(3),
+            |v, x| v.string("", x, None, None, None),
+        );
     }
 }
 
@@ -3046,7 +3416,13 @@ pub struct TlsValidationContextFileTrust {
 
 impl Validate for TlsValidationContextFileTrust {
     fn validate(&self, v: &mut Validator) {
-        v.string("certificateChain", &self.certificate_chain, Some(1), Some(255), None);
+        v.string(
+            "certificateChain",
+            &self.certificate_chain,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -3060,8 +3436,7 @@ pub struct TlsValidationContextSdsTrust {
 }
 
 impl Validate for TlsValidationContextSdsTrust {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a Transport Layer Security (TLS) validation context trust.
@@ -3102,19 +3477,19 @@ pub struct UntagResourceInput {
 
 impl Validate for UntagResourceInput {
     fn validate(&self, v: &mut Validator) {
-        v.list("tagKeys", &self.tag_keys, Some(0), Some(50), |v, x| v.string("", x, Some(1), Some(128), None));
+        v.list("tagKeys", &self.tag_keys, Some(0), Some(50), |v, x| {
+            v.string("", x, Some(1), Some(128), None)
+        });
     }
 }
 
 /// UntagResourceOutput
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UntagResourceOutput {
-}
+pub struct UntagResourceOutput {}
 
 impl Validate for UntagResourceOutput {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// The body of the UpdateGatewayRoute request.
@@ -3122,7 +3497,11 @@ impl Validate for UntagResourceOutput {
 #[serde(deny_unknown_fields)]
 pub struct UpdateGatewayRouteInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The new gateway route specification to apply.
     #[serde(rename = "spec")]
@@ -3140,7 +3519,11 @@ impl Validate for UpdateGatewayRouteInput {
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeshInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The service mesh specification to apply.
     #[serde(rename = "spec", default, skip_serializing_if = "Option::is_none")]
@@ -3160,7 +3543,11 @@ impl Validate for UpdateMeshInput {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRouteInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The new route specification to apply.
     #[serde(rename = "spec")]
@@ -3178,7 +3565,11 @@ impl Validate for UpdateRouteInput {
 #[serde(deny_unknown_fields)]
 pub struct UpdateVirtualGatewayInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The new virtual gateway specification to apply.
     #[serde(rename = "spec")]
@@ -3196,7 +3587,11 @@ impl Validate for UpdateVirtualGatewayInput {
 #[serde(deny_unknown_fields)]
 pub struct UpdateVirtualNodeInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The new virtual node specification to apply.
     #[serde(rename = "spec")]
@@ -3214,7 +3609,11 @@ impl Validate for UpdateVirtualNodeInput {
 #[serde(deny_unknown_fields)]
 pub struct UpdateVirtualRouterInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The new virtual router specification to apply.
     #[serde(rename = "spec")]
@@ -3232,7 +3631,11 @@ impl Validate for UpdateVirtualRouterInput {
 #[serde(deny_unknown_fields)]
 pub struct UpdateVirtualServiceInput {
     /// Unique, case-sensitive identifier that you provide to ensure the idempotency of the request.
-    #[serde(rename = "clientToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_token: Option<String>,
     /// The new virtual service specification to apply.
     #[serde(rename = "spec")]
@@ -3269,7 +3672,11 @@ impl Validate for VirtualGatewayAccessLog {
 #[serde(deny_unknown_fields)]
 pub struct VirtualGatewayBackendDefaults {
     /// A reference to an object that represents a client policy.
-    #[serde(rename = "clientPolicy", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_policy: Option<VirtualGatewayClientPolicy>,
 }
 
@@ -3303,7 +3710,11 @@ impl Validate for VirtualGatewayClientPolicy {
 #[serde(deny_unknown_fields)]
 pub struct VirtualGatewayClientPolicyTls {
     /// A reference to an object that represents a virtual gateway's client's Transport Layer Security (TLS) certificate.
-    #[serde(rename = "certificate", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "certificate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub certificate: Option<VirtualGatewayClientTlsCertificate>,
     /// Whether the policy is enforced.
     #[serde(rename = "enforce", default, skip_serializing_if = "Option::is_none")]
@@ -3322,7 +3733,9 @@ impl Validate for VirtualGatewayClientPolicyTls {
             v.nested("certificate", x);
         }
         if let Some(x) = &self.ports {
-            v.list("ports", x, None, None, |v, x| v.number("", *x as i64, Some(1), Some(65535)));
+            v.list("ports", x, None, None, |v, x| {
+                v.number("", *x as i64, Some(1), Some(65535))
+            });
         }
         v.nested("validation", &self.validation);
     }
@@ -3405,7 +3818,13 @@ impl Validate for VirtualGatewayData {
         v.nested("metadata", &self.metadata);
         v.nested("spec", &self.spec);
         v.nested("status", &self.status);
-        v.string("virtualGatewayName", &self.virtual_gateway_name, Some(1), Some(255), None);
+        v.string(
+            "virtualGatewayName",
+            &self.virtual_gateway_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -3474,13 +3893,33 @@ pub struct VirtualGatewayHealthCheckPolicy {
 
 impl Validate for VirtualGatewayHealthCheckPolicy {
     fn validate(&self, v: &mut Validator) {
-        v.number("healthyThreshold", *&self.healthy_threshold as i64, Some(2), Some(10));
-        v.number("intervalMillis", *&self.interval_millis as i64, Some(5000), Some(300000));
+        v.number(
+            "healthyThreshold",
+            *&self.healthy_threshold as i64,
+            Some(2),
+            Some(10),
+        );
+        v.number(
+            "intervalMillis",
+            *&self.interval_millis as i64,
+            Some(5000),
+            Some(300000),
+        );
         if let Some(x) = &self.port {
             v.number("port", *x as i64, Some(1), Some(65535));
         }
-        v.number("timeoutMillis", *&self.timeout_millis as i64, Some(2000), Some(60000));
-        v.number("unhealthyThreshold", *&self.unhealthy_threshold as i64, Some(2), Some(10));
+        v.number(
+            "timeoutMillis",
+            *&self.timeout_millis as i64,
+            Some(2000),
+            Some(60000),
+        );
+        v.number(
+            "unhealthyThreshold",
+            *&self.unhealthy_threshold as i64,
+            Some(2),
+            Some(10),
+        );
     }
 }
 
@@ -3507,13 +3946,22 @@ pub struct VirtualGatewayHttpConnectionPool {
     #[serde(rename = "maxConnections")]
     pub max_connections: i32,
     /// Number of overflowing requests after max_connections Envoy will queue to upstream cluster.
-    #[serde(rename = "maxPendingRequests", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "maxPendingRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_pending_requests: Option<i32>,
 }
 
 impl Validate for VirtualGatewayHttpConnectionPool {
     fn validate(&self, v: &mut Validator) {
-        v.number("maxConnections", *&self.max_connections as i64, Some(1), None);
+        v.number(
+            "maxConnections",
+            *&self.max_connections as i64,
+            Some(1),
+            None,
+        );
         if let Some(x) = &self.max_pending_requests {
             v.number("maxPendingRequests", *x as i64, Some(1), None);
         }
@@ -3525,10 +3973,18 @@ impl Validate for VirtualGatewayHttpConnectionPool {
 #[serde(deny_unknown_fields)]
 pub struct VirtualGatewayListener {
     /// The connection pool information for the virtual gateway listener.
-    #[serde(rename = "connectionPool", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "connectionPool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connection_pool: Option<VirtualGatewayConnectionPool>,
     /// The health check information for the listener.
-    #[serde(rename = "healthCheck", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "healthCheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub health_check: Option<VirtualGatewayHealthCheckPolicy>,
     /// The port mapping information for the listener.
     #[serde(rename = "portMapping")]
@@ -3564,7 +4020,11 @@ pub struct VirtualGatewayListenerTls {
     #[serde(rename = "mode")]
     pub mode: VirtualGatewayListenerTlsMode,
     /// A reference to an object that represents a virtual gateway's listener's Transport Layer Security (TLS) validation context.
-    #[serde(rename = "validation", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "validation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub validation: Option<VirtualGatewayListenerTlsValidationContext>,
 }
 
@@ -3587,8 +4047,7 @@ pub struct VirtualGatewayListenerTlsAcmCertificate {
 }
 
 impl Validate for VirtualGatewayListenerTlsAcmCertificate {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a listener's Transport Layer Security (TLS) certificate.
@@ -3632,7 +4091,13 @@ pub struct VirtualGatewayListenerTlsFileCertificate {
 
 impl Validate for VirtualGatewayListenerTlsFileCertificate {
     fn validate(&self, v: &mut Validator) {
-        v.string("certificateChain", &self.certificate_chain, Some(1), Some(255), None);
+        v.string(
+            "certificateChain",
+            &self.certificate_chain,
+            Some(1),
+            Some(255),
+            None,
+        );
         v.string("privateKey", &self.private_key, Some(1), Some(255), None);
     }
 }
@@ -3650,7 +4115,11 @@ pub enum VirtualGatewayListenerTlsMode {
 
 impl VirtualGatewayListenerTlsMode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [VirtualGatewayListenerTlsMode] = &[VirtualGatewayListenerTlsMode::Strict, VirtualGatewayListenerTlsMode::Permissive, VirtualGatewayListenerTlsMode::Disabled];
+    pub const ALL: &'static [VirtualGatewayListenerTlsMode] = &[
+        VirtualGatewayListenerTlsMode::Strict,
+        VirtualGatewayListenerTlsMode::Permissive,
+        VirtualGatewayListenerTlsMode::Disabled,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -3671,8 +4140,7 @@ pub struct VirtualGatewayListenerTlsSdsCertificate {
 }
 
 impl Validate for VirtualGatewayListenerTlsSdsCertificate {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a virtual gateway's listener's Transport Layer Security (TLS) validation context.
@@ -3680,7 +4148,11 @@ impl Validate for VirtualGatewayListenerTlsSdsCertificate {
 #[serde(deny_unknown_fields)]
 pub struct VirtualGatewayListenerTlsValidationContext {
     /// A reference to an object that represents the SANs for a virtual gateway listener's Transport Layer Security (TLS) validation context.
-    #[serde(rename = "subjectAlternativeNames", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "subjectAlternativeNames",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub subject_alternative_names: Option<SubjectAlternativeNames>,
     /// A reference to where to retrieve the trust chain when validating a peer’s Transport Layer Security (TLS) certificate.
     #[serde(rename = "trust")]
@@ -3767,7 +4239,11 @@ pub enum VirtualGatewayPortProtocol {
 
 impl VirtualGatewayPortProtocol {
     /// Every value, in the model's order.
-    pub const ALL: &'static [VirtualGatewayPortProtocol] = &[VirtualGatewayPortProtocol::Http, VirtualGatewayPortProtocol::Http2, VirtualGatewayPortProtocol::Grpc];
+    pub const ALL: &'static [VirtualGatewayPortProtocol] = &[
+        VirtualGatewayPortProtocol::Http,
+        VirtualGatewayPortProtocol::Http2,
+        VirtualGatewayPortProtocol::Grpc,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -3812,8 +4288,20 @@ impl Validate for VirtualGatewayRef {
     fn validate(&self, v: &mut Validator) {
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
-        v.string("virtualGatewayName", &self.virtual_gateway_name, Some(1), Some(255), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
+        v.string(
+            "virtualGatewayName",
+            &self.virtual_gateway_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -3822,7 +4310,11 @@ impl Validate for VirtualGatewayRef {
 #[serde(deny_unknown_fields)]
 pub struct VirtualGatewaySpec {
     /// A reference to an object that represents the defaults for backends.
-    #[serde(rename = "backendDefaults", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "backendDefaults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend_defaults: Option<VirtualGatewayBackendDefaults>,
     /// The listeners that the mesh endpoint is expected to receive inbound traffic from.
     #[serde(rename = "listeners")]
@@ -3837,7 +4329,9 @@ impl Validate for VirtualGatewaySpec {
         if let Some(x) = &self.backend_defaults {
             v.nested("backendDefaults", x);
         }
-        v.list("listeners", &self.listeners, None, None, |v, x| v.nested("", x));
+        v.list("listeners", &self.listeners, None, None, |v, x| {
+            v.nested("", x)
+        });
         if let Some(x) = &self.logging {
             v.nested("logging", x);
         }
@@ -3854,8 +4348,7 @@ pub struct VirtualGatewayStatus {
 }
 
 impl Validate for VirtualGatewayStatus {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// VirtualGatewayStatusCode
@@ -3871,7 +4364,11 @@ pub enum VirtualGatewayStatusCode {
 
 impl VirtualGatewayStatusCode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [VirtualGatewayStatusCode] = &[VirtualGatewayStatusCode::Active, VirtualGatewayStatusCode::Inactive, VirtualGatewayStatusCode::Deleted];
+    pub const ALL: &'static [VirtualGatewayStatusCode] = &[
+        VirtualGatewayStatusCode::Active,
+        VirtualGatewayStatusCode::Inactive,
+        VirtualGatewayStatusCode::Deleted,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -3887,7 +4384,11 @@ impl VirtualGatewayStatusCode {
 #[serde(deny_unknown_fields)]
 pub struct VirtualGatewayTlsValidationContext {
     /// A reference to an object that represents the SANs for a virtual gateway's listener's Transport Layer Security (TLS) validation context.
-    #[serde(rename = "subjectAlternativeNames", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "subjectAlternativeNames",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub subject_alternative_names: Option<SubjectAlternativeNames>,
     /// A reference to where to retrieve the trust chain when validating a peer’s Transport Layer Security (TLS) certificate.
     #[serde(rename = "trust")]
@@ -3914,7 +4415,13 @@ pub struct VirtualGatewayTlsValidationContextAcmTrust {
 
 impl Validate for VirtualGatewayTlsValidationContextAcmTrust {
     fn validate(&self, v: &mut Validator) {
-        v.list("certificateAuthorityArns", &self.certificate_authority_arns, Some(1), Some(3), |v, x| v.string("", x, None, None, None));
+        v.list(
+            "certificateAuthorityArns",
+            &self.certificate_authority_arns,
+            Some(1),
+            Some(3),
+            |v, x| v.string("", x, None, None, None),
+        );
     }
 }
 
@@ -3929,7 +4436,13 @@ pub struct VirtualGatewayTlsValidationContextFileTrust {
 
 impl Validate for VirtualGatewayTlsValidationContextFileTrust {
     fn validate(&self, v: &mut Validator) {
-        v.string("certificateChain", &self.certificate_chain, Some(1), Some(255), None);
+        v.string(
+            "certificateChain",
+            &self.certificate_chain,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -3943,8 +4456,7 @@ pub struct VirtualGatewayTlsValidationContextSdsTrust {
 }
 
 impl Validate for VirtualGatewayTlsValidationContextSdsTrust {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// An object that represents a Transport Layer Security (TLS) validation context trust.
@@ -4032,7 +4544,13 @@ impl Validate for VirtualNodeData {
         v.nested("metadata", &self.metadata);
         v.nested("spec", &self.spec);
         v.nested("status", &self.status);
-        v.string("virtualNodeName", &self.virtual_node_name, Some(1), Some(255), None);
+        v.string(
+            "virtualNodeName",
+            &self.virtual_node_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -4074,13 +4592,22 @@ pub struct VirtualNodeHttpConnectionPool {
     #[serde(rename = "maxConnections")]
     pub max_connections: i32,
     /// Number of overflowing requests after max_connections Envoy will queue to upstream cluster.
-    #[serde(rename = "maxPendingRequests", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "maxPendingRequests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_pending_requests: Option<i32>,
 }
 
 impl Validate for VirtualNodeHttpConnectionPool {
     fn validate(&self, v: &mut Validator) {
-        v.number("maxConnections", *&self.max_connections as i64, Some(1), None);
+        v.number(
+            "maxConnections",
+            *&self.max_connections as i64,
+            Some(1),
+            None,
+        );
         if let Some(x) = &self.max_pending_requests {
             v.number("maxPendingRequests", *x as i64, Some(1), None);
         }
@@ -4121,8 +4648,20 @@ impl Validate for VirtualNodeRef {
     fn validate(&self, v: &mut Validator) {
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
-        v.string("virtualNodeName", &self.virtual_node_name, Some(1), Some(255), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
+        v.string(
+            "virtualNodeName",
+            &self.virtual_node_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -4137,7 +4676,13 @@ pub struct VirtualNodeServiceProvider {
 
 impl Validate for VirtualNodeServiceProvider {
     fn validate(&self, v: &mut Validator) {
-        v.string("virtualNodeName", &self.virtual_node_name, Some(1), Some(255), None);
+        v.string(
+            "virtualNodeName",
+            &self.virtual_node_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -4146,7 +4691,11 @@ impl Validate for VirtualNodeServiceProvider {
 #[serde(deny_unknown_fields)]
 pub struct VirtualNodeSpec {
     /// A reference to an object that represents the defaults for backends.
-    #[serde(rename = "backendDefaults", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "backendDefaults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend_defaults: Option<BackendDefaults>,
     /// The backends that the virtual node is expected to send outbound traffic to.
     #[serde(rename = "backends", default, skip_serializing_if = "Option::is_none")]
@@ -4158,7 +4707,11 @@ pub struct VirtualNodeSpec {
     #[serde(rename = "logging", default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
     /// The service discovery information for the virtual node.
-    #[serde(rename = "serviceDiscovery", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "serviceDiscovery",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_discovery: Option<ServiceDiscovery>,
 }
 
@@ -4192,8 +4745,7 @@ pub struct VirtualNodeStatus {
 }
 
 impl Validate for VirtualNodeStatus {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// VirtualNodeStatusCode
@@ -4209,7 +4761,11 @@ pub enum VirtualNodeStatusCode {
 
 impl VirtualNodeStatusCode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [VirtualNodeStatusCode] = &[VirtualNodeStatusCode::Active, VirtualNodeStatusCode::Inactive, VirtualNodeStatusCode::Deleted];
+    pub const ALL: &'static [VirtualNodeStatusCode] = &[
+        VirtualNodeStatusCode::Active,
+        VirtualNodeStatusCode::Inactive,
+        VirtualNodeStatusCode::Deleted,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -4231,7 +4787,12 @@ pub struct VirtualNodeTcpConnectionPool {
 
 impl Validate for VirtualNodeTcpConnectionPool {
     fn validate(&self, v: &mut Validator) {
-        v.number("maxConnections", *&self.max_connections as i64, Some(1), None);
+        v.number(
+            "maxConnections",
+            *&self.max_connections as i64,
+            Some(1),
+            None,
+        );
     }
 }
 
@@ -4262,7 +4823,13 @@ impl Validate for VirtualRouterData {
         v.nested("metadata", &self.metadata);
         v.nested("spec", &self.spec);
         v.nested("status", &self.status);
-        v.string("virtualRouterName", &self.virtual_router_name, Some(1), Some(255), None);
+        v.string(
+            "virtualRouterName",
+            &self.virtual_router_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -4315,8 +4882,20 @@ impl Validate for VirtualRouterRef {
     fn validate(&self, v: &mut Validator) {
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
-        v.string("virtualRouterName", &self.virtual_router_name, Some(1), Some(255), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
+        v.string(
+            "virtualRouterName",
+            &self.virtual_router_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -4331,7 +4910,13 @@ pub struct VirtualRouterServiceProvider {
 
 impl Validate for VirtualRouterServiceProvider {
     fn validate(&self, v: &mut Validator) {
-        v.string("virtualRouterName", &self.virtual_router_name, Some(1), Some(255), None);
+        v.string(
+            "virtualRouterName",
+            &self.virtual_router_name,
+            Some(1),
+            Some(255),
+            None,
+        );
     }
 }
 
@@ -4362,8 +4947,7 @@ pub struct VirtualRouterStatus {
 }
 
 impl Validate for VirtualRouterStatus {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// VirtualRouterStatusCode
@@ -4379,7 +4963,11 @@ pub enum VirtualRouterStatusCode {
 
 impl VirtualRouterStatusCode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [VirtualRouterStatusCode] = &[VirtualRouterStatusCode::Active, VirtualRouterStatusCode::Inactive, VirtualRouterStatusCode::Deleted];
+    pub const ALL: &'static [VirtualRouterStatusCode] = &[
+        VirtualRouterStatusCode::Active,
+        VirtualRouterStatusCode::Inactive,
+        VirtualRouterStatusCode::Deleted,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -4395,7 +4983,11 @@ impl VirtualRouterStatusCode {
 #[serde(deny_unknown_fields)]
 pub struct VirtualServiceBackend {
     /// A reference to an object that represents the client policy for a backend.
-    #[serde(rename = "clientPolicy", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "clientPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_policy: Option<ClientPolicy>,
     /// The name of the virtual service that is acting as a virtual node backend.
     #[serde(rename = "virtualServiceName")]
@@ -4497,7 +5089,13 @@ impl Validate for VirtualServiceRef {
     fn validate(&self, v: &mut Validator) {
         v.string("meshName", &self.mesh_name, Some(1), Some(255), None);
         v.string("meshOwner", &self.mesh_owner, Some(12), Some(12), None);
-        v.string("resourceOwner", &self.resource_owner, Some(12), Some(12), None);
+        v.string(
+            "resourceOwner",
+            &self.resource_owner,
+            Some(12),
+            Some(12),
+            None,
+        );
     }
 }
 
@@ -4528,8 +5126,7 @@ pub struct VirtualServiceStatus {
 }
 
 impl Validate for VirtualServiceStatus {
-    fn validate(&self, _v: &mut Validator) {
-    }
+    fn validate(&self, _v: &mut Validator) {}
 }
 
 /// VirtualServiceStatusCode
@@ -4545,7 +5142,11 @@ pub enum VirtualServiceStatusCode {
 
 impl VirtualServiceStatusCode {
     /// Every value, in the model's order.
-    pub const ALL: &'static [VirtualServiceStatusCode] = &[VirtualServiceStatusCode::Active, VirtualServiceStatusCode::Inactive, VirtualServiceStatusCode::Deleted];
+    pub const ALL: &'static [VirtualServiceStatusCode] = &[
+        VirtualServiceStatusCode::Active,
+        VirtualServiceStatusCode::Inactive,
+        VirtualServiceStatusCode::Deleted,
+    ];
     /// The value as it appears on the wire.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -4584,11 +5185,19 @@ impl Validate for WeightedTarget {
 /// Regular expressions that the model puts on string shapes.
 pub(crate) static PATTERNS: &[(&str, &str)] = &[
     ("AwsCloudMapInstanceAttributeKey", r"^[a-zA-Z0-9!-~]+$"),
-    ("AwsCloudMapInstanceAttributeValue", r"^([a-zA-Z0-9!-~][  a-zA-Z0-9!-~]*){0,1}[a-zA-Z0-9!-~]{0,1}$"),
+    (
+        "AwsCloudMapInstanceAttributeValue",
+        r"^([a-zA-Z0-9!-~][  a-zA-Z0-9!-~]*){0,1}[a-zA-Z0-9!-~]{0,1}$",
+    ),
 ];
 
 /// How much of the botocore model this file covers, checked by a unit test.
-pub const COVERAGE: Coverage = Coverage { structures: 170, unions: 20, enums: 20, operations: 38 };
+pub const COVERAGE: Coverage = Coverage {
+    structures: 170,
+    unions: 20,
+    enums: 20,
+    operations: 38,
+};
 
 /// Counts of generated items, for tests and the closing report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,12 @@ use crate::store::{describe, Model};
 use crate::validate::{FieldError, Validate, Validator};
 
 /// Retry events App Mesh accepts in `httpRetryEvents`.
-pub const HTTP_RETRY_EVENTS: [&str; 4] = ["server-error", "gateway-error", "client-error", "stream-error"];
+pub const HTTP_RETRY_EVENTS: [&str; 4] = [
+    "server-error",
+    "gateway-error",
+    "client-error",
+    "stream-error",
+];
 
 /// Checks a resource name: the model's 1–255 characters, and characters that keep ARNs,
 /// node ids and Envoy resource names unambiguous (letters, digits, `-`, `_`, `.`).
@@ -79,7 +84,10 @@ fn unique_ports(v: &mut Validator, ports: impl Iterator<Item = i32>) {
     let mut seen = BTreeSet::new();
     for p in ports {
         if !seen.insert(p) {
-            v.error("listeners", format!("port {p} is used by more than one listener"));
+            v.error(
+                "listeners",
+                format!("port {p} is used by more than one listener"),
+            );
         }
     }
 }
@@ -120,7 +128,10 @@ fn regex(v: &mut Validator, member: &str, re: &str) {
     // Envoy uses RE2; the regex crate accepts the same syntax (no lookaround, no
     // backreferences), so what compiles here compiles in Envoy.
     if let Err(e) = regex::Regex::new(re) {
-        v.error(member, format!("invalid regular expression: {}", one_line(&e.to_string())));
+        v.error(
+            member,
+            format!("invalid regular expression: {}", one_line(&e.to_string())),
+        );
     }
 }
 
@@ -134,7 +145,9 @@ fn hostname(v: &mut Validator, member: &str, h: &str) {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if !ok {
         v.error(member, format!("{h:?} is not a valid DNS name"));
@@ -170,7 +183,9 @@ fn virtual_node(s: &api::VirtualNodeSpec, v: &mut Validator) {
     });
     if let Some(sd) = &s.service_discovery {
         v.within("serviceDiscovery", |v| match sd {
-            api::ServiceDiscovery::Dns(d) => v.within("dns", |v| hostname(v, "hostname", &d.hostname)),
+            api::ServiceDiscovery::Dns(d) => {
+                v.within("dns", |v| hostname(v, "hostname", &d.hostname))
+            }
             api::ServiceDiscovery::AwsCloudMap(_) => {}
         });
     }
@@ -193,9 +208,15 @@ fn listener(v: &mut Validator, l: &api::Listener) {
     let proto_name = proto.as_str();
     if let Some(hc) = &l.health_check {
         v.within("healthCheck", |v| {
-            let http_like = matches!(hc.protocol, api::PortProtocol::Http | api::PortProtocol::Http2);
+            let http_like = matches!(
+                hc.protocol,
+                api::PortProtocol::Http | api::PortProtocol::Http2
+            );
             if http_like && hc.path.as_deref().is_none_or(|p| !p.starts_with('/')) {
-                v.error("path", "an HTTP health check needs a path starting with '/'");
+                v.error(
+                    "path",
+                    "an HTTP health check needs a path starting with '/'",
+                );
             }
         });
     }
@@ -235,13 +256,19 @@ fn listener(v: &mut Validator, l: &api::Listener) {
         if member != proto_name {
             v.error(
                 "connectionPool",
-                format!("connectionPool.{member} does not match the listener's protocol {proto_name}"),
+                format!(
+                    "connectionPool.{member} does not match the listener's protocol {proto_name}"
+                ),
             );
         }
     }
     if let Some(od) = &l.outlier_detection {
         v.within("outlierDetection", |v| {
-            duration(v, "baseEjectionDuration", &Some(od.base_ejection_duration.clone()));
+            duration(
+                v,
+                "baseEjectionDuration",
+                &Some(od.base_ejection_duration.clone()),
+            );
             duration(v, "interval", &Some(od.interval.clone()));
         });
     }
@@ -254,7 +281,10 @@ fn retry_events(v: &mut Validator, http: &Option<Vec<String>>, others: bool) {
                 if !HTTP_RETRY_EVENTS.contains(&e.as_str()) {
                     v.error(
                         &format!("[{i}]"),
-                        format!("unknown retry event {e:?}; use one of {}", HTTP_RETRY_EVENTS.join(", ")),
+                        format!(
+                            "unknown retry event {e:?}; use one of {}",
+                            HTTP_RETRY_EVENTS.join(", ")
+                        ),
                     );
                 }
             }
@@ -268,7 +298,10 @@ fn retry_events(v: &mut Validator, http: &Option<Vec<String>>, others: bool) {
 fn weighted_targets(v: &mut Validator, targets: &[api::WeightedTarget]) {
     let total: i64 = targets.iter().map(|t| i64::from(t.weight)).sum();
     if !targets.is_empty() && total == 0 {
-        v.error("weightedTargets", "the weights of the targets must not all be 0");
+        v.error(
+            "weightedTargets",
+            "the weights of the targets must not all be 0",
+        );
     }
     for (i, t) in targets.iter().enumerate() {
         if let Err(e) = name(Kind::VirtualNode, &t.virtual_node) {
@@ -295,7 +328,9 @@ fn http_route(v: &mut Validator, r: &api::HttpRoute) {
             }
         }
     });
-    v.within("action", |v| weighted_targets(v, &r.action.weighted_targets));
+    v.within("action", |v| {
+        weighted_targets(v, &r.action.weighted_targets)
+    });
     if let Some(rp) = &r.retry_policy {
         v.within("retryPolicy", |v| {
             duration(v, "perRetryTimeout", &Some(rp.per_retry_timeout.clone()));
@@ -308,12 +343,20 @@ fn http_route(v: &mut Validator, r: &api::HttpRoute) {
 }
 
 fn route(s: &api::RouteSpec, v: &mut Validator) {
-    let set = [s.http_route.is_some(), s.http2_route.is_some(), s.grpc_route.is_some(), s.tcp_route.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let set = [
+        s.http_route.is_some(),
+        s.http2_route.is_some(),
+        s.grpc_route.is_some(),
+        s.tcp_route.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if set != 1 {
-        v.error("", "set exactly one of httpRoute, http2Route, grpcRoute and tcpRoute");
+        v.error(
+            "",
+            "set exactly one of httpRoute, http2Route, grpcRoute and tcpRoute",
+        );
     }
     if let Some(r) = &s.http_route {
         v.within("httpRoute", |v| http_route(v, r));
@@ -340,7 +383,9 @@ fn route(s: &api::RouteSpec, v: &mut Validator) {
                     }
                 }
             });
-            v.within("action", |v| weighted_targets(v, &r.action.weighted_targets));
+            v.within("action", |v| {
+                weighted_targets(v, &r.action.weighted_targets)
+            });
             if let Some(rp) = &r.retry_policy {
                 v.within("retryPolicy", |v| {
                     duration(v, "perRetryTimeout", &Some(rp.per_retry_timeout.clone()));
@@ -358,7 +403,9 @@ fn route(s: &api::RouteSpec, v: &mut Validator) {
     }
     if let Some(r) = &s.tcp_route {
         v.within("tcpRoute", |v| {
-            v.within("action", |v| weighted_targets(v, &r.action.weighted_targets));
+            v.within("action", |v| {
+                weighted_targets(v, &r.action.weighted_targets)
+            });
             if let Some(t) = &r.timeout {
                 v.within("timeout", |v| duration(v, "idle", &t.idle));
             }
@@ -452,16 +499,23 @@ fn gateway_http_route(v: &mut Validator, r: &api::HttpGatewayRoute) {
 }
 
 fn target_name(v: &mut Validator, t: &api::GatewayRouteTarget) {
-    if let Err(e) = name(Kind::VirtualService, &t.virtual_service.virtual_service_name) {
+    if let Err(e) = name(
+        Kind::VirtualService,
+        &t.virtual_service.virtual_service_name,
+    ) {
         v.error("action.target.virtualService.virtualServiceName", e.message);
     }
 }
 
 fn gateway_route(s: &api::GatewayRouteSpec, v: &mut Validator) {
-    let set = [s.http_route.is_some(), s.http2_route.is_some(), s.grpc_route.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let set = [
+        s.http_route.is_some(),
+        s.http2_route.is_some(),
+        s.grpc_route.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if set != 1 {
         v.error("", "set exactly one of httpRoute, http2Route and grpcRoute");
     }
@@ -535,7 +589,11 @@ fn route_protocol(r: &api::RouteSpec) -> Option<api::PortProtocol> {
 /// service's provider must exist, a route's type must match a listener of its router, and a
 /// gateway route's target service must exist.
 pub fn references(model: &Model, key: &ResourceKey, spec: &Spec) -> Result<(), ApiError> {
-    let exists = |kind: Kind, name: &str| model.get(&ResourceKey::in_mesh(&key.mesh, kind, name)).is_some();
+    let exists = |kind: Kind, name: &str| {
+        model
+            .get(&ResourceKey::in_mesh(&key.mesh, kind, name))
+            .is_some()
+    };
     for t in targets_of(spec) {
         if !exists(Kind::VirtualNode, &t.virtual_node) {
             return Err(ApiError::bad_request(format!(
@@ -545,7 +603,11 @@ pub fn references(model: &Model, key: &ResourceKey, spec: &Spec) -> Result<(), A
         }
     }
     if let Spec::Route(r) = spec {
-        let router = model.get(&ResourceKey::in_mesh(&key.mesh, Kind::VirtualRouter, &key.parent));
+        let router = model.get(&ResourceKey::in_mesh(
+            &key.mesh,
+            Kind::VirtualRouter,
+            &key.parent,
+        ));
         if let (Some(router), Some(proto)) = (router, route_protocol(r)) {
             if let Spec::VirtualRouter(vr) = &router.spec {
                 let protos: Vec<api::PortProtocol> = vr
@@ -567,7 +629,9 @@ pub fn references(model: &Model, key: &ResourceKey, spec: &Spec) -> Result<(), A
     }
     if let Spec::VirtualService(vs) = spec {
         match &vs.provider {
-            Some(api::VirtualServiceProvider::VirtualNode(p)) if !exists(Kind::VirtualNode, &p.virtual_node_name) => {
+            Some(api::VirtualServiceProvider::VirtualNode(p))
+                if !exists(Kind::VirtualNode, &p.virtual_node_name) =>
+            {
                 return Err(ApiError::not_found(format!(
                     "Virtual node {} not found in mesh {}",
                     p.virtual_node_name, key.mesh

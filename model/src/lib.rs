@@ -8,6 +8,7 @@
 //! - [`resource`]: kinds, keys, ARNs, stored resources and their API shapes.
 //! - [`store`]: the replicated [`Model`], the [`Command`] the Raft log carries, and the
 //!   deterministic [`Model::apply`].
+//! - [`request`]: the JSON entry points (create/update bodies), fuzzed.
 //! - [`error`]: the API's exception kinds.
 //!
 //! This crate does no I/O and has no async code: every other crate builds on it, and
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod check;
 pub mod error;
+pub mod request;
 pub mod resource;
 pub mod store;
 pub mod validate;

@@ -77,17 +77,21 @@ impl Kind {
     /// Parses the names users type (`virtualnode`, `vn`, `virtual-node`, `routes`, …).
     pub fn parse(s: &str) -> Option<Kind> {
         let k = s.to_ascii_lowercase().replace(['-', '_'], "");
-        let k = k.strip_suffix('s').unwrap_or(&k);
-        Some(match k {
-            "mesh" | "meshe" => Kind::Mesh,
-            "virtualnode" | "vn" | "node" => Kind::VirtualNode,
-            "virtualrouter" | "vr" | "router" => Kind::VirtualRouter,
-            "route" => Kind::Route,
-            "virtualservice" | "vs" | "service" => Kind::VirtualService,
-            "virtualgateway" | "vg" | "gateway" => Kind::VirtualGateway,
-            "gatewayroute" | "gr" => Kind::GatewayRoute,
-            _ => return None,
-        })
+        let singular = |k: &str| -> Option<Kind> {
+            Some(match k {
+                "mesh" => Kind::Mesh,
+                "virtualnode" | "vn" | "node" => Kind::VirtualNode,
+                "virtualrouter" | "vr" | "router" => Kind::VirtualRouter,
+                "route" => Kind::Route,
+                "virtualservice" | "vs" | "service" => Kind::VirtualService,
+                "virtualgateway" | "vg" | "gateway" => Kind::VirtualGateway,
+                "gatewayroute" | "gr" => Kind::GatewayRoute,
+                _ => return None,
+            })
+        };
+        singular(&k)
+            .or_else(|| k.strip_suffix("es").and_then(singular))
+            .or_else(|| k.strip_suffix('s').and_then(singular))
     }
 }
 
@@ -416,7 +420,10 @@ mod tests {
             ResourceKey::child("m", Kind::GatewayRoute, "gw", "gr"),
         ];
         for k in keys {
-            let arn = format!("arn:aws:appmesh:us-east-1:000000000000:{}", k.arn_resource());
+            let arn = format!(
+                "arn:aws:appmesh:us-east-1:000000000000:{}",
+                k.arn_resource()
+            );
             assert_eq!(ResourceKey::from_arn(&arn), Some(k.clone()), "{arn}");
         }
         assert_eq!(

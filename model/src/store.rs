@@ -154,7 +154,11 @@ impl From<Model> for Snapshot {
 impl From<Snapshot> for Model {
     fn from(s: Snapshot) -> Self {
         Model {
-            resources: s.resources.into_iter().map(|r| (r.key.clone(), r)).collect(),
+            resources: s
+                .resources
+                .into_iter()
+                .map(|r| (r.key.clone(), r))
+                .collect(),
             tokens: s.tokens.into_iter().collect(),
             revision: s.revision,
         }
@@ -215,9 +219,14 @@ impl Model {
         } else {
             let start = ResourceKey::child(mesh, kind, parent, after.unwrap_or_default());
             let (mesh, parent) = (mesh.to_string(), parent.to_string());
-            Box::new(self.resources.range(start..).map(|(_, r)| r).take_while(move |r| {
-                r.key.kind == kind && r.key.mesh == mesh && r.key.parent == parent
-            }))
+            Box::new(
+                self.resources
+                    .range(start..)
+                    .map(|(_, r)| r)
+                    .take_while(move |r| {
+                        r.key.kind == kind && r.key.mesh == mesh && r.key.parent == parent
+                    }),
+            )
         };
         let mut items = items.filter(|r| after.is_none_or(|a| r.key.name.as_str() > a));
         let page: Vec<&Resource> = items.by_ref().take(limit).collect();
@@ -469,7 +478,11 @@ pub(crate) fn describe(key: &ResourceKey) -> String {
         Kind::Route | Kind::GatewayRoute => format!(
             "{} of {} {} in mesh {}",
             key.name,
-            key.kind.parent().expect("child kind").title().to_lowercase(),
+            key.kind
+                .parent()
+                .expect("child kind")
+                .title()
+                .to_lowercase(),
             key.parent,
             key.mesh
         ),

@@ -140,9 +140,10 @@ impl Validator {
     /// Checks that a number lies in `[min, max]`.
     pub fn number(&mut self, member: &str, value: i64, min: Option<i64>, max: Option<i64>) {
         match (min, max) {
-            (Some(min), Some(max)) if value < min || value > max => {
-                self.error(member, format!("must be between {min} and {max}, got {value}"))
-            }
+            (Some(min), Some(max)) if value < min || value > max => self.error(
+                member,
+                format!("must be between {min} and {max}, got {value}"),
+            ),
             (Some(min), None) if value < min => {
                 self.error(member, format!("must be at least {min}, got {value}"))
             }
@@ -204,9 +205,21 @@ mod tests {
     #[test]
     fn model_patterns_compile_and_apply() {
         let mut v = Validator::default();
-        v.string("key", "ok-key", Some(1), Some(255), Some("AwsCloudMapInstanceAttributeKey"));
+        v.string(
+            "key",
+            "ok-key",
+            Some(1),
+            Some(255),
+            Some("AwsCloudMapInstanceAttributeKey"),
+        );
         assert!(v.is_ok());
-        v.string("key", "bad key", Some(1), Some(255), Some("AwsCloudMapInstanceAttributeKey"));
+        v.string(
+            "key",
+            "bad key",
+            Some(1),
+            Some(255),
+            Some("AwsCloudMapInstanceAttributeKey"),
+        );
         assert_eq!(v.into_errors().len(), 1);
     }
 }
