@@ -13,6 +13,7 @@ Usage: gen.py            rewrite model/src/api.rs
 import json
 import keyword
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -219,6 +220,9 @@ def main() -> int:
     w("    pub operations: usize,")
     w("}")
     text = "\n".join(out) + "\n"
+    # Format as `cargo fmt` would, so the committed file and the generator agree.
+    text = subprocess.run(["rustfmt", "--edition", "2021", "--emit", "stdout"], input=text,
+                          capture_output=True, text=True, check=True).stdout
     if "--check" in sys.argv:
         if OUT.read_text() != text:
             print("model/src/api.rs is stale: run python3 model/codegen/gen.py", file=sys.stderr)
