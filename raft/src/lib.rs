@@ -1,0 +1,137 @@
+//! shoal-raft: replication of the App Mesh model through openraft.
+//!
+//! Every write of the model goes through Raft, even on a single server, so that a write
+//! acknowledged to a client is on disk (fsynced in the Raft log) before the client hears about
+//! it, and so that adding servers later changes nothing about how writes flow.
+//!
+//! # Layout
+//! - [`RaftNode`] (in `node.rs`): the handle the server uses: open, bootstrap, write, read,
+//!   watch, status, shutdown.
+//! - `log_store.rs`: the Raft log, vote and commit index in sled.
+//! - `state_machine.rs`: the in-memory [`shoal_model::Model`], fed by committed entries, with
+//!   snapshots persisted in sled.
+//! - `codec.rs`: the versioned JSON records everything on disk is stored as.
+//! - `network.rs`: Raft RPC between servers (today: none; a single-server cluster never calls
+//!   it). Replacing this module is all that multi-server networking needs.
+//!
+//! Everything is stored as JSON (not bincode) because the model's types skip absent optional
+//! members when serialized, which only a self-describing format can read back.
+
+#![warn(missing_docs)]
+// openraft's storage traits prescribe `StorageError` (over 200 bytes) as their error type; the
+// helpers around them return it too, rather than boxing and unboxing at every trait boundary.
+#![allow(clippy::result_large_err)]
+
+mod codec;
+mod error;
+mod log_store;
+mod network;
+mod node;
+mod state_machine;
+
+#[cfg(test)]
+mod conformance;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{Error, WriteError};
+pub use node::{Member, RaftNode, Role, Status, Written};
+
+/// The openraft version this crate is built against, re-exported so that callers of
+/// [`RaftNode::raft`] can name its types without pinning a second copy.
+pub use openraft;
+
+/// How to run one Raft server. Build it with [`Config::new`] and adjust the public fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This server's Raft id: unique in the cluster, stable across restarts, never reused.
+    pub node_id: u64,
+    /// The server's data directory; the Raft store lives in its `raft` subdirectory.
+    pub data_dir: PathBuf,
+    /// Where other servers reach this one's Raft RPC (recorded in the membership).
+    pub raft_addr: String,
+    /// Where clients reach this server's HTTP API (recorded in the membership, so followers
+    /// can tell clients where the leader is).
+    pub api_addr: String,
+    /// Leader heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout, in milliseconds.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout, in milliseconds.
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is built once this many entries have been applied since the last one; the
+    /// log before a snapshot can then be purged, which bounds disk use and restart time.
+    pub snapshot_after_logs: u64,
+}
+
+impl Config {
+    /// A configuration with the default timings: heartbeat 250 ms, election timeout
+    /// 800–1600 ms (lenient enough for loaded CI machines and cross-AZ links), and a snapshot
+    /// every 5000 entries.
+    pub fn new(
+        node_id: u64,
+        data_dir: impl Into<PathBuf>,
+        raft_addr: impl Into<String>,
+        api_addr: impl Into<String>,
+    ) -> Config {
+        Config {
+            node_id,
+            data_dir: data_dir.into(),
+            raft_addr: raft_addr.into(),
+            api_addr: api_addr.into(),
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+            snapshot_after_logs: 5000,
+        }
+    }
+}
+
+/// What the cluster membership records about each server: how to reach it. This is the
+/// openraft `Node` type, so it is stored in the log and replicated with membership changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The server's Raft RPC address.
+    pub raft_addr: String,
+    /// The server's HTTP API address.
+    pub api_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft={} api={}", self.raft_addr, self.api_addr)
+    }
+}
+
+/// What applying one log entry answers, returned to the writer by openraft.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// The outcome of a [`shoal_model::Command`]; `None` for the entries openraft writes
+    /// itself (blank entries of a new leader, membership changes).
+    pub outcome: Option<shoal_model::Outcome>,
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of shoal: the log carries [`shoal_model::Command`]s,
+    /// servers are numbered by `u64` and described by [`NodeInfo`], and snapshots are JSON
+    /// documents held in memory.
+    pub TypeConfig:
+        D = shoal_model::Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = NodeInfo,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// One change of the model, as published to [`RaftNode::subscribe`]rs: watchers (agents,
+/// caches) follow the model by applying these in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The model revision after this change: the log index of the entry that made it.
+    pub revision: u64,
+    /// What changed.
+    pub change: shoal_model::Change,
+}

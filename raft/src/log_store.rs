@@ -1,0 +1,268 @@
+//! The Raft log, vote and commit index, in sled.
+//!
+//! Trees: `raft_log` maps a big-endian log index to a JSON [`Entry`]; `raft_meta` holds the
+//! `vote`, the `committed` log id, the `last_purged` log id and the `node_id` the store belongs
+//! to. A vote and appended entries are flushed to disk before openraft is told they are
+//! stored: that is what makes an acknowledged write survive `kill -9`.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{decode, encode, index_key, key_index};
+use crate::TypeConfig;
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+const NODE_ID: &[u8] = b"node_id";
+
+/// The log storage handed to openraft. Cheap to clone (sled handles are reference counted);
+/// openraft clones it as the log reader of each replication stream.
+#[derive(Clone)]
+pub(crate) struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    /// The last committed index, shared with [`crate::RaftNode::status`] (0 before any).
+    committed_index: Arc<AtomicU64>,
+    /// Held only to let [`crate::RaftNode::shutdown`] see when openraft has dropped storage.
+    _alive: Arc<()>,
+}
+
+impl LogStore {
+    /// Opens the log trees of `db`.
+    pub(crate) fn open(db: &sled::Db, alive: Arc<()>) -> Result<LogStore, StorageError<u64>> {
+        let log = db
+            .open_tree("raft_log")
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let meta = db
+            .open_tree("raft_meta")
+            .map_err(|e| StorageIOError::read(&e))?;
+        let store = LogStore {
+            db: db.clone(),
+            log,
+            meta,
+            committed_index: Arc::new(AtomicU64::new(0)),
+            _alive: alive,
+        };
+        let committed: Option<LogId<u64>> = store.get_meta(COMMITTED)?;
+        store
+            .committed_index
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// The shared last-committed index.
+    pub(crate) fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed_index.clone()
+    }
+
+    /// The node id this store was created for, recording `id` if it is new.
+    pub(crate) async fn bind_node_id(&self, id: u64) -> Result<u64, StorageError<u64>> {
+        if let Some(stored) = self.get_meta::<u64>(NODE_ID)? {
+            return Ok(stored);
+        }
+        self.put_meta(NODE_ID, &id)?;
+        self.flush().await.map_err(|e| StorageIOError::write(&e))?;
+        Ok(id)
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<u64>> {
+        let Some(bytes) = self.meta.get(key).map_err(|e| StorageIOError::read(&e))? else {
+            return Ok(None);
+        };
+        let value = decode(&bytes).map_err(|e| StorageIOError::read(&e))?;
+        Ok(Some(value))
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError<u64>> {
+        let bytes = encode(value).map_err(|e| StorageIOError::write(&e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (sled flushes the whole database at once).
+    async fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush_async().await.map(|_| ())
+    }
+
+    fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<u64>> {
+        decode(bytes).map_err(|e| StorageIOError::read_log_at_index(index, &e).into())
+    }
+
+    /// Removes the log entries whose index is in `range`, as one atomic batch.
+    fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageError<u64>> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(range).keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => match i.checked_add(1) {
+                Some(s) => s,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range(index_key(start)..) {
+            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let index = key_index(&key).map_err(|e| StorageIOError::read_logs(&e))?;
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(Self::decode_entry(index, &value)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let last_purged_log_id: Option<LogId<u64>> = self.get_meta(LAST_PURGED)?;
+        let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = match last {
+            Some((key, value)) => {
+                let index = key_index(&key).map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(Self::decode_entry(index, &value)?.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.meta
+            .insert(VOTE, bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        // A vote must be durable before it is acted upon, or a restarted node could vote
+        // twice in one term.
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        let Some(bytes) = self
+            .meta
+            .get(VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e))?
+        else {
+            return Ok(None);
+        };
+        let vote = decode(&bytes).map_err(|e| StorageIOError::read_vote(&e))?;
+        Ok(Some(vote))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        // Not flushed: the committed id only lets a restarted node re-apply its log before
+        // an election. If the last update is lost, the entries are still in the (flushed)
+        // log and are applied again as soon as the leader commits its first entry.
+        match committed {
+            Some(c) => {
+                self.put_meta(COMMITTED, &c)?;
+                self.committed_index.store(c.index, Ordering::Relaxed);
+            }
+            None => {
+                self.meta
+                    .remove(COMMITTED)
+                    .map_err(|e| StorageIOError::write(&e))?;
+                self.committed_index.store(0, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        self.get_meta(COMMITTED)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes =
+                encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            batch.insert(&index_key(entry.log_id.index)[..], bytes);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Only a flushed entry may count towards a commit.
+        match self.flush().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flushing the Raft log failed");
+                callback.log_io_completed(Err(io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        tracing::debug!(from = log_id.index, "truncating the Raft log");
+        self.remove_range(index_key(log_id.index)..)?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        tracing::debug!(upto = log_id.index, "purging the Raft log");
+        // Record the purge point first: a crash in between leaves entries that are merely
+        // ignored, never a log that seems to start earlier than it does.
+        self.put_meta(LAST_PURGED, &log_id)?;
+        self.remove_range(..=index_key(log_id.index))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
