@@ -1,1 +1,141 @@
-fn main() {}
+//! The `shoal` binary: thin on purpose. It parses the command line and calls into the
+//! modules below; every mode is a function of its configuration and a shutdown future.
+//!
+//! # Layout
+//! - `cli`: flags of every subcommand and the client commands' output.
+//! - `client`: HTTP client for the App Mesh API (used by `apply`, `get`, `delete`, `dev`).
+//! - `server`: server mode (Raft store + HTTP API), its configuration and `/v1/status`.
+//! - `appmesh`: the App Mesh REST API handlers.
+//! - `metrics`: Prometheus metrics.
+//! - `dev`: `shoal dev` and its example mesh.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+mod appmesh;
+mod cli;
+mod client;
+mod dev;
+mod metrics;
+mod server;
+
+use cli::{Cli, Command};
+
+/// Resolves on Ctrl-C or SIGTERM: the signal every mode shuts down on.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn server_config(args: cli::ServerArgs) -> anyhow::Result<server::ServerConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<server::ServerConfig>(&text)
+                .with_context(|| format!("{} is not a valid config", path.display()))?
+        }
+        None => {
+            let node_id = args
+                .node_id
+                .context("--node-id is required (or --config)")?;
+            let data_dir = args
+                .data_dir
+                .clone()
+                .context("--data-dir is required (or --config)")?;
+            server::ServerConfig::new(node_id, data_dir)
+        }
+    };
+    if let Some(v) = args.node_id {
+        cfg.node_id = v;
+    }
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = args.api {
+        cfg.api = v;
+    }
+    if let Some(v) = args.raft {
+        cfg.raft = v;
+    }
+    if let Some(v) = args.gossip {
+        cfg.gossip = Some(v);
+    }
+    if !args.join.is_empty() {
+        cfg.join = args.join;
+    }
+    if let Some(v) = args.bootstrap_expect {
+        cfg.bootstrap_expect = v;
+    }
+    if let Some(v) = args.account {
+        cfg.account = v;
+    }
+    if let Some(v) = args.region {
+        cfg.region = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(a) => dev::run(a).await,
+        Command::Server(a) => {
+            let cfg = server_config(a)?;
+            server::run(cfg, shutdown_signal(), |_| tokio::spawn(async {})).await
+        }
+        Command::Apply(a) => cli::apply(a).await,
+        Command::Get(a) => cli::get(a).await,
+        Command::Delete(a) => cli::delete(a).await,
+        Command::Status(a) => cli::status(a).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The App Mesh 2019-01-25 REST API: the 38 operations of the botocore model on its request
+//! URIs, with its status codes and error shapes, so `aws appmesh --endpoint-url` and the AWS
+//! SDKs work unchanged. Requests signed with SigV4 are accepted as they are.
+//!
+//! Every handler here is a thin adapter: parse (`shoal_model::request`), build a
+//! [`Command`], hand it to Raft, turn the outcome into JSON. The rules live in `shoal-model`.
+
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Query, RawPathParams, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use serde_json::{json, Value};
+use shoal_model::request::{self, parse_create, parse_update};
+use shoal_model::{ApiError, Command, ErrorKind, Kind, PutMode, ResourceKey, Stamp};
+use shoal_raft::WriteError;
+
+use crate::server::AppState;
+
+/// Page size when the client gives no `limit` (App Mesh's maximum).
+const DEFAULT_LIMIT: usize = 100;
+
+/// An API answer: a JSON body with a status, or an App Mesh error.
+pub type ApiResult = Result<(StatusCode, Value), ApiError>;
+
+/// Turns an [`ApiError`] into the rest-json error shape botocore parses: the exception name in
+/// `x-amzn-ErrorType` and in `__type`, and the text in `message`.
+pub fn error_response(e: &ApiError) -> Response {
+    let status =
+        StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (
+        status,
+        axum::Json(json!({ "__type": e.kind.code(), "message": e.message })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("x-amzn-ErrorType", HeaderValue::from_static(e.kind.code()));
+    resp
+}
+
+fn respond(state: &AppState, op: &str, started: Instant, result: ApiResult) -> Response {
+    let (status, resp) = match result {
+        Ok((status, body)) => (status, (status, axum::Json(body)).into_response()),
+        Err(e) => {
+            if e.kind == ErrorKind::InternalServerError {
+                tracing::error!(op, error = %e.message, "request failed");
+            } else {
+                tracing::debug!(op, error = %e, "request rejected");
+            }
+            (
+                StatusCode::from_u16(e.kind.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                error_response(&e),
+            )
+        }
+    };
+    state
+        .metrics
+        .observe_request(op, status.as_u16(), started.elapsed());
+    resp
+}
+
+/// The operation name for metrics and logs (`CreateVirtualNode`).
+fn op_name(verb: &str, kind: Kind) -> String {
+    let noun = match kind {
+        Kind::Mesh => "Mesh",
+        Kind::VirtualNode => "VirtualNode",
+        Kind::VirtualRouter => "VirtualRouter",
+        Kind::Route => "Route",
+        Kind::VirtualService => "VirtualService",
+        Kind::VirtualGateway => "VirtualGateway",
+        Kind::GatewayRoute => "GatewayRoute",
+    };
+    if verb == "List" {
+        let plural = if kind == Kind::Mesh {
+            "Meshes".to_string()
+        } else {
+            format!("{noun}s")
+        };
+        format!("List{plural}")
+    } else {
+        format!("{verb}{noun}")
+    }
+}
+
+/// The list member of `List<Kind>` outputs.
+fn list_member(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Mesh => "meshes",
+        Kind::VirtualNode => "virtualNodes",
+        Kind::VirtualRouter => "virtualRouters",
+        Kind::Route => "routes",
+        Kind::VirtualService => "virtualServices",
+        Kind::VirtualGateway => "virtualGateways",
+        Kind::GatewayRoute => "gatewayRoutes",
+    }
+}
+
+/// Builds the key of the resource a request names, from its path parameters.
+fn key_of(
+    kind: Kind,
+    p: &HashMap<String, String>,
+    name: Option<&str>,
+) -> Result<ResourceKey, ApiError> {
+    let get = |k: &str| -> Result<&str, ApiError> {
+        p.get(k)
+            .map(String::as_str)
+            .ok_or_else(|| ApiError::bad_request(format!("missing path parameter {k}")))
+    };
+    let name = match name {
+        Some(n) => n,
+        None => get("name")?,
+    };
+    if kind == Kind::Mesh {
+        return Ok(ResourceKey::mesh(name));
+    }
+    let mesh = get("mesh")?;
+    Ok(match kind {
+        Kind::Route | Kind::GatewayRoute => ResourceKey::child(mesh, kind, get("parent")?, name),
+        _ => ResourceKey::in_mesh(mesh, kind, name),
+    })
+}
+
+/// The mesh name of a request, for `meshOwner` checks and list scopes.
+fn mesh_param(kind: Kind, p: &HashMap<String, String>) -> String {
+    if kind == Kind::Mesh {
+        p.get("name").cloned().unwrap_or_default()
+    } else {
+        p.get("mesh").cloned().unwrap_or_default()
+    }
+}
+
+fn check_owner(state: &AppState, q: &HashMap<String, String>) -> Result<(), ApiError> {
+    match q.get("meshOwner") {
+        Some(owner) if owner != &state.identity.account => Err(ApiError::not_found(format!(
+            "No mesh shared by account {owner} is known to this control plane"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn stamp(state: &AppState) -> Stamp {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    // App Mesh reports times with millisecond precision.
+    let now = (now * 1000.0).round() / 1000.0;
+    Stamp {
+        now,
+        uid: uuid::Uuid::new_v4().to_string(),
+        account: state.identity.account.clone(),
+        region: state.identity.region.clone(),
+    }
+}
+
+/// Commits `cmd` through Raft and maps the outcome.
+pub async fn commit(state: &AppState, cmd: Command) -> Result<shoal_model::Resource, ApiError> {
+    let started = Instant::now();
+    let written = state.raft.write(cmd).await;
+    state.metrics.observe_apply(started.elapsed());
+    match written {
+        Ok(w) => w.outcome,
+        Err(WriteError::ForwardToLeader { leader_id, .. }) => Err(ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            match leader_id {
+                Some(id) => format!("This server is not the leader; server {id} is"),
+                None => "No Raft leader is known; retry shortly".to_string(),
+            },
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            format!("The write could not be committed: {e}"),
+        )),
+    }
+}
+
+async fn read_barrier(state: &AppState, q: &HashMap<String, String>) -> Result<(), ApiError> {
+    if q.get("stale").is_some_and(|v| v != "false") {
+        return Ok(());
+    }
+    state.raft.read_barrier().await.map_err(|e| {
+        ApiError::new(
+            ErrorKind::ServiceUnavailable,
+            format!("A linearizable read needs the Raft leader: {e}"),
+        )
+    })
+}
+
+async fn create(
+    state: AppState,
+    kind: Kind,
+    p: HashMap<String, String>,
+    q: HashMap<String, String>,
+    body: Bytes,
+) -> ApiResult {
+    check_owner(&state, &q)?;
+    let req = parse_create(kind, &body)?;
+    let key = key_of(kind, &p, Some(&req.name))?;
+    let cmd = Command::Put {
+        key,
+        spec: req.spec,
+        mode: PutMode::Create,
+        tags: req.tags,
+        client_token: req.client_token,
+        stamp: stamp(&state),
+    };
+    let r = commit(&state, cmd).await?;
+    Ok((StatusCode::OK, r.to_data(false)))
+}
+
+async fn update(
+    state: AppState,
+    kind: Kind,
+    p: HashMap<String, String>,
+    q: HashMap<String, String>,
+    body: Bytes,
+) -> ApiResult {
+    check_owner(&state, &q)?;
+    let req = parse_update(kind, &body)?;
+    let key = key_of(kind, &p, None)?;
+    let cmd = Command::Put {
+        key,
+        spec: req.spec,
+        mode: PutMode::Update,
+        tags: Vec::new(),
+        client_token: req.client_token,
+        stamp: stamp(&state),
+    };
+    let r = commit(&state, cmd).await?;
+    Ok((StatusCode::OK, r.to_data(false)))
+}
+
+async fn describe(
+    state: AppState,
+    kind: Kind,
+    p: HashMap<String, String>,
+    q: HashMap<String, String>,
+) -> ApiResult {
+    check_owner(&state, &q)?;
+    let key = key_of(kind, &p, None)?;
+    read_barrier(&state, &q).await?;
+    let found = state.raft.read(|m| m.get(&key).map(|r| r.to_data(false)));
+    found.map(|v| (StatusCode::OK, v)).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "{} {} not found",
+            kind.title(),
+            shoal_model::check::describe_key(&key)
+        ))
+    })
+}
+
+async fn delete(
+    state: AppState,
+    kind: Kind,
+    p: HashMap<String, String>,
+    q: HashMap<String, String>,
+) -> ApiResult {
+    check_owner(&state, &q)?;
+    let key = key_of(kind, &p, None)?;
+    let r = commit(&state, Command::Delete { key }).await?;
+    Ok((StatusCode::OK, r.to_data(true)))
+}
+
+fn parse_limit(q: &HashMap<String, String>, max: usize) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT.min(max)),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {max}, got {s:?}"
+            ))),
+        },
+    }
+}
+
+fn parse_token(q: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
+    match q.get("nextToken") {
+        None => Ok(None),
+        Some(t) => hex::decode(t)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("nextToken is not a token this API returned")),
+    }
+}
+
+async fn list(
+    state: AppState,
+    kind: Kind,
+    p: HashMap<String, String>,
+    q: HashMap<String, String>,
+) -> ApiResult {
+    check_owner(&state, &q)?;
+    let limit = parse_limit(&q, 100)?;
+    let after = parse_token(&q)?;
+    read_barrier(&state, &q).await?;
+    let mesh = mesh_param(kind, &p);
+    let parent = p.get("parent").cloned().unwrap_or_default();
+    let result = state.raft.read(|m| {
+        if kind != Kind::Mesh && m.get(&ResourceKey::mesh(&mesh)).is_none() {
+            return Err(ApiError::not_found(format!("Mesh {mesh} not found")));
+        }
+        if let Some(pk) = kind.parent() {
+            if m.get(&ResourceKey::in_mesh(&mesh, pk, &parent)).is_none() {
+                return Err(ApiError::not_found(format!(
+                    "{} {parent} not found in mesh {mesh}",
+                    pk.title()
+                )));
+            }
+        }
+        let (page, next) = m.page(kind, &mesh, &parent, after.as_deref(), limit);
+        let items: Vec<Value> = page.into_iter().map(|r| r.to_ref()).collect();
+        Ok((items, next))
+    })?;
+    let mut body = json!({ list_member(kind): result.0 });
+    if let Some(next) = result.1 {
+        body["nextToken"] = Value::String(hex::encode(next));
+    }
+    Ok((StatusCode::OK, body))
+}
+
+fn arn_key(q: &HashMap<String, String>) -> Result<ResourceKey, ApiError> {
+    let arn = q
+        .get("resourceArn")
+        .ok_or_else(|| ApiError::bad_request("resourceArn is required"))?;
+    ResourceKey::from_arn(arn)
+        .ok_or_else(|| ApiError::bad_request(format!("{arn:?} is not an App Mesh resource ARN")))
+}
+
+async fn tag(state: AppState, q: HashMap<String, String>, body: Bytes) -> ApiResult {
+    let key = arn_key(&q)?;
+    let input: shoal_model::api::TagResourceInput = request::json(&body)?;
+    request::tag_list(&input.tags)?;
+    commit(
+        &state,
+        Command::Tag {
+            key,
+            tags: input.tags,
+        },
+    )
+    .await?;
+    Ok((StatusCode::OK, json!({})))
+}
+
+async fn untag(state: AppState, q: HashMap<String, String>, body: Bytes) -> ApiResult {
+    let key = arn_key(&q)?;
+    let input: shoal_model::api::UntagResourceInput = request::json(&body)?;
+    if input.tag_keys.len() > 50 {
+        return Err(ApiError::bad_request("tagKeys: must have at most 50 items"));
+    }
+    commit(
+        &state,
+        Command::Untag {
+            key,
+            keys: input.tag_keys,
+        },
+    )
+    .await?;
+    Ok((StatusCode::OK, json!({})))
+}
+
+async fn list_tags(state: AppState, q: HashMap<String, String>) -> ApiResult {
+    let key = arn_key(&q)?;
+    let limit = parse_limit(&q, 50)?;
+    let start: usize = match q.get("nextToken") {
+        None => 0,
+        Some(t) => t
+            .parse()
+            .map_err(|_| ApiError::bad_request("nextToken is not a token this API returned"))?,
+    };
+    read_barrier(&state, &q).await?;
+    let tags = state
+        .raft
+        .read(|m| m.get(&key).map(|r| r.tags.clone()))
+        .ok_or_else(|| ApiError::not_found(format!("{} {} not found", key.kind.title(), key)))?;
+    let page: Vec<_> = tags.iter().skip(start).take(limit).collect();
+    let mut body = json!({ "tags": page });
+    if start + limit < tags.len() {
+        body["nextToken"] = Value::String((start + limit).to_string());
+    }
+    Ok((StatusCode::OK, body))
+}
+
+type Params = RawPathParams;
+type Q = Query<HashMap<String, String>>;
+
+fn params(p: &RawPathParams) -> HashMap<String, String> {
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Adds the routes of one kind: `collection` (create, list) and `collection/{name}`
+/// (describe, update, delete).
+fn kind_routes(router: Router<AppState>, kind: Kind, collection: &str) -> Router<AppState> {
+    let item = format!("{collection}/{{name}}");
+    let (c, l, d, u, x) = (
+        op_name("Create", kind),
+        op_name("List", kind),
+        op_name("Describe", kind),
+        op_name("Update", kind),
+        op_name("Delete", kind),
+    );
+    router
+        .route(
+            collection,
+            put(
+                move |State(s): State<AppState>, p: Params, Query(q): Q, body: Bytes| async move {
+                    let t = Instant::now();
+                    let r = create(s.clone(), kind, params(&p), q, body).await;
+                    respond(&s, &c, t, r)
+                },
+            )
+            .get(
+                move |State(s): State<AppState>, p: Params, Query(q): Q| async move {
+                    let t = Instant::now();
+                    let r = list(s.clone(), kind, params(&p), q).await;
+                    respond(&s, &l, t, r)
+                },
+            ),
+        )
+        .route(
+            &item,
+            get(
+                move |State(s): State<AppState>, p: Params, Query(q): Q| async move {
+                    let t = Instant::now();
+                    let r = describe(s.clone(), kind, params(&p), q).await;
+                    respond(&s, &d, t, r)
+                },
+            )
+            .put(
+                move |State(s): State<AppState>, p: Params, Query(q): Q, body: Bytes| async move {
+                    let t = Instant::now();
+                    let r = update(s.clone(), kind, params(&p), q, body).await;
+                    respond(&s, &u, t, r)
+                },
+            )
+            .delete(
+                move |State(s): State<AppState>, p: Params, Query(q): Q| async move {
+                    let t = Instant::now();
+                    let r = delete(s.clone(), kind, params(&p), q).await;
+                    respond(&s, &x, t, r)
+                },
+            ),
+        )
+}
+
+/// The App Mesh API routes.
+pub fn routes() -> Router<AppState> {
+    let base = "/v20190125";
+    let mut r = Router::new();
+    r = kind_routes(r, Kind::Mesh, &format!("{base}/meshes"));
+    r = kind_routes(
+        r,
+        Kind::VirtualNode,
+        &format!("{base}/meshes/{{mesh}}/virtualNodes"),
+    );
+    r = kind_routes(
+        r,
+        Kind::VirtualRouter,
+        &format!("{base}/meshes/{{mesh}}/virtualRouters"),
+    );
+    r = kind_routes(
+        r,
+        Kind::VirtualService,
+        &format!("{base}/meshes/{{mesh}}/virtualServices"),
+    );
+    r = kind_routes(
+        r,
+        Kind::VirtualGateway,
+        &format!("{base}/meshes/{{mesh}}/virtualGateways"),
+    );
+    r = kind_routes(
+        r,
+        Kind::Route,
+        &format!("{base}/meshes/{{mesh}}/virtualRouter/{{parent}}/routes"),
+    );
+    r = kind_routes(
+        r,
+        Kind::GatewayRoute,
+        &format!("{base}/meshes/{{mesh}}/virtualGateway/{{parent}}/gatewayRoutes"),
+    );
+    r.route(
+        &format!("{base}/tag"),
+        put(
+            |State(s): State<AppState>, Query(q): Q, body: Bytes| async move {
+                let t = Instant::now();
+                let r = tag(s.clone(), q, body).await;
+                respond(&s, "TagResource", t, r)
+            },
+        ),
+    )
+    .route(
+        &format!("{base}/untag"),
+        put(
+            |State(s): State<AppState>, Query(q): Q, body: Bytes| async move {
+                let t = Instant::now();
+                let r = untag(s.clone(), q, body).await;
+                respond(&s, "UntagResource", t, r)
+            },
+        ),
+    )
+    .route(
+        &format!("{base}/tags"),
+        get(|State(s): State<AppState>, Query(q): Q| async move {
+            let t = Instant::now();
+            let r = list_tags(s.clone(), q).await;
+            respond(&s, "ListTagsForResource", t, r)
+        }),
+    )
+}

@@ -1,0 +1,564 @@
+//! Command-line interface: the flags of every subcommand, and the client commands' output
+//! (readable tables, or `-o json`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use shoal_model::Kind;
+
+use crate::client::{self, Client};
+
+/// shoal: a self-hosted App Mesh control plane.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One process with a single-node server and an example mesh, for trying shoal out.
+    Dev(DevArgs),
+    /// Run a server (Raft member and API).
+    Server(ServerArgs),
+    /// Create or update resources from JSON files in the API's request shape.
+    Apply(ApplyArgs),
+    /// Show resources.
+    Get(GetArgs),
+    /// Delete resources.
+    Delete(DeleteArgs),
+    /// Show the cluster's Raft status.
+    Status(StatusArgs),
+}
+
+/// Where the client commands send their requests.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Server API address.
+    #[arg(long, env = "SHOAL_ADDR", default_value = "http://127.0.0.1:7070")]
+    pub addr: String,
+}
+
+/// `shoal dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Keep data here (default: a fresh temporary directory, removed at exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// API address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api: SocketAddr,
+    /// Raft address.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub raft: SocketAddr,
+    /// Do not load the example mesh.
+    #[arg(long)]
+    pub no_example: bool,
+}
+
+/// `shoal server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// TOML file with the same keys as the flags (`node_id`, `data_dir`, `api`, …); flags win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Raft id of this server (unique, never reused).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// API address (default 127.0.0.1:7070).
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// Raft address (default 127.0.0.1:7071).
+    #[arg(long)]
+    pub raft: Option<SocketAddr>,
+    /// Gossip address.
+    #[arg(long)]
+    pub gossip: Option<SocketAddr>,
+    /// Gossip address of an existing member (repeatable).
+    #[arg(long)]
+    pub join: Vec<String>,
+    /// Servers to wait for before forming the cluster.
+    #[arg(long)]
+    pub bootstrap_expect: Option<u32>,
+    /// Account id written into ARNs (12 digits).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Region written into ARNs.
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+/// `shoal apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Files or directories of `*.json` documents (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON.
+    Json,
+}
+
+/// `shoal get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// meshes, virtual-nodes (vn), virtual-routers (vr), routes, virtual-services (vs),
+    /// virtual-gateways (vg), gateway-routes (gr).
+    pub kind: String,
+    /// One resource to describe; all of the kind when absent.
+    pub name: Option<String>,
+    /// The mesh (all kinds but meshes).
+    #[arg(long, short = 'm')]
+    pub mesh: Option<String>,
+    /// The virtual router of routes.
+    #[arg(long)]
+    pub virtual_router: Option<String>,
+    /// The virtual gateway of gateway routes.
+    #[arg(long)]
+    pub virtual_gateway: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `shoal delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Kind, as for `get` (or use `-f`).
+    pub kind: Option<String>,
+    /// Name of the resource.
+    pub name: Option<String>,
+    /// The mesh.
+    #[arg(long, short = 'm')]
+    pub mesh: Option<String>,
+    /// The virtual router of a route.
+    #[arg(long)]
+    pub virtual_router: Option<String>,
+    /// The virtual gateway of a gateway route.
+    #[arg(long)]
+    pub virtual_gateway: Option<String>,
+    /// Delete what these files describe, in reverse dependency order.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `shoal status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn parse_kind(s: &str) -> anyhow::Result<Kind> {
+    Kind::parse(s).with_context(|| {
+        format!("unknown kind {s:?}: use meshes, virtual-nodes, virtual-routers, routes, virtual-services, virtual-gateways or gateway-routes")
+    })
+}
+
+/// Resolves the mesh and parent a kind needs from the flags.
+fn scope(
+    kind: Kind,
+    mesh: &Option<String>,
+    vr: &Option<String>,
+    vg: &Option<String>,
+) -> anyhow::Result<(String, String)> {
+    if kind == Kind::Mesh {
+        return Ok((String::new(), String::new()));
+    }
+    let mesh = mesh.clone().context("--mesh is required for this kind")?;
+    let parent = match kind {
+        Kind::Route => vr
+            .clone()
+            .context("--virtual-router is required for routes")?,
+        Kind::GatewayRoute => vg
+            .clone()
+            .context("--virtual-gateway is required for gateway routes")?,
+        _ => String::new(),
+    };
+    Ok((mesh, parent))
+}
+
+/// `shoal apply`.
+pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let docs = client::read_docs(&args.files)?;
+    if docs.is_empty() {
+        bail!("no JSON documents found");
+    }
+    let c = Client::new(&args.target.addr)?;
+    for d in &docs {
+        let what = c.apply(d).await?;
+        let verb = match what {
+            client::Applied::Created => "created",
+            client::Applied::Updated => "updated",
+        };
+        println!(
+            "{} {} {}",
+            d.kind,
+            display_name(d.kind, &d.mesh, &d.parent, &d.name),
+            verb
+        );
+    }
+    Ok(())
+}
+
+fn display_name(kind: Kind, mesh: &str, parent: &str, name: &str) -> String {
+    match kind {
+        Kind::Mesh => name.to_string(),
+        Kind::Route | Kind::GatewayRoute => format!("{mesh}/{parent}/{name}"),
+        _ => format!("{mesh}/{name}"),
+    }
+}
+
+/// `shoal get`.
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let kind = parse_kind(&args.kind)?;
+    let (mesh, parent) = scope(
+        kind,
+        &args.mesh,
+        &args.virtual_router,
+        &args.virtual_gateway,
+    )?;
+    let c = Client::new(&args.target.addr)?;
+    let items: Vec<Value> = match &args.name {
+        Some(name) => {
+            let mesh = if kind == Kind::Mesh {
+                name.clone()
+            } else {
+                mesh.clone()
+            };
+            vec![c.describe(kind, &mesh, &parent, name).await?]
+        }
+        None => {
+            let refs = c.list(kind, &mesh, &parent).await?;
+            let mut full = Vec::with_capacity(refs.len());
+            for r in refs {
+                let name = r
+                    .get(client::name_member(kind))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let mesh = r
+                    .get("meshName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                full.push(c.describe(kind, mesh, &parent, name).await?);
+            }
+            full
+        }
+    };
+    match args.output {
+        Output::Json => {
+            let v = if args.name.is_some() {
+                items[0].clone()
+            } else {
+                Value::Array(items)
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table => print!("{}", table(kind, &items)),
+    }
+    Ok(())
+}
+
+/// A one-line summary of a spec for tables.
+pub fn summary(kind: Kind, spec: &Value) -> String {
+    let listeners = |v: &Value| -> String {
+        v.get("listeners")
+            .and_then(Value::as_array)
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| {
+                        let pm = &l["portMapping"];
+                        format!("{}:{}", pm["protocol"].as_str().unwrap_or("?"), pm["port"])
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let targets = |r: &Value| -> String {
+        r["action"]["weightedTargets"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        format!(
+                            "{}={}",
+                            t["virtualNode"].as_str().unwrap_or("?"),
+                            t["weight"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    match kind {
+        Kind::Mesh => format!(
+            "egress={}",
+            spec["egressFilter"]["type"].as_str().unwrap_or("DROP_ALL")
+        ),
+        Kind::VirtualNode => {
+            let sd = &spec["serviceDiscovery"];
+            let disc = if let Some(h) = sd["dns"]["hostname"].as_str() {
+                format!("dns={h}")
+            } else if sd["awsCloudMap"].is_object() {
+                format!(
+                    "cloudmap={}.{}",
+                    sd["awsCloudMap"]["serviceName"].as_str().unwrap_or("?"),
+                    sd["awsCloudMap"]["namespaceName"].as_str().unwrap_or("?")
+                )
+            } else {
+                "no-discovery".into()
+            };
+            let backends = spec["backends"].as_array().map(|b| b.len()).unwrap_or(0);
+            format!(
+                "listeners={} {} backends={}",
+                listeners(spec),
+                disc,
+                backends
+            )
+        }
+        Kind::VirtualRouter | Kind::VirtualGateway => format!("listeners={}", listeners(spec)),
+        Kind::Route => {
+            for t in ["httpRoute", "http2Route", "grpcRoute", "tcpRoute"] {
+                if spec[t].is_object() {
+                    return format!("{} -> {}", t.trim_end_matches("Route"), targets(&spec[t]));
+                }
+            }
+            String::new()
+        }
+        Kind::VirtualService => {
+            let p = &spec["provider"];
+            if let Some(n) = p["virtualNode"]["virtualNodeName"].as_str() {
+                format!("node={n}")
+            } else if let Some(r) = p["virtualRouter"]["virtualRouterName"].as_str() {
+                format!("router={r}")
+            } else {
+                "no-provider".into()
+            }
+        }
+        Kind::GatewayRoute => {
+            for t in ["httpRoute", "http2Route", "grpcRoute"] {
+                if let Some(vs) =
+                    spec[t]["action"]["target"]["virtualService"]["virtualServiceName"].as_str()
+                {
+                    return format!("{} -> {vs}", t.trim_end_matches("Route"));
+                }
+            }
+            String::new()
+        }
+    }
+}
+
+/// Renders described resources as aligned columns.
+pub fn table(kind: Kind, items: &[Value]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let parent_col = match kind {
+        Kind::Route => Some("ROUTER"),
+        Kind::GatewayRoute => Some("GATEWAY"),
+        _ => None,
+    };
+    let mut header = vec!["NAME".to_string()];
+    if kind != Kind::Mesh {
+        header.push("MESH".into());
+    }
+    if let Some(p) = parent_col {
+        header.push(p.into());
+    }
+    header.extend(["VERSION", "STATUS", "SPEC"].map(String::from));
+    rows.push(header);
+    for it in items {
+        let mut row = vec![it[client::name_member(kind)]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()];
+        if kind != Kind::Mesh {
+            row.push(it["meshName"].as_str().unwrap_or_default().to_string());
+        }
+        match kind {
+            Kind::Route => row.push(
+                it["virtualRouterName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            Kind::GatewayRoute => row.push(
+                it["virtualGatewayName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            _ => {}
+        }
+        row.push(it["metadata"]["version"].to_string());
+        row.push(
+            it["status"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        row.push(summary(kind, &it["spec"]));
+        rows.push(row);
+    }
+    align(&rows)
+}
+
+fn align(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i + 1 == r.len() {
+                    s.clone()
+                } else {
+                    format!("{s:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `shoal delete`.
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.target.addr)?;
+    if !args.files.is_empty() {
+        let mut docs = client::read_docs(&args.files)?;
+        docs.reverse();
+        for d in &docs {
+            c.delete(d.kind, &d.mesh, &d.parent, &d.name)
+                .await
+                .map_err(|e| e.context(d.source.clone()))?;
+            println!(
+                "{} {} deleted",
+                d.kind,
+                display_name(d.kind, &d.mesh, &d.parent, &d.name)
+            );
+        }
+        return Ok(());
+    }
+    let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
+        bail!("say what to delete: KIND NAME, or -f FILE");
+    };
+    let kind = parse_kind(kind)?;
+    let (mesh, parent) = scope(
+        kind,
+        &args.mesh,
+        &args.virtual_router,
+        &args.virtual_gateway,
+    )?;
+    let mesh = if kind == Kind::Mesh {
+        name.clone()
+    } else {
+        mesh
+    };
+    c.delete(kind, &mesh, &parent, name).await?;
+    println!(
+        "{} {} deleted",
+        kind,
+        display_name(kind, &mesh, &parent, name)
+    );
+    Ok(())
+}
+
+/// `shoal status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.target.addr)?;
+    let s = c.status().await?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let leader = s["leader_id"]
+        .as_u64()
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "none".into());
+    println!(
+        "node {}  leader {}  term {}  commit {}  applied {}  revision {}",
+        s["node_id"], leader, s["term"], s["commit_index"], s["applied_index"], s["revision"]
+    );
+    let mut rows = vec![vec!["NODE", "ROLE", "API", "RAFT", "HEALTHY"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()];
+    for m in s["members"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            m["node_id"].to_string(),
+            m["role"].as_str().unwrap_or_default().to_string(),
+            m["api_addr"].as_str().unwrap_or_default().to_string(),
+            m["raft_addr"].as_str().unwrap_or_default().to_string(),
+            m["healthy"].to_string(),
+        ]);
+    }
+    print!("{}", align(&rows));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn route_table_shows_targets_and_parent() {
+        let item = json!({
+            "routeName": "r1", "meshName": "m", "virtualRouterName": "vr",
+            "metadata": {"version": 3}, "status": {"status": "ACTIVE"},
+            "spec": {"httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": [
+                {"virtualNode": "a", "weight": 60}, {"virtualNode": "b", "weight": 40}]}}}
+        });
+        assert_eq!(
+            table(Kind::Route, &[item]),
+            "NAME  MESH  ROUTER  VERSION  STATUS  SPEC\n\
+             r1    m     vr      3        ACTIVE  http -> a=60,b=40\n"
+        );
+    }
+
+    #[test]
+    fn scope_requires_the_parent_of_routes() {
+        let e = scope(Kind::Route, &Some("m".into()), &None, &None).unwrap_err();
+        assert_eq!(e.to_string(), "--virtual-router is required for routes");
+        assert_eq!(
+            scope(Kind::Mesh, &None, &None, &None).unwrap(),
+            (String::new(), String::new())
+        );
+    }
+}

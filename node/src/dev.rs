@@ -1,0 +1,85 @@
+//! `shoal dev`: a single-node server on localhost with an example mesh, for a first look.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::DevArgs;
+use crate::client::{Client, Doc};
+use crate::server::{self, ServerConfig};
+
+/// The example mesh: a gateway, a router with weighted and header routes across three
+/// versions of a service, and a TCP backend.
+pub const EXAMPLE: &str = include_str!("../examples/colorapp.json");
+
+/// Parses [`EXAMPLE`] into documents in apply order.
+pub fn example_docs() -> anyhow::Result<Vec<Doc>> {
+    let v: serde_json::Value = serde_json::from_str(EXAMPLE).context("example JSON")?;
+    v.as_array()
+        .context("example is an array")?
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Doc::from_json(d, &format!("example[{i}]")))
+        .collect()
+}
+
+/// Runs the dev server until Ctrl-C.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let temp;
+    let data_dir: PathBuf = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new().prefix("shoal-dev-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut cfg = ServerConfig::new(1, data_dir);
+    cfg.api = args.api;
+    cfg.raft = args.raft;
+    let load = !args.no_example;
+    server::run(cfg, crate::shutdown_signal(), move |running| {
+        tokio::spawn(async move {
+            let empty = running.raft.read(|m| m.iter().next().is_none());
+            let addr = format!("http://{}", running.api_addr);
+            if load && empty {
+                if let Err(e) = load_example(&addr).await {
+                    tracing::error!(error = %format!("{e:#}"), "loading the example mesh failed");
+                    return;
+                }
+                tracing::info!("example mesh `colorapp` loaded");
+            }
+            println!("shoal dev is ready: API {addr}  (try: SHOAL_ADDR={addr} shoal get virtual-nodes --mesh colorapp)");
+        })
+    })
+    .await
+}
+
+async fn load_example(addr: &str) -> anyhow::Result<()> {
+    let c = Client::new(addr)?;
+    for d in example_docs()? {
+        c.apply(&d).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_model::Kind;
+
+    #[test]
+    fn example_parses_in_dependency_order() {
+        let docs = example_docs().unwrap();
+        let order: Vec<usize> = docs
+            .iter()
+            .map(|d| Kind::ALL.iter().position(|k| *k == d.kind).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+        assert_eq!(
+            docs.iter()
+                .filter(|d| d.kind == Kind::VirtualGateway)
+                .count(),
+            1
+        );
+    }
+}

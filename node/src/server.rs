@@ -1,0 +1,277 @@
+//! Server mode: open the Raft store, form (today: bootstrap) the cluster, serve the HTTP API
+//! until shutdown. Configuration is plain data, checked before any port is bound.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+use shoal_model::ApiError;
+use shoal_raft::RaftNode;
+use tokio::net::TcpListener;
+
+use crate::appmesh;
+use crate::metrics::Metrics;
+
+/// Who owns what this control plane creates: the account and region written into ARNs.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// 12-digit account id (`meshOwner`, `resourceOwner`).
+    pub account: String,
+    /// Region in ARNs.
+    pub region: String,
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The replicated store.
+    pub raft: RaftNode,
+    /// Account and region for new resources.
+    pub identity: Arc<Identity>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A server's configuration, from flags or a TOML file (`shoal server --config FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This server's Raft id, unique in the cluster and never reused.
+    pub node_id: u64,
+    /// Where the Raft log, vote and snapshots live.
+    pub data_dir: PathBuf,
+    /// HTTP API address.
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// Raft RPC address.
+    #[serde(default = "default_raft")]
+    pub raft: SocketAddr,
+    /// Gossip address (used by the cluster issue; unused by a single server).
+    #[serde(default)]
+    pub gossip: Option<SocketAddr>,
+    /// Gossip addresses of existing members.
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// Servers to wait for before bootstrapping.
+    #[serde(default = "one")]
+    pub bootstrap_expect: u32,
+    /// Account id written into ARNs.
+    #[serde(default = "default_account")]
+    pub account: String,
+    /// Region written into ARNs.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Raft heartbeat interval.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout, lower bound.
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min_ms: u64,
+    /// Raft election timeout, upper bound.
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max_ms: u64,
+    /// Log entries between snapshots.
+    #[serde(default = "default_snapshot")]
+    pub snapshot_after_logs: u64,
+}
+
+fn default_api() -> SocketAddr {
+    "127.0.0.1:7070".parse().expect("literal")
+}
+fn default_raft() -> SocketAddr {
+    "127.0.0.1:7071".parse().expect("literal")
+}
+fn one() -> u32 {
+    1
+}
+/// The account id shoal uses when none is configured.
+pub fn default_account() -> String {
+    "000000000000".into()
+}
+/// The region shoal uses when none is configured.
+pub fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_heartbeat() -> u64 {
+    250
+}
+fn default_election_min() -> u64 {
+    800
+}
+fn default_election_max() -> u64 {
+    1600
+}
+fn default_snapshot() -> u64 {
+    5000
+}
+
+impl ServerConfig {
+    /// A single-server configuration with defaults for everything else.
+    pub fn new(node_id: u64, data_dir: PathBuf) -> Self {
+        ServerConfig {
+            node_id,
+            data_dir,
+            api: default_api(),
+            raft: default_raft(),
+            gossip: None,
+            join: Vec::new(),
+            bootstrap_expect: 1,
+            account: default_account(),
+            region: default_region(),
+            heartbeat_ms: default_heartbeat(),
+            election_timeout_min_ms: default_election_min(),
+            election_timeout_max_ms: default_election_max(),
+            snapshot_after_logs: default_snapshot(),
+        }
+    }
+
+    /// Checks the configuration before anything is opened or bound.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("--node-id must be at least 1");
+        }
+        if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("account must be 12 digits, got {:?}", self.account);
+        }
+        if self.region.is_empty() || self.region.contains([':', '/']) {
+            bail!("region {:?} cannot appear in an ARN", self.region);
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_ms
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            bail!("need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+        }
+        if self.bootstrap_expect != 1 || !self.join.is_empty() {
+            bail!(
+                "multi-server clusters (--bootstrap-expect > 1, --join) are not available yet: \
+                 this build runs a single server"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A running server, for `dev` mode and tests that need the handle.
+pub struct Running {
+    /// The store.
+    pub raft: RaftNode,
+    /// The address the API listens on (resolved, for `:0`).
+    pub api_addr: SocketAddr,
+}
+
+/// Opens the store, bootstraps, binds the API, then serves until `shutdown` resolves.
+/// `on_ready` runs once the API accepts requests (used by `shoal dev` to load its example).
+pub async fn run<F, R>(cfg: ServerConfig, shutdown: F, on_ready: R) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+    R: FnOnce(Running) -> tokio::task::JoinHandle<()>,
+{
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let listener = TcpListener::bind(cfg.api)
+        .await
+        .with_context(|| format!("binding the API to {}", cfg.api))?;
+    let api_addr = listener.local_addr()?;
+    let mut rcfg = shoal_raft::Config::new(
+        cfg.node_id,
+        cfg.data_dir.clone(),
+        cfg.raft.to_string(),
+        api_addr.to_string(),
+    );
+    rcfg.heartbeat_ms = cfg.heartbeat_ms;
+    rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
+    rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
+    rcfg.snapshot_after_logs = cfg.snapshot_after_logs;
+    let raft = RaftNode::open(rcfg)
+        .await
+        .context("opening the Raft store")?;
+    raft.bootstrap_single()
+        .await
+        .context("bootstrapping the cluster")?;
+    raft.wait_leader(Duration::from_secs(30))
+        .await
+        .context("waiting for a Raft leader")?;
+    let state = AppState {
+        raft: raft.clone(),
+        identity: Arc::new(Identity {
+            account: cfg.account.clone(),
+            region: cfg.region.clone(),
+        }),
+        metrics: Arc::new(Metrics::new()),
+    };
+    let app = router(state);
+    tracing::info!(node_id = cfg.node_id, api = %api_addr, data_dir = %cfg.data_dir.display(), "server ready");
+    let ready = on_ready(Running {
+        raft: raft.clone(),
+        api_addr,
+    });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    ready.abort();
+    raft.shutdown().await.context("stopping Raft")?;
+    served.context("serving the API")
+}
+
+/// The whole HTTP surface of a server: the App Mesh API, status and metrics.
+pub fn router(state: AppState) -> Router {
+    appmesh::routes()
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { appmesh::error_response(&ApiError::not_found("No such operation")) })
+        .with_state(state)
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let st = s.raft.status();
+    let members: Vec<_> = st
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "node_id": m.node_id,
+                "api_addr": m.api_addr,
+                "raft_addr": m.raft_addr,
+                "role": m.role,
+                "healthy": m.healthy,
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "node_id": st.node_id,
+            "leader_id": st.leader_id,
+            "term": st.term,
+            "commit_index": st.commit_index,
+            "applied_index": st.applied_index,
+            "revision": st.revision,
+            "members": members,
+        })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let body = s.metrics.render(&s.raft);
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
