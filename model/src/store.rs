@@ -51,8 +51,9 @@ pub enum Command {
     Put {
         /// Which resource.
         key: ResourceKey,
-        /// Its new spec (already validated by the proposer).
-        spec: Spec,
+        /// Its new spec (already validated by the proposer). Boxed: specs are large and the
+        /// other commands small.
+        spec: Box<Spec>,
         /// Create or update.
         mode: PutMode,
         /// Tags to set at creation.

@@ -38,7 +38,7 @@ fn instance(
             let hi = max.unwrap_or(lo + 1000);
             json!(lo + (k as i64 * 7) % (hi - lo + 1))
         }
-        "boolean" => json!(k % 2 == 0),
+        "boolean" => json!(k.is_multiple_of(2)),
         "list" => {
             let n = min.unwrap_or(1).max(1) as usize;
             let member = s["member"]["shape"].as_str().unwrap();

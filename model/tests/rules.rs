@@ -397,7 +397,7 @@ impl World {
         let i = self.index + 1;
         self.run(Command::Put {
             key,
-            spec,
+            spec: Box::new(spec),
             mode,
             tags: vec![],
             client_token: token,
@@ -650,7 +650,7 @@ fn client_tokens_make_retries_idempotent() {
     late.now += 2.0 * shoal_model::store::CLIENT_TOKEN_TTL_SECS;
     w.run(Command::Put {
         key,
-        spec,
+        spec: Box::new(spec),
         mode: PutMode::Create,
         tags: vec![],
         client_token: Some("tok-1".into()),
@@ -710,7 +710,7 @@ fn changes_are_published_with_the_revision_of_their_entry() {
     });
     let put = Command::Put {
         key: key.clone(),
-        spec,
+        spec: Box::new(spec),
         mode: PutMode::Create,
         tags: vec![],
         client_token: None,

@@ -203,7 +203,7 @@ async fn create(
     let key = key_of(kind, &p, Some(&req.name))?;
     let cmd = Command::Put {
         key,
-        spec: req.spec,
+        spec: Box::new(req.spec),
         mode: PutMode::Create,
         tags: req.tags,
         client_token: req.client_token,
@@ -225,7 +225,7 @@ async fn update(
     let key = key_of(kind, &p, None)?;
     let cmd = Command::Put {
         key,
-        spec: req.spec,
+        spec: Box::new(req.spec),
         mode: PutMode::Update,
         tags: Vec::new(),
         client_token: req.client_token,

@@ -383,10 +383,10 @@ mod tests {
     fn put(name: &str, mode: PutMode) -> Command {
         Command::Put {
             key: ResourceKey::mesh(name),
-            spec: Spec::Mesh(MeshSpec {
+            spec: Box::new(Spec::Mesh(MeshSpec {
                 egress_filter: None,
                 service_discovery: None,
-            }),
+            })),
             mode,
             tags: vec![],
             client_token: None,

@@ -26,10 +26,10 @@ fn config(dir: &Path, snapshot_after_logs: u64) -> Config {
 fn put_mesh(name: &str, mode: PutMode) -> Command {
     Command::Put {
         key: ResourceKey::mesh(name),
-        spec: Spec::Mesh(MeshSpec {
+        spec: Box::new(Spec::Mesh(MeshSpec {
             egress_filter: None,
             service_discovery: None,
-        }),
+        })),
         mode,
         tags: vec![],
         client_token: None,
