@@ -35,6 +35,16 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Show the cluster's Raft status.
     Status(StatusArgs),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `shoal bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Closed-loop API writes against a running server: writes/s and latency percentiles.
+    Writes(crate::bench::WriteBenchArgs),
 }
 
 /// Where the client commands send their requests.

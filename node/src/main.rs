@@ -8,6 +8,7 @@
 //! - `appmesh`: the App Mesh REST API handlers.
 //! - `metrics`: Prometheus metrics.
 //! - `dev`: `shoal dev` and its example mesh.
+//! - `bench`: `shoal bench writes`, the API write benchmark.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use anyhow::Context;
 use clap::Parser;
 
 mod appmesh;
+mod bench;
 mod cli;
 mod client;
 mod dev;
@@ -115,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(a) => cli::get(a).await,
         Command::Delete(a) => cli::delete(a).await,
         Command::Status(a) => cli::status(a).await,
+        Command::Bench(cli::BenchCommand::Writes(a)) => bench::writes(a).await,
     }
 }
 

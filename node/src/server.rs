@@ -275,3 +275,37 @@ async fn metrics(State(s): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deployed_example_config_is_valid() {
+        let text = include_str!("../../deploy/server.toml.example");
+        let cfg: ServerConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.node_id, 1);
+        assert_eq!(cfg.api.port(), 7070);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_anything_starts() {
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.validate().unwrap();
+        c.node_id = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--node-id must be at least 1"
+        );
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.account = "123".into();
+        assert!(c.validate().unwrap_err().to_string().contains("12 digits"));
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.election_timeout_min_ms = 100;
+        assert!(c.validate().is_err());
+        let e = toml::from_str::<ServerConfig>("node_id = 1\ndata_dir = \"/d\"\nbogus = 1\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+    }
+}
