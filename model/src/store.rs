@@ -183,6 +183,35 @@ impl Model {
         self.revision
     }
 
+    /// A replica of a server's model at `revision`, built from a watch snapshot. Client
+    /// tokens are not part of watch streams: a replica never applies commands, only changes.
+    pub fn from_resources(revision: u64, resources: impl IntoIterator<Item = Resource>) -> Model {
+        Model {
+            resources: resources.into_iter().map(|r| (r.key.clone(), r)).collect(),
+            tokens: BTreeMap::new(),
+            revision,
+        }
+    }
+
+    /// Applies the changes a server published at `revision` to a replica. Changes at or
+    /// below the replica's revision are ignored, so replays after a reconnect are harmless.
+    pub fn apply_changes(&mut self, revision: u64, changes: &[Change]) {
+        if revision <= self.revision {
+            return;
+        }
+        for c in changes {
+            match c {
+                Change::Put(r) => {
+                    self.resources.insert(r.key.clone(), r.clone());
+                }
+                Change::Delete(r) => {
+                    self.resources.remove(&r.key);
+                }
+            }
+        }
+        self.revision = revision;
+    }
+
     /// Looks one resource up.
     pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
         self.resources.get(key)
