@@ -315,7 +315,7 @@ fn http_route(v: &mut Validator, r: &api::HttpRoute) {
         let m = &r.r#match;
         match (&m.prefix, &m.path) {
             (Some(_), Some(_)) => v.error("", "set either prefix or path, not both"),
-            (None, None) => v.error("", "set one of prefix and path"),
+            // Neither: the route matches every path (App Mesh accepts a port-only match).
             (Some(p), None) if !p.starts_with('/') => v.error("prefix", "must start with '/'"),
             (None, Some(p)) => path_match(v, p),
             _ => {}
@@ -453,8 +453,8 @@ fn gateway_http_route(v: &mut Validator, r: &api::HttpGatewayRoute) {
             (Some(_), Some(_)) => v.error("", "set either prefix or path, not both"),
             (Some(p), None) if !p.starts_with('/') => v.error("prefix", "must start with '/'"),
             (None, Some(p)) => path_match(v, p),
-            (None, None) if m.hostname.is_none() && m.headers.is_none() && m.query_parameters.is_none() && m.method.is_none() => {
-                v.error("", "set at least one of prefix, path, hostname, headers, method and queryParameters")
+            (None, None) if m.hostname.is_none() && m.headers.is_none() && m.query_parameters.is_none() && m.method.is_none() && m.port.is_none() => {
+                v.error("", "set at least one of prefix, path, hostname, headers, method, queryParameters and port")
             }
             _ => {}
         }

@@ -235,7 +235,8 @@ fn routes() {
     let mut two = http_route(json!({"prefix": "/"}));
     two["tcpRoute"] = json!({"action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}});
     rejects(route(two), "set exactly one of httpRoute");
-    rejects(route(http_route(json!({}))), "set one of prefix and path");
+    // A port-only match (no prefix, no path) matches every path, as App Mesh allows.
+    assert_eq!(route(http_route(json!({"port": 8080}))), "ok");
     rejects(
         route(http_route(json!({"prefix": "/", "path": {"exact": "/a"}}))),
         "not both",
@@ -299,6 +300,9 @@ fn gateway_routes() {
         gwroute(json!({"httpRoute": {"match": {}, "action": target}})),
         "set at least one of prefix",
     );
+    // A port-only match is a match (the multiple-listeners walkthrough uses it).
+    let port_only = json!({"httpRoute": {"match": {"port": 2222}, "action": target}});
+    assert_eq!(gwroute(port_only), "ok");
     rejects(
         gwroute(json!({"httpRoute": {"match": {"prefix": "x"}, "action": target}})),
         "must start with '/'",
