@@ -47,7 +47,8 @@ pub enum Error {
     /// Raft has stopped: shut down, or halted by a storage error or a panic.
     #[error("Raft stopped: {0}")]
     Fatal(#[from] Fatal<u64>),
-    /// This server is not the leader: a linearizable read must go to the leader.
+    /// This server is not the leader: a linearizable read or a membership change must go to
+    /// the leader.
     #[error("this server is not the Raft leader{}", leader_hint(*.leader_id))]
     ForwardToLeader {
         /// The leader, if known.
@@ -61,6 +62,13 @@ pub enum Error {
     /// Initializing the cluster was refused.
     #[error("cannot initialize the cluster: {0}")]
     Initialize(String),
+    /// A membership change was refused: another one is in progress (retry), a new voter is
+    /// not a member yet, or the change would leave no voter.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// The gRPC server failed.
+    #[error("Raft gRPC server: {0}")]
+    Serve(String),
     /// A wait did not finish in time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
@@ -113,6 +121,24 @@ impl From<RaftError<u64, ClientWriteError<u64, NodeInfo>>> for WriteError {
             RaftError::APIError(e) => WriteError::Internal(e.to_string()),
             RaftError::Fatal(Fatal::StorageError(e)) => WriteError::Storage(e),
             RaftError::Fatal(e) => WriteError::Stopped(e.to_string()),
+        }
+    }
+}
+
+impl From<RaftError<u64, ClientWriteError<u64, NodeInfo>>> for Error {
+    fn from(e: RaftError<u64, ClientWriteError<u64, NodeInfo>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                leader_id,
+                leader_node,
+            })) => Error::ForwardToLeader {
+                leader_id,
+                leader: leader_node,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                Error::Membership(e.to_string())
+            }
+            RaftError::Fatal(e) => Error::Fatal(e),
         }
     }
 }

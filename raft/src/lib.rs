@@ -5,14 +5,16 @@
 //! it, and so that adding servers later changes nothing about how writes flow.
 //!
 //! # Layout
-//! - [`RaftNode`] (in `node.rs`): the handle the server uses: open, bootstrap, write, read,
-//!   watch, status, shutdown.
+//! - [`RaftNode`] (in `node.rs`): the handle the server uses: open, form or join a cluster,
+//!   change its membership, write, read (linearizably, also on followers), watch, status,
+//!   shutdown, and the gRPC service other servers call.
 //! - `log_store.rs`: the Raft log, vote and commit index in sled.
 //! - `state_machine.rs`: the in-memory [`shoal_model::Model`], fed by committed entries, with
 //!   snapshots persisted in sled.
 //! - `codec.rs`: the versioned JSON records everything on disk is stored as.
-//! - `network.rs`: Raft RPC between servers (today: none; a single-server cluster never calls
-//!   it). Replacing this module is all that multi-server networking needs.
+//! - `network.rs`: Raft RPC between servers over gRPC (service `shoal.raft.v1.Raft`, declared
+//!   in `build.rs`, wire types in [`proto`]), and the incarnation check that keeps a server
+//!   whose data was wiped out of the cluster until it is added again.
 //!
 //! Everything is stored as JSON (not bincode) because the model's types skip absent optional
 //! members when serialized, which only a self-describing format can read back.
@@ -27,6 +29,7 @@ mod error;
 mod log_store;
 mod network;
 mod node;
+pub mod proto;
 mod state_machine;
 
 #[cfg(test)]
@@ -38,7 +41,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, WriteError};
-pub use node::{Member, RaftNode, Role, Status, Written};
+pub use network::RaftGrpc;
+pub use node::{GrpcService, Member, RaftNode, Role, Status, Written};
 
 /// The openraft version this crate is built against, re-exported so that callers of
 /// [`RaftNode::raft`] can name its types without pinning a second copy.
@@ -65,12 +69,19 @@ pub struct Config {
     /// A snapshot is built once this many entries have been applied since the last one; the
     /// log before a snapshot can then be purged, which bounds disk use and restart time.
     pub snapshot_after_logs: u64,
+    /// How many log entries already covered by a snapshot are kept (the rest is purged). A
+    /// follower that falls further behind than this is sent the snapshot instead of entries.
+    pub logs_kept_after_snapshot: u64,
+    /// How long sending one snapshot chunk (and installing the last one) to a follower may
+    /// take, in milliseconds.
+    pub install_snapshot_timeout_ms: u64,
 }
 
 impl Config {
     /// A configuration with the default timings: heartbeat 250 ms, election timeout
-    /// 800–1600 ms (lenient enough for loaded CI machines and cross-AZ links), and a snapshot
-    /// every 5000 entries.
+    /// 800–1600 ms (lenient enough for loaded CI machines and cross-AZ links), a snapshot
+    /// every 5000 entries keeping 1000 entries of log behind it, and 10 s per snapshot chunk
+    /// (openraft's default of 200 ms is too short for a chunk of a few megabytes).
     pub fn new(
         node_id: u64,
         data_dir: impl Into<PathBuf>,
@@ -86,23 +97,35 @@ impl Config {
             election_timeout_min_ms: 800,
             election_timeout_max_ms: 1600,
             snapshot_after_logs: 5000,
+            logs_kept_after_snapshot: 1000,
+            install_snapshot_timeout_ms: 10_000,
         }
     }
 }
 
-/// What the cluster membership records about each server: how to reach it. This is the
-/// openraft `Node` type, so it is stored in the log and replicated with membership changes.
+/// What the cluster membership records about each server: how to reach it, and which
+/// incarnation of it is the member. This is the openraft `Node` type, so it is stored in the
+/// log and replicated with membership changes. Get a server's own from
+/// [`RaftNode::node_info`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
-    /// The server's Raft RPC address.
+    /// The server's Raft RPC address (`host:port`, or a URL).
     pub raft_addr: String,
     /// The server's HTTP API address.
     pub api_addr: String,
+    /// The incarnation of the server that is the member (see [`RaftNode::incarnation`]);
+    /// empty in memberships written before incarnations existed.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft={} api={}", self.raft_addr, self.api_addr)
+        write!(
+            f,
+            "raft={} api={} incarnation={}",
+            self.raft_addr, self.api_addr, self.incarnation
+        )
     }
 }
 

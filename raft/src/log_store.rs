@@ -1,8 +1,8 @@
 //! The Raft log, vote and commit index, in sled.
 //!
 //! Trees: `raft_log` maps a big-endian log index to a JSON [`Entry`]; `raft_meta` holds the
-//! `vote`, the `committed` log id, the `last_purged` log id and the `node_id` the store belongs
-//! to. A vote and appended entries are flushed to disk before openraft is told they are
+//! `vote`, the `committed` log id, the `last_purged` log id, and the identity of the server the
+//! store belongs to: its `node_id` and its `incarnation`. A vote and appended entries are flushed to disk before openraft is told they are
 //! stored: that is what makes an acknowledged write survive `kill -9`.
 
 use std::fmt::Debug;
@@ -23,6 +23,21 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 const NODE_ID: &[u8] = b"node_id";
+const INCARNATION: &[u8] = b"incarnation";
+const INCARNATION_LEGACY: &[u8] = b"incarnation_legacy";
+
+/// Who a store belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    /// The node id the store was created for.
+    pub(crate) node_id: u64,
+    /// A random id made when the store was created: a server whose store is wiped comes back
+    /// with the same node id but a new incarnation, which its peers can tell apart.
+    pub(crate) incarnation: String,
+    /// The store was created before incarnations existed, so the membership may record this
+    /// server without one: RPCs that name no incarnation are then accepted.
+    pub(crate) legacy: bool,
+}
 
 /// The log storage handed to openraft. Cheap to clone (sled handles are reference counted);
 /// openraft clones it as the log reader of each replication stream.
@@ -65,14 +80,35 @@ impl LogStore {
         self.committed_index.clone()
     }
 
-    /// The node id this store was created for, recording `id` if it is new.
-    pub(crate) async fn bind_node_id(&self, id: u64) -> Result<u64, StorageError<u64>> {
-        if let Some(stored) = self.get_meta::<u64>(NODE_ID)? {
-            return Ok(stored);
+    /// The identity of this store, recording `id` and a fresh incarnation if it is new.
+    pub(crate) async fn bind_identity(&self, id: u64) -> Result<Identity, StorageError<u64>> {
+        let stored_id = self.get_meta::<u64>(NODE_ID)?;
+        let incarnation = self.get_meta::<String>(INCARNATION)?;
+        if let (Some(node_id), Some(incarnation)) = (stored_id, &incarnation) {
+            let legacy = self.get_meta::<bool>(INCARNATION_LEGACY)?.unwrap_or(false);
+            return Ok(Identity {
+                node_id,
+                incarnation: incarnation.clone(),
+                legacy,
+            });
         }
-        self.put_meta(NODE_ID, &id)?;
+        let node_id = stored_id.unwrap_or(id);
+        // A store that already has a node id but no incarnation was made by an older build.
+        let legacy = stored_id.is_some();
+        let incarnation = incarnation.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // Incarnation first: sled persists writes in order, so a crash in between leaves a
+        // store without a node id, which is still treated as new.
+        self.put_meta(INCARNATION, &incarnation)?;
+        if legacy {
+            self.put_meta(INCARNATION_LEGACY, &true)?;
+        }
+        self.put_meta(NODE_ID, &node_id)?;
         self.flush().await.map_err(|e| StorageIOError::write(&e))?;
-        Ok(id)
+        Ok(Identity {
+            node_id,
+            incarnation,
+            legacy,
+        })
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<u64>> {
@@ -264,5 +300,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> LogStore {
+        let db = sled::Config::new().path(dir).open().unwrap();
+        LogStore::open(&db, Arc::new(())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn identity_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path()).bind_identity(3).await.unwrap();
+        assert_eq!(first.node_id, 3);
+        assert!(!first.legacy);
+        assert_eq!(first.incarnation.len(), 36, "a uuid: {}", first.incarnation);
+        // Reopened (even under another configured id): the same identity.
+        let again = open(dir.path()).bind_identity(4).await.unwrap();
+        assert_eq!(again, first);
+
+        // A wiped store is a new incarnation.
+        let other = tempfile::tempdir().unwrap();
+        let wiped = open(other.path()).bind_identity(3).await.unwrap();
+        assert_ne!(wiped.incarnation, first.incarnation);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_incarnations_is_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.put_meta(NODE_ID, &5u64).unwrap();
+            store.flush().await.unwrap();
+        }
+        let id = open(dir.path()).bind_identity(5).await.unwrap();
+        assert!(id.legacy);
+        assert_eq!(id.node_id, 5);
+        let again = open(dir.path()).bind_identity(5).await.unwrap();
+        assert_eq!(again, id);
     }
 }

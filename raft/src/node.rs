@@ -3,22 +3,28 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::metrics::WaitError;
-use openraft::{Raft, SnapshotPolicy};
+use openraft::{ChangeMembers, Raft, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use shoal_model::{Command, Model, Outcome};
 use tokio::sync::broadcast;
 
-use crate::log_store::LogStore;
-use crate::network::Network;
+use crate::log_store::{Identity, LogStore};
+use crate::network::{LeaderContact, Network, Peers, RaftGrpc, MAX_MESSAGE};
+use crate::proto::raft_server::RaftServer;
 use crate::state_machine::{SmState, StateMachine};
 use crate::{Config, Error, NodeInfo, TypeConfig, WatchEvent, WriteError};
+
+/// The tonic service that serves Raft RPC to the other servers; see
+/// [`RaftNode::grpc_service`].
+pub type GrpcService = RaftServer<RaftGrpc>;
 
 /// How many watch events a slow subscriber may fall behind before it sees `Lagged`.
 const WATCH_CAPACITY: usize = 4096;
@@ -78,10 +84,19 @@ pub struct Member {
     pub api_addr: String,
     /// Leader, follower or learner.
     pub role: Role,
-    /// Whether Raft sees it working: this server itself while Raft runs; another member only
-    /// on the leader, when it has replicated the log to within 100 entries of the leader's.
-    /// A follower cannot tell, and reports other members as not healthy.
+    /// Whether Raft sees it working.
+    ///
+    /// On the leader: for itself, that Raft runs and (with other voters) a quorum acknowledged
+    /// it within the last election timeout; for another member, that its log matches the
+    /// leader's to within 100 entries and it answered an RPC within the last election timeout.
+    /// On a follower or learner: for itself, that Raft runs and a leader reached it within the
+    /// last election timeout. A follower does not see the other members' replication, so it
+    /// reports them as not healthy: ask the leader for the cluster's health.
     pub healthy: bool,
+    /// How many entries its log is behind the leader's last entry; known only on the leader
+    /// (0 for the leader itself), `None` elsewhere.
+    #[serde(default)]
+    pub lag: Option<u64>,
 }
 
 /// The most entries a member may lag behind the leader's log and still count as healthy.
@@ -114,7 +129,12 @@ pub struct RaftNode {
 
 struct Inner {
     cfg: Config,
+    identity: Identity,
     raft: Raft<TypeConfig>,
+    /// What the RPC client knows about the peers (when each last answered).
+    peers: Arc<Peers>,
+    /// When a leader last reached this server.
+    contact: Arc<LeaderContact>,
     db: sled::Db,
     state: Arc<RwLock<SmState>>,
     events: broadcast::Sender<Arc<WatchEvent>>,
@@ -136,11 +156,11 @@ impl RaftNode {
 
         let alive = Arc::new(());
         let log_store = LogStore::open(&db, alive.clone())?;
-        let stored = log_store.bind_node_id(cfg.node_id).await?;
-        if stored != cfg.node_id {
+        let identity = log_store.bind_identity(cfg.node_id).await?;
+        if identity.node_id != cfg.node_id {
             return Err(Error::NodeIdMismatch {
                 path,
-                stored,
+                stored: identity.node_id,
                 configured: cfg.node_id,
             });
         }
@@ -156,13 +176,18 @@ impl RaftNode {
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_timeout_min_ms,
             election_timeout_max: cfg.election_timeout_max_ms,
+            install_snapshot_timeout: cfg.install_snapshot_timeout_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), Network, log_store, sm).await?;
+        let peers = Arc::new(Peers::default());
+        let network = Network::new(peers.clone());
+        let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), network, log_store, sm).await?;
         tracing::info!(
             node_id = cfg.node_id,
+            incarnation = %identity.incarnation,
             path = %path.display(),
             revision = state.read().unwrap_or_else(PoisonError::into_inner).model.revision(),
             "Raft store open"
@@ -170,7 +195,10 @@ impl RaftNode {
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 cfg,
+                identity,
                 raft,
+                peers,
+                contact: Arc::new(LeaderContact::default()),
                 db,
                 state,
                 events,
@@ -183,30 +211,238 @@ impl RaftNode {
     /// Makes this server a one-member cluster if it has never been part of one; does nothing
     /// on a server that has (so it is safe on every start).
     pub async fn bootstrap_single(&self) -> Result<(), Error> {
+        let members = BTreeMap::from([(self.inner.cfg.node_id, self.node_info())]);
+        self.initialize(members).await
+    }
+
+    /// This server's incarnation: a random id made when its store was created. Peers address
+    /// RPCs to an id *and* an incarnation, so that a server whose data was wiped is not
+    /// mistaken for its former self (which had votes and log entries it no longer has).
+    pub fn incarnation(&self) -> &str {
+        &self.inner.identity.incarnation
+    }
+
+    /// How the membership should record this server: what to pass to
+    /// [`RaftNode::initialize`] or to the leader's [`RaftNode::add_learner`].
+    pub fn node_info(&self) -> NodeInfo {
+        let cfg = &self.inner.cfg;
+        NodeInfo {
+            raft_addr: cfg.raft_addr.clone(),
+            api_addr: cfg.api_addr.clone(),
+            incarnation: self.inner.identity.incarnation.clone(),
+        }
+    }
+
+    /// Whether this server has been part of a cluster (initialized, or reached by a leader).
+    /// A server that has not must be initialized or added to a cluster before it can serve.
+    pub async fn is_initialized(&self) -> Result<bool, Error> {
+        Ok(self.raft().is_initialized().await?)
+    }
+
+    /// Forms a brand-new cluster of `members` (this server among them), if this server has
+    /// never been part of one; does nothing otherwise, so every server of a new cluster may
+    /// call it with the same members, and again after a restart.
+    ///
+    /// This server's entry may leave `incarnation` empty (it is filled in); every other entry
+    /// must carry the incarnation its server reports in [`RaftNode::node_info`], because that
+    /// server refuses RPCs addressed to any other.
+    pub async fn initialize(&self, mut members: BTreeMap<u64, NodeInfo>) -> Result<(), Error> {
         if self.raft().is_initialized().await? {
-            tracing::debug!("Raft already initialized; not bootstrapping");
+            tracing::debug!("Raft already initialized; not initializing");
             return Ok(());
         }
-        let cfg = &self.inner.cfg;
-        let members = BTreeMap::from([(
-            cfg.node_id,
-            NodeInfo {
-                raft_addr: cfg.raft_addr.clone(),
-                api_addr: cfg.api_addr.clone(),
-            },
-        )]);
+        let me = self.inner.cfg.node_id;
+        if let Some(info) = members.get_mut(&me) {
+            if info.incarnation.is_empty() {
+                info.incarnation = self.incarnation().to_string();
+            } else if info.incarnation != self.incarnation() {
+                return Err(Error::Initialize(format!(
+                    "node {me} is incarnation {}, not {}",
+                    self.incarnation(),
+                    info.incarnation
+                )));
+            }
+        }
+        for (id, info) in &members {
+            check_incarnation(*id, info).map_err(Error::Initialize)?;
+        }
+        let n = members.len();
         match self.raft().initialize(members).await {
             Ok(()) => {
-                tracing::info!(
-                    node_id = cfg.node_id,
-                    "bootstrapped a single-server cluster"
-                );
+                tracing::info!(node_id = me, members = n, "initialized a new Raft cluster");
                 Ok(())
             }
             // Initialized meanwhile: the outcome we wanted.
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(RaftError::APIError(e)) => Err(Error::Initialize(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(e.into()),
+        }
+    }
+
+    /// On the leader: adds server `id` as a learner (it receives the log but does not vote)
+    /// and waits, at most `timeout`, until it has the log up to its own addition. A new server
+    /// joins as a learner first so that it never counts towards a quorum before it holds the
+    /// log, which would stall commits while it catches up; make it a voter afterwards with
+    /// [`RaftNode::change_voters`].
+    ///
+    /// `node` must carry the incarnation the new server reports in [`RaftNode::node_info`].
+    /// Adding a member again with the same `node` only waits for it; with another `node` (a
+    /// new address or incarnation) it is refused: remove the member first. On a timeout the
+    /// learner stays in the membership and keeps catching up.
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        node: NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        check_incarnation(id, &node).map_err(Error::Membership)?;
+        // openraft keeps the recorded NodeInfo of an existing member rather than replace it,
+        // which would leave a re-incarnated server unreachable without saying so.
+        let recorded = self.raft().metrics().borrow().membership_config.clone();
+        if let Some(old) = recorded.membership().get_node(&id) {
+            if *old != node {
+                return Err(Error::Membership(format!(
+                    "node {id} is already a member as {old}; remove it before adding it as {node}"
+                )));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let resp = tokio::time::timeout(timeout, self.raft().add_learner(id, node, false))
+            .await
+            .map_err(|_| Error::Timeout(timeout, "the learner to be added"))??;
+        if id == self.inner.cfg.node_id {
+            return Ok(());
+        }
+        let since = resp.log_id.index;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = self
+            .raft()
+            .wait(Some(remaining))
+            .metrics(
+                |m| match &m.replication {
+                    // Leadership lost: stop waiting, reported below.
+                    None => true,
+                    Some(r) => r
+                        .get(&id)
+                        .cloned()
+                        .flatten()
+                        .is_some_and(|l| l.index >= since),
+                },
+                "the new learner to catch up",
+            )
+            .await
+            .map_err(|e| wait_error(e, "the new learner to catch up"))?;
+        if m.replication.is_none() {
+            return Err(Error::ForwardToLeader {
+                leader_id: m.current_leader,
+                leader: m
+                    .current_leader
+                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned()),
+            });
+        }
+        tracing::info!(node_id = id, "learner added and caught up");
+        Ok(())
+    }
+
+    /// On the leader: makes `voters` the set of voting members, through joint consensus (a
+    /// majority of both the old and the new set must agree at every step, so no two leaders
+    /// can ever be elected). New voters must be members already (added with
+    /// [`RaftNode::add_learner`]); voters left out leave the cluster entirely rather than
+    /// stay as learners, because a removed server is usually about to be shut down or wiped.
+    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), Error> {
+        let resp = self.raft().change_membership(voters, false).await?;
+        tracing::info!(
+            log_index = resp.log_id.index,
+            membership = ?resp.membership,
+            "voters changed"
+        );
+        Ok(())
+    }
+
+    /// On the leader: removes server `id` from the cluster, whether it is a voter or a
+    /// learner; does nothing if it is not a member. Do this before wiping a server's data
+    /// (or to let a wiped server rejoin under its new incarnation).
+    pub async fn remove_node(&self, id: u64) -> Result<(), Error> {
+        let membership = self.raft().metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else if membership.get_node(&id).is_some() {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            tracing::debug!(node_id = id, "not a member; nothing to remove");
+            return Ok(());
+        };
+        self.raft().change_membership(change, false).await?;
+        tracing::info!(node_id = id, "removed from the cluster");
+        Ok(())
+    }
+
+    /// On the leader: confirms it is still the leader (a quorum answers a heartbeat) and
+    /// returns the log index a linearizable read must see, after waiting until this server
+    /// has applied it. A follower serves a linearizable read by asking the leader for this
+    /// index and passing it to [`RaftNode::wait_applied`] before reading its own model,
+    /// which spares the leader the read itself. On a follower this fails with
+    /// [`Error::ForwardToLeader`].
+    pub async fn read_index(&self) -> Result<u64, Error> {
+        let read_log_id = self.raft().ensure_linearizable().await?;
+        Ok(read_log_id.map_or(0, |l| l.index))
+    }
+
+    /// Waits, at most `timeout`, until this server has applied the log up to `index` (a
+    /// [`RaftNode::read_index`] from the leader, or the index of a write), so that
+    /// [`RaftNode::read`] then sees everything up to it.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), Error> {
+        if index == 0 {
+            return Ok(());
+        }
+        self.raft()
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "the log to be applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| wait_error(e, "the log to be applied"))
+    }
+
+    /// The gRPC service through which the other servers reach this one's Raft. Mount it on
+    /// the server's gRPC endpoint (next to other services) at the address recorded as
+    /// `raft_addr`: `tonic::transport::Server::builder().add_service(node.grpc_service())`.
+    /// It holds only the Raft handle, not the store, so a node can be reopened while an old
+    /// service value is still around.
+    pub fn grpc_service(&self) -> GrpcService {
+        let id = &self.inner.identity;
+        RaftServer::new(RaftGrpc::new(
+            self.inner.raft.clone(),
+            self.inner.cfg.node_id,
+            &id.incarnation,
+            id.legacy,
+            self.inner.contact.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Serves [`RaftNode::grpc_service`] alone on `listener` until `shutdown` completes: for
+    /// tests and tools that need no other gRPC service. The returned future does not borrow
+    /// this node, so it can be spawned.
+    pub fn serve_grpc<F>(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: F,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let service = self.grpc_service();
+        async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown,
+                )
+                .await
+                .map_err(|e| Error::Serve(e.to_string()))
         }
     }
 
@@ -217,10 +453,7 @@ impl RaftNode {
             .metrics(|m| m.current_leader.is_some(), "a Raft leader")
             .await
             .map(|_| ())
-            .map_err(|e| match e {
-                WaitError::Timeout(t, _) => Error::Timeout(t, "a Raft leader"),
-                WaitError::ShuttingDown => Error::ShuttingDown,
-            })
+            .map_err(|e| wait_error(e, "a Raft leader"))
     }
 
     /// Commits `cmd` and returns what applying it answered. On a follower this fails with
@@ -279,6 +512,10 @@ impl RaftNode {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let last_log = m.last_log_index.unwrap_or(0);
+        let recent = Duration::from_millis(self.inner.cfg.election_timeout_max_ms);
+        let running = m.running_state.is_ok();
+        let leading = m.current_leader == Some(m.id) && m.replication.is_some();
+        let now = Instant::now();
         let members = membership
             .nodes()
             .map(|(&id, node)| {
@@ -289,15 +526,28 @@ impl RaftNode {
                 } else {
                     Role::Learner
                 };
-                let healthy = if id == m.id {
-                    m.running_state.is_ok()
+                let (healthy, lag) = if id == m.id && leading {
+                    let acked = voters.len() <= 1
+                        || m.millis_since_quorum_ack
+                            .is_some_and(|ms| Duration::from_millis(ms) <= recent);
+                    (running && acked, Some(0))
+                } else if id == m.id {
+                    let reached = self.inner.contact.age().is_some_and(|age| age <= recent);
+                    (running && reached, None)
+                } else if let Some(replication) = &m.replication {
+                    let matched = replication.get(&id).cloned().flatten();
+                    let lag = last_log.saturating_sub(matched.map_or(0, |l| l.index));
+                    let answered = self
+                        .inner
+                        .peers
+                        .last_answer(id)
+                        .is_some_and(|t| now.saturating_duration_since(t) <= recent);
+                    (
+                        matched.is_some() && lag <= HEALTHY_LAG && answered,
+                        Some(lag),
+                    )
                 } else {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).cloned().flatten())
-                        .is_some_and(|matched| {
-                            last_log.saturating_sub(matched.index) <= HEALTHY_LAG
-                        })
+                    (false, None)
                 };
                 Member {
                     node_id: id,
@@ -305,6 +555,7 @@ impl RaftNode {
                     api_addr: node.api_addr.clone(),
                     role,
                     healthy,
+                    lag,
                 }
             })
             .collect();
@@ -319,8 +570,8 @@ impl RaftNode {
         }
     }
 
-    /// The underlying openraft handle, for cluster management (adding servers, membership
-    /// changes, snapshots) that this API does not cover yet.
+    /// The underlying openraft handle, for what this API does not cover (triggering
+    /// snapshots, detailed metrics).
     pub fn raft(&self) -> &openraft::Raft<TypeConfig> {
         &self.inner.raft
     }
@@ -348,6 +599,25 @@ impl RaftNode {
         tracing::info!(node_id = self.inner.cfg.node_id, "Raft stopped");
         Ok(())
     }
+}
+
+/// The error of a wait on Raft metrics for `what`.
+fn wait_error(e: WaitError, what: &'static str) -> Error {
+    match e {
+        WaitError::Timeout(t, _) => Error::Timeout(t, what),
+        WaitError::ShuttingDown => Error::ShuttingDown,
+    }
+}
+
+/// Refuses a membership entry without an incarnation: no server of this build would accept
+/// RPCs addressed to it, so the entry could only ever be unreachable.
+fn check_incarnation(id: u64, node: &NodeInfo) -> Result<(), String> {
+    if node.incarnation.is_empty() {
+        return Err(format!(
+            "node {id} ({node}) has no incarnation: use the NodeInfo that server reports"
+        ));
+    }
+    Ok(())
 }
 
 /// Opens the sled database at `path`, waiting a little if a previous instance in this
