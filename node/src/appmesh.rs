@@ -17,7 +17,6 @@ use axum::Router;
 use serde_json::{json, Value};
 use shoal_model::request::{self, parse_create, parse_update};
 use shoal_model::{ApiError, Command, ErrorKind, Kind, PutMode, ResourceKey, Stamp};
-use shoal_raft::WriteError;
 
 use crate::server::AppState;
 
@@ -158,37 +157,16 @@ fn stamp(state: &AppState) -> Stamp {
     }
 }
 
-/// Commits `cmd` through Raft and maps the outcome.
-pub async fn commit(state: &AppState, cmd: Command) -> Result<shoal_model::Resource, ApiError> {
-    let started = Instant::now();
-    let written = state.raft.write(cmd).await;
-    state.metrics.observe_apply(started.elapsed());
-    match written {
-        Ok(w) => w.outcome,
-        Err(WriteError::ForwardToLeader { leader_id, .. }) => Err(ApiError::new(
-            ErrorKind::ServiceUnavailable,
-            match leader_id {
-                Some(id) => format!("This server is not the leader; server {id} is"),
-                None => "No Raft leader is known; retry shortly".to_string(),
-            },
-        )),
-        Err(e) => Err(ApiError::new(
-            ErrorKind::ServiceUnavailable,
-            format!("The write could not be committed: {e}"),
-        )),
-    }
-}
+pub use crate::forward::commit;
 
-async fn read_barrier(state: &AppState, q: &HashMap<String, String>) -> Result<(), ApiError> {
+pub(crate) async fn read_barrier(
+    state: &AppState,
+    q: &HashMap<String, String>,
+) -> Result<(), ApiError> {
     if q.get("stale").is_some_and(|v| v != "false") {
         return Ok(());
     }
-    state.raft.read_barrier().await.map_err(|e| {
-        ApiError::new(
-            ErrorKind::ServiceUnavailable,
-            format!("A linearizable read needs the Raft leader: {e}"),
-        )
-    })
+    crate::forward::linearize(state).await
 }
 
 async fn create(

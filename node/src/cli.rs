@@ -38,6 +38,47 @@ pub enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Cluster operations.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Back up and restore the whole model.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `shoal operator …`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Remove a (dead) server from the Raft configuration.
+    RemoveServer(RemoveServerArgs),
+}
+
+/// `shoal operator remove-server`.
+#[derive(Debug, Args)]
+pub struct RemoveServerArgs {
+    /// Raft id of the server to remove.
+    #[arg(long)]
+    pub node_id: u64,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `shoal snapshot …`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write the whole model (every resource, linearizable) to FILE.
+    Save(SnapshotArgs),
+    /// Replace the whole model with FILE's, through Raft (every server applies it).
+    Restore(SnapshotArgs),
+}
+
+/// `shoal snapshot save|restore FILE`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// `shoal bench …`.
@@ -146,6 +187,9 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Output,
+    /// Read from the server's local copy without asking the leader (faster, may lag).
+    #[arg(long)]
+    pub stale: bool,
     #[command(flatten)]
     pub target: Target,
 }
@@ -252,7 +296,8 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         &args.virtual_router,
         &args.virtual_gateway,
     )?;
-    let c = Client::new(&args.target.addr)?;
+    let mut c = Client::new(&args.target.addr)?;
+    c.stale = args.stale;
     let items: Vec<Value> = match &args.name {
         Some(name) => {
             let mesh = if kind == Kind::Mesh {
@@ -539,6 +584,65 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         ]);
     }
     print!("{}", align(&rows));
+    Ok(())
+}
+
+/// `shoal operator remove-server`.
+pub async fn remove_server(args: RemoveServerArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.target.addr)?;
+    let id = args.node_id.to_string();
+    c.call(
+        reqwest::Method::POST,
+        &["v1".into(), "operator".into(), "remove-server".into()],
+        &[("node_id", &id)],
+        None,
+    )
+    .await?;
+    println!("server {id} removed from the Raft configuration");
+    Ok(())
+}
+
+/// `shoal snapshot save`.
+pub async fn snapshot_save(args: SnapshotArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.target.addr)?;
+    let v = c
+        .call(
+            reqwest::Method::GET,
+            &["v1".into(), "snapshot".into()],
+            &[],
+            None,
+        )
+        .await?;
+    let n = v["resources"].as_array().map_or(0, Vec::len);
+    let text = serde_json::to_vec(&v)?;
+    std::fs::write(&args.file, text).with_context(|| format!("writing {}", args.file.display()))?;
+    println!(
+        "saved {n} resources at revision {} to {}",
+        v["revision"],
+        args.file.display()
+    );
+    Ok(())
+}
+
+/// `shoal snapshot restore`.
+pub async fn snapshot_restore(args: SnapshotArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let v: Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a snapshot", args.file.display()))?;
+    let c = Client::new(&args.target.addr)?;
+    let r = c
+        .call(
+            reqwest::Method::POST,
+            &["v1".into(), "snapshot".into(), "restore".into()],
+            &[],
+            Some(v),
+        )
+        .await?;
+    println!(
+        "restored {} resources; revision {}",
+        r["resources"], r["revision"]
+    );
     Ok(())
 }
 

@@ -25,6 +25,8 @@ pub struct RemoteError {
 pub struct Client {
     base: Url,
     http: reqwest::Client,
+    /// Send reads with `stale=true` (served from the server's local copy).
+    pub stale: bool,
 }
 
 /// One resource document in the API's request shape (`--cli-input-json` style).
@@ -192,11 +194,18 @@ impl Client {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            stale: false,
+        })
     }
 
     fn url(&self, segments: &[String], query: &[(&str, &str)]) -> Url {
         let mut u = self.base.clone();
+        if self.stale {
+            u.query_pairs_mut().append_pair("stale", "true");
+        }
         {
             let mut p = u.path_segments_mut().expect("http URLs have paths");
             p.pop_if_empty();
@@ -204,6 +213,9 @@ impl Client {
         }
         if !query.is_empty() {
             u.query_pairs_mut().extend_pairs(query);
+        }
+        if u.query() == Some("") {
+            u.set_query(None);
         }
         u
     }

@@ -15,12 +15,15 @@ pub const EXAMPLE: &str = include_str!("../examples/colorapp.json");
 /// Parses [`EXAMPLE`] into documents in apply order.
 pub fn example_docs() -> anyhow::Result<Vec<Doc>> {
     let v: serde_json::Value = serde_json::from_str(EXAMPLE).context("example JSON")?;
-    v.as_array()
+    let mut docs = v
+        .as_array()
         .context("example is an array")?
         .iter()
         .enumerate()
         .map(|(i, d)| Doc::from_json(d, &format!("example[{i}]")))
-        .collect()
+        .collect::<anyhow::Result<Vec<Doc>>>()?;
+    docs.sort_by_key(|d| shoal_model::Kind::ALL.iter().position(|k| *k == d.kind));
+    Ok(docs)
 }
 
 /// Runs the dev server until Ctrl-C.

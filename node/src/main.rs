@@ -1,14 +1,6 @@
 //! The `shoal` binary: thin on purpose. It parses the command line and calls into the
-//! modules below; every mode is a function of its configuration and a shutdown future.
-//!
-//! # Layout
-//! - `cli`: flags of every subcommand and the client commands' output.
-//! - `client`: HTTP client for the App Mesh API (used by `apply`, `get`, `delete`, `dev`).
-//! - `server`: server mode (Raft store + HTTP API), its configuration and `/v1/status`.
-//! - `appmesh`: the App Mesh REST API handlers.
-//! - `metrics`: Prometheus metrics.
-//! - `dev`: `shoal dev` and its example mesh.
-//! - `bench`: `shoal bench writes`, the API write benchmark.
+//! library (`node/src/lib.rs`); every mode is a function of its configuration and a shutdown
+//! future.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -16,35 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-mod appmesh;
-mod bench;
-mod cli;
-mod client;
-mod dev;
-mod metrics;
-mod server;
-
-use cli::{Cli, Command};
-
-/// Resolves on Ctrl-C or SIGTERM: the signal every mode shuts down on.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
-}
+use shoal::cli::{self, Cli, Command};
+use shoal::{bench, dev, server, shutdown_signal};
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
@@ -118,6 +83,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(a) => cli::delete(a).await,
         Command::Status(a) => cli::status(a).await,
         Command::Bench(cli::BenchCommand::Writes(a)) => bench::writes(a).await,
+        Command::Operator(cli::OperatorCommand::RemoveServer(a)) => cli::remove_server(a).await,
+        Command::Snapshot(cli::SnapshotCommand::Save(a)) => cli::snapshot_save(a).await,
+        Command::Snapshot(cli::SnapshotCommand::Restore(a)) => cli::snapshot_restore(a).await,
     }
 }
 

@@ -21,6 +21,11 @@ use tokio::net::TcpListener;
 
 use crate::appmesh;
 use crate::metrics::Metrics;
+use crate::watch::{WatchHub, WatchService};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Change batches a server keeps for watchers that resume (about one snapshot interval).
+pub const WATCH_HISTORY: usize = 10_000;
 
 /// Who owns what this control plane creates: the account and region written into ARNs.
 #[derive(Debug, Clone)]
@@ -40,6 +45,8 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Client for calls to other servers (forwarding to the leader).
+    pub http: reqwest::Client,
 }
 
 /// A server's configuration, from flags or a TOML file (`shoal server --config FILE`).
@@ -151,11 +158,11 @@ impl ServerConfig {
         {
             bail!("need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
         }
-        if self.bootstrap_expect != 1 || !self.join.is_empty() {
-            bail!(
-                "multi-server clusters (--bootstrap-expect > 1, --join) are not available yet: \
-                 this build runs a single server"
-            );
+        if self.bootstrap_expect == 0 {
+            bail!("--bootstrap-expect must be at least 1");
+        }
+        if self.gossip.is_none() && (self.bootstrap_expect > 1 || !self.join.is_empty()) {
+            bail!("a multi-server cluster needs --gossip (servers find each other through gossip)");
         }
         Ok(())
     }
@@ -167,6 +174,8 @@ pub struct Running {
     pub raft: RaftNode,
     /// The address the API listens on (resolved, for `:0`).
     pub api_addr: SocketAddr,
+    /// The address the gRPC services (Raft, watch) listen on.
+    pub grpc_addr: SocketAddr,
 }
 
 /// Opens the store, bootstraps, binds the API, then serves until `shutdown` resolves.
@@ -183,10 +192,14 @@ where
         .await
         .with_context(|| format!("binding the API to {}", cfg.api))?;
     let api_addr = listener.local_addr()?;
+    let grpc_listener = TcpListener::bind(cfg.raft)
+        .await
+        .with_context(|| format!("binding the gRPC (Raft and watch) address {}", cfg.raft))?;
+    let grpc_addr = grpc_listener.local_addr()?;
     let mut rcfg = shoal_raft::Config::new(
         cfg.node_id,
         cfg.data_dir.clone(),
-        cfg.raft.to_string(),
+        grpc_addr.to_string(),
         api_addr.to_string(),
     );
     rcfg.heartbeat_ms = cfg.heartbeat_ms;
@@ -196,12 +209,31 @@ where
     let raft = RaftNode::open(rcfg)
         .await
         .context("opening the Raft store")?;
-    raft.bootstrap_single()
-        .await
-        .context("bootstrapping the cluster")?;
-    raft.wait_leader(Duration::from_secs(30))
-        .await
-        .context("waiting for a Raft leader")?;
+    let gossip = match cfg.gossip {
+        None => {
+            // A lone server without gossip: bootstrap alone and wait for its own election.
+            raft.bootstrap_single()
+                .await
+                .context("bootstrapping the cluster")?;
+            raft.wait_leader(Duration::from_secs(30))
+                .await
+                .context("waiting for a Raft leader")?;
+            None
+        }
+        Some(addr) => {
+            let mut gcfg = shoal_gossip::GossipConfig::new(format!("server-{}", cfg.node_id), addr);
+            gcfg.seeds = cfg.join.clone();
+            let initialized = raft
+                .is_initialized()
+                .await
+                .context("reading the Raft store")?;
+            let g =
+                shoal_gossip::Gossip::start(gcfg, crate::cluster::server_meta(&raft, initialized))
+                    .await
+                    .with_context(|| format!("starting gossip on {addr}"))?;
+            Some(g)
+        }
+    };
     let state = AppState {
         raft: raft.clone(),
         identity: Arc::new(Identity {
@@ -209,17 +241,68 @@ where
             region: cfg.region.clone(),
         }),
         metrics: Arc::new(Metrics::new()),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .context("building the HTTP client")?,
     };
     let app = router(state);
     tracing::info!(node_id = cfg.node_id, api = %api_addr, data_dir = %cfg.data_dir.display(), "server ready");
+    // One shutdown signal, two servers: broadcast it through a watch channel.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let manager = gossip.clone().map(|g| {
+        tokio::spawn(crate::cluster::run(
+            raft.clone(),
+            g,
+            cfg.bootstrap_expect as usize,
+            stop_rx.clone(),
+        ))
+    });
+    let hub = WatchHub::start(
+        raft.clone(),
+        WATCH_HISTORY,
+        Duration::from_secs(5),
+        stop_rx.clone(),
+    );
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(WatchService::new(hub).into_server())
+        .add_service(raft.grpc_service())
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let grpc = tokio::spawn(grpc);
+    tracing::info!(grpc = %grpc_addr, "gRPC (Raft, watch) ready");
     let ready = on_ready(Running {
         raft: raft.clone(),
         api_addr,
+        grpc_addr,
     });
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopped(stop_rx))
         .await;
     ready.abort();
+    if let Ok(Err(e)) = grpc.await {
+        tracing::warn!(error = %e, "gRPC server ended with an error");
+    }
+    if let Some(m) = manager {
+        let _ = m.await;
+    }
+    if let Some(g) = gossip {
+        if let Err(e) = g.shutdown().await {
+            tracing::warn!(error = %e, "gossip did not stop cleanly");
+        }
+    }
     raft.shutdown().await.context("stopping Raft")?;
     served.context("serving the API")
 }
@@ -227,7 +310,13 @@ where
 /// The whole HTTP surface of a server: the App Mesh API, status and metrics.
 pub fn router(state: AppState) -> Router {
     appmesh::routes()
+        .merge(crate::forward::routes())
         .route("/v1/status", get(status))
+        .route(
+            "/v1/operator/remove-server",
+            axum::routing::post(remove_server),
+        )
+        .route("/v1/snapshot", get(snapshot_save))
         .route("/metrics", get(metrics))
         .fallback(|| async { appmesh::error_response(&ApiError::not_found("No such operation")) })
         .with_state(state)
@@ -245,6 +334,7 @@ async fn status(State(s): State<AppState>) -> Response {
                 "raft_addr": m.raft_addr,
                 "role": m.role,
                 "healthy": m.healthy,
+                "lag": m.lag,
             })
         })
         .collect();
@@ -307,5 +397,63 @@ mod tests {
         let e = toml::from_str::<ServerConfig>("node_id = 1\ndata_dir = \"/d\"\nbogus = 1\n")
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+    }
+}
+
+#[derive(Deserialize)]
+struct RemoveServer {
+    node_id: u64,
+}
+
+/// `POST /v1/operator/remove-server?node_id=N`: removes a (dead) member from the Raft
+/// configuration, on the leader (followers forward the request once).
+async fn remove_server(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<RemoveServer>,
+) -> Response {
+    match s.raft.remove_node(q.node_id).await {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({ "removed": q.node_id }))).into_response(),
+        Err(shoal_raft::Error::ForwardToLeader {
+            leader: Some(l), ..
+        }) => {
+            let url = format!(
+                "http://{}/v1/operator/remove-server?node_id={}",
+                l.api_addr, q.node_id
+            );
+            match s.http.post(&url).send().await {
+                Ok(r) => {
+                    let status = StatusCode::from_u16(r.status().as_u16())
+                        .unwrap_or(StatusCode::BAD_GATEWAY);
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    (status, axum::Json(body)).into_response()
+                }
+                Err(e) => appmesh::error_response(&ApiError::new(
+                    shoal_model::ErrorKind::ServiceUnavailable,
+                    format!("Cannot reach the leader: {e}"),
+                )),
+            }
+        }
+        Err(e) => appmesh::error_response(&ApiError::new(
+            shoal_model::ErrorKind::ServiceUnavailable,
+            format!("Cannot remove server {}: {e}", q.node_id),
+        )),
+    }
+}
+
+/// `GET /v1/snapshot`: the whole model (linearizable unless `?stale=true`), for backups.
+async fn snapshot_save(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if let Err(e) = appmesh::read_barrier(&s, &q).await {
+        return appmesh::error_response(&e);
+    }
+    let body = s.raft.read(serde_json::to_vec);
+    match body {
+        Ok(b) => (StatusCode::OK, [("content-type", "application/json")], b).into_response(),
+        Err(e) => appmesh::error_response(&ApiError::new(
+            shoal_model::ErrorKind::InternalServerError,
+            format!("Cannot encode the snapshot: {e}"),
+        )),
     }
 }

@@ -1,0 +1,359 @@
+//! Forming and growing the Raft cluster from what gossip says, as Consul does: servers find
+//! each other through gossip, the cluster bootstraps once `--bootstrap-expect` servers are
+//! seen, and the leader adds every other live server it sees (as a learner, then a voter).
+//!
+//! The decisions are a pure function, [`plan`], of (what gossip sees, what Raft says); the
+//! loop in [`run`] only gathers those facts and carries the plan out. Restarting a server with
+//! the same command line is safe: an initialized store never bootstraps again, and a store
+//! that finds a formed cluster in gossip waits to be added instead of bootstrapping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use shoal_gossip::{Gossip, Member, NodeMeta, Role};
+use shoal_raft::{NodeInfo, RaftNode};
+
+/// Most voters the leader keeps; further servers stay learners (reads and watches scale,
+/// commits do not slow down).
+pub const MAX_VOTERS: usize = 5;
+
+/// A server as gossip describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Raft node id.
+    pub id: u64,
+    /// Its Raft identity (gRPC address, API address, incarnation).
+    pub node: NodeInfo,
+    /// Whether it says its store is part of a cluster.
+    pub initialized: bool,
+}
+
+/// What Raft says about the cluster, from this server's point of view.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RaftView {
+    /// This server's id.
+    pub me: u64,
+    /// Whether this server's store belongs to a cluster.
+    pub initialized: bool,
+    /// Whether this server is the leader.
+    pub leader: bool,
+    /// Voters with their Raft identity.
+    pub voters: BTreeMap<u64, NodeInfo>,
+    /// Learners with their Raft identity.
+    pub learners: BTreeMap<u64, NodeInfo>,
+}
+
+/// One step the manager takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Initialize a new cluster with these members.
+    Bootstrap(BTreeMap<u64, NodeInfo>),
+    /// Add a live server as a learner (it catches up before it can vote).
+    AddLearner(u64, NodeInfo),
+    /// Make these the voters.
+    SetVoters(BTreeSet<u64>),
+    /// Remove a member whose store was wiped (its incarnation changed); it is added again
+    /// under its new incarnation on a later step.
+    Remove(u64),
+}
+
+/// Server peers from gossip members.
+pub fn peers(members: &[Member]) -> Vec<Peer> {
+    members
+        .iter()
+        .filter(|m| m.meta.role == Role::Server)
+        .filter_map(|m| {
+            let id = m.meta.raft_id?;
+            Some(Peer {
+                id,
+                node: NodeInfo {
+                    raft_addr: m.meta.grpc_addr.clone()?,
+                    api_addr: m.meta.api_addr.clone()?,
+                    incarnation: m.meta.incarnation.clone().unwrap_or_default(),
+                },
+                initialized: m.meta.raft_initialized,
+            })
+        })
+        .collect()
+}
+
+/// Decides the next step. Pure: every rule of cluster formation is here and unit-tested.
+pub fn plan(raft: &RaftView, peers: &[Peer], expect: usize) -> Option<Action> {
+    if !raft.initialized {
+        if expect <= 1 {
+            let me = peers.iter().find(|p| p.id == raft.me)?;
+            return Some(Action::Bootstrap(BTreeMap::from([(
+                me.id,
+                me.node.clone(),
+            )])));
+        }
+        // Someone already formed a cluster: wait for its leader to add us.
+        if peers.iter().any(|p| p.initialized) {
+            return None;
+        }
+        let mut candidates: Vec<&Peer> = peers.iter().collect();
+        candidates.sort_by_key(|p| p.id);
+        candidates.dedup_by_key(|p| p.id);
+        if candidates.len() < expect {
+            return None;
+        }
+        let chosen: BTreeMap<u64, NodeInfo> = candidates
+            .iter()
+            .take(expect)
+            .map(|p| (p.id, p.node.clone()))
+            .collect();
+        // One server bootstraps: the lowest id among the first `expect`. The others are
+        // then added by the leader it elects.
+        if chosen.keys().next() == Some(&raft.me) {
+            return Some(Action::Bootstrap(chosen));
+        }
+        return None;
+    }
+    if !raft.leader {
+        return None;
+    }
+    let members: BTreeMap<u64, &NodeInfo> = raft
+        .voters
+        .iter()
+        .chain(raft.learners.iter())
+        .map(|(k, v)| (*k, v))
+        .collect();
+    // A member whose store was wiped comes back with a new incarnation: remove it first.
+    for p in peers {
+        if let Some(known) = members.get(&p.id) {
+            if p.id != raft.me
+                && !known.incarnation.is_empty()
+                && !p.node.incarnation.is_empty()
+                && known.incarnation != p.node.incarnation
+            {
+                return Some(Action::Remove(p.id));
+            }
+        }
+    }
+    for p in peers {
+        if !members.contains_key(&p.id) {
+            return Some(Action::AddLearner(p.id, p.node.clone()));
+        }
+    }
+    // Promote learners that gossip sees alive, up to MAX_VOTERS.
+    let alive: BTreeSet<u64> = peers.iter().map(|p| p.id).collect();
+    let mut voters: BTreeSet<u64> = raft.voters.keys().copied().collect();
+    for id in raft.learners.keys() {
+        if voters.len() >= MAX_VOTERS {
+            break;
+        }
+        if alive.contains(id) {
+            voters.insert(*id);
+        }
+    }
+    if voters.len() != raft.voters.len() {
+        return Some(Action::SetVoters(voters));
+    }
+    None
+}
+
+fn raft_view(raft: &RaftNode) -> RaftView {
+    let m = raft.raft().metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voter_ids: BTreeSet<u64> = membership.voter_ids().collect();
+    let mut voters = BTreeMap::new();
+    let mut learners = BTreeMap::new();
+    for (id, node) in membership.nodes() {
+        if voter_ids.contains(id) {
+            voters.insert(*id, node.clone());
+        } else {
+            learners.insert(*id, node.clone());
+        }
+    }
+    RaftView {
+        me: m.id,
+        initialized: !voters.is_empty(),
+        leader: m.current_leader == Some(m.id),
+        voters,
+        learners,
+    }
+}
+
+/// This server's gossip metadata.
+pub fn server_meta(raft: &RaftNode, initialized: bool) -> NodeMeta {
+    let info = raft.node_info();
+    NodeMeta {
+        role: Role::Server,
+        raft_id: Some(raft.status().node_id),
+        api_addr: Some(info.api_addr.clone()),
+        grpc_addr: Some(info.raft_addr.clone()),
+        xds_addr: None,
+        dns_addr: None,
+        zone: None,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        incarnation: Some(info.incarnation.clone()),
+        raft_initialized: initialized,
+    }
+}
+
+/// Runs the manager until `stop` flips to true.
+pub async fn run(
+    raft: RaftNode,
+    gossip: Gossip,
+    expect: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut members = gossip.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = members.changed() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let view = raft_view(&raft);
+        if announced != Some(view.initialized) {
+            gossip.set_meta(server_meta(&raft, view.initialized)).await;
+            announced = Some(view.initialized);
+        }
+        let peers = peers(&gossip.members());
+        let Some(action) = plan(&view, &peers, expect) else {
+            continue;
+        };
+        tracing::info!(?action, "cluster membership step");
+        let result = match action {
+            Action::Bootstrap(members) => raft.initialize(members).await.map_err(|e| e.to_string()),
+            Action::AddLearner(id, node) => raft
+                .add_learner(id, node, Duration::from_secs(60))
+                .await
+                .map_err(|e| e.to_string()),
+            Action::SetVoters(voters) => {
+                raft.change_voters(voters).await.map_err(|e| e.to_string())
+            }
+            Action::Remove(id) => raft.remove_node(id).await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cluster membership step failed; will retry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, inc: &str) -> NodeInfo {
+        NodeInfo {
+            raft_addr: format!("127.0.0.{id}:7071"),
+            api_addr: format!("127.0.0.{id}:7070"),
+            incarnation: inc.into(),
+        }
+    }
+
+    fn peer(id: u64, initialized: bool) -> Peer {
+        Peer {
+            id,
+            node: node(id, "i"),
+            initialized,
+        }
+    }
+
+    fn fresh(me: u64) -> RaftView {
+        RaftView {
+            me,
+            ..Default::default()
+        }
+    }
+
+    fn leader(me: u64, voters: &[u64], learners: &[u64]) -> RaftView {
+        RaftView {
+            me,
+            initialized: true,
+            leader: true,
+            voters: voters.iter().map(|i| (*i, node(*i, "i"))).collect(),
+            learners: learners.iter().map(|i| (*i, node(*i, "i"))).collect(),
+        }
+    }
+
+    #[test]
+    fn bootstrap_waits_for_the_expected_servers_and_only_the_lowest_id_does_it() {
+        let two = [peer(1, false), peer(2, false)];
+        assert_eq!(plan(&fresh(1), &two, 3), None);
+        let three = [peer(3, false), peer(1, false), peer(2, false)];
+        let Some(Action::Bootstrap(m)) = plan(&fresh(1), &three, 3) else {
+            panic!()
+        };
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(plan(&fresh(2), &three, 3), None);
+        assert_eq!(plan(&fresh(3), &three, 3), None);
+    }
+
+    #[test]
+    fn a_server_that_finds_a_formed_cluster_never_bootstraps() {
+        let seen = [peer(1, true), peer(2, true), peer(3, true), peer(4, false)];
+        assert_eq!(plan(&fresh(4), &seen, 3), None);
+        // ... also when it is the lowest id: a restarted server with a wiped store.
+        let seen = [peer(1, false), peer(2, true), peer(3, true)];
+        assert_eq!(plan(&fresh(1), &seen, 3), None);
+    }
+
+    #[test]
+    fn an_initialized_store_never_bootstraps_again() {
+        let three = [peer(1, false), peer(2, false), peer(3, false)];
+        let mut follower = leader(1, &[1, 2, 3], &[]);
+        follower.leader = false;
+        assert_eq!(plan(&follower, &three, 3), None);
+    }
+
+    #[test]
+    fn single_server_bootstraps_alone() {
+        let Some(Action::Bootstrap(m)) = plan(&fresh(7), &[peer(7, false)], 1) else {
+            panic!()
+        };
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
+    fn the_leader_adds_new_servers_as_learners_then_voters() {
+        let seen = [peer(1, true), peer(2, true), peer(3, true), peer(4, false)];
+        assert_eq!(
+            plan(&leader(1, &[1, 2, 3], &[]), &seen, 3),
+            Some(Action::AddLearner(4, node(4, "i")))
+        );
+        assert_eq!(
+            plan(&leader(1, &[1, 2, 3], &[4]), &seen, 3),
+            Some(Action::SetVoters([1, 2, 3, 4].into()))
+        );
+        assert_eq!(plan(&leader(1, &[1, 2, 3, 4], &[]), &seen, 3), None);
+    }
+
+    #[test]
+    fn voters_are_capped_and_dead_learners_are_not_promoted() {
+        let seen: Vec<Peer> = (1..=7).map(|i| peer(i, true)).collect();
+        let l = leader(1, &[1, 2, 3, 4, 5], &[6, 7]);
+        assert_eq!(plan(&l, &seen, 3), None);
+        let seen = [peer(1, true), peer(2, true), peer(3, true)];
+        assert_eq!(plan(&leader(1, &[1, 2, 3], &[4]), &seen, 3), None);
+    }
+
+    #[test]
+    fn a_wiped_member_is_removed_then_added_back() {
+        let mut seen = vec![peer(1, true), peer(2, true), peer(3, false)];
+        seen[2].node.incarnation = "new".into();
+        let l = leader(1, &[1, 2, 3], &[]);
+        assert_eq!(plan(&l, &seen, 3), Some(Action::Remove(3)));
+        let after = leader(1, &[1, 2], &[]);
+        assert_eq!(
+            plan(&after, &seen, 3),
+            Some(Action::AddLearner(3, seen[2].node.clone()))
+        );
+    }
+
+    #[test]
+    fn followers_do_nothing() {
+        let seen = [peer(1, true), peer(2, true), peer(3, true), peer(4, false)];
+        let mut f = leader(2, &[1, 2, 3], &[]);
+        f.leader = false;
+        assert_eq!(plan(&f, &seen, 3), None);
+    }
+}
