@@ -26,4 +26,4 @@ pub mod validate;
 
 pub use error::{ApiError, ErrorKind};
 pub use resource::{Kind, Metadata, Resource, ResourceKey, Spec};
-pub use store::{Applied, Change, Command, Model, Outcome, PutMode, Stamp};
+pub use store::{Applied, Change, Command, Model, Outcome, PutMode, Reply, Stamp};

@@ -84,10 +84,38 @@ pub enum Command {
         /// Keys to remove.
         keys: Vec<String>,
     },
+    /// Replaces every resource with these (`shoal snapshot restore`). Client tokens are
+    /// kept: they describe requests, not resources.
+    Restore {
+        /// The whole model to restore.
+        resources: Vec<Resource>,
+    },
 }
 
-/// What applying a command produced: the resource as the API returns it, or an error.
-pub type Outcome = Result<Resource, ApiError>;
+/// What a command that succeeded answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The resource as it is now (or was, for a delete). Boxed: resources are large.
+    Resource(Box<Resource>),
+    /// A restore replaced the model with this many resources.
+    Restored {
+        /// Resources in the restored model.
+        resources: usize,
+    },
+}
+
+impl Reply {
+    /// The resource, for commands that answer with one.
+    pub fn into_resource(self) -> Option<Resource> {
+        match self {
+            Reply::Resource(r) => Some(*r),
+            Reply::Restored { .. } => None,
+        }
+    }
+}
+
+/// What applying a command produced: the reply as the API returns it, or an error.
+pub type Outcome = Result<Reply, ApiError>;
 
 /// One change of the model, published to watchers in commit order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,8 +140,49 @@ impl Change {
 pub struct Applied {
     /// The answer for the client.
     pub outcome: Outcome,
-    /// The change it made, if any (errors and idempotent replays change nothing).
-    pub change: Option<Change>,
+    /// The changes it made, in order (none for errors and idempotent replays; one for
+    /// ordinary writes; many for a restore).
+    pub changes: Vec<Change>,
+}
+
+/// The changes that turn `old` into `new`: deletions of what is gone and puts of what is
+/// new or different, in key order. Used when a snapshot or a restore replaces a model, so
+/// watchers can follow with ordinary changes.
+pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut a = old.resources.values().peekable();
+    let mut b = new.resources.values().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(x), None) => {
+                changes.push(Change::Delete((*x).clone()));
+                a.next();
+            }
+            (None, Some(y)) => {
+                changes.push(Change::Put((*y).clone()));
+                b.next();
+            }
+            (Some(x), Some(y)) => match x.key.cmp(&y.key) {
+                std::cmp::Ordering::Less => {
+                    changes.push(Change::Delete((*x).clone()));
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changes.push(Change::Put((*y).clone()));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if x != y {
+                        changes.push(Change::Put((*y).clone()));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    changes
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,7 +265,7 @@ impl Model {
     /// Applies the changes a server published at `revision` to a replica. Changes at or
     /// below the replica's revision are ignored, so replays after a reconnect are harmless.
     pub fn apply_changes(&mut self, revision: u64, changes: &[Change]) {
-        if revision <= self.revision {
+        if revision <= self.revision || changes.is_empty() {
             return;
         }
         for c in changes {
@@ -372,6 +441,20 @@ impl Model {
                 existing.retain(|t| !keys.contains(&t.key));
                 Ok(())
             }),
+            Command::Restore { resources } => {
+                let restored = Model::from_resources(self.revision, resources.iter().cloned());
+                let changes = diff(self, &restored);
+                self.resources = restored.resources;
+                if !changes.is_empty() {
+                    self.revision = self.revision.max(index);
+                }
+                return Applied {
+                    outcome: Ok(Reply::Restored {
+                        resources: self.resources.len(),
+                    }),
+                    changes,
+                };
+            }
         };
         match result {
             Ok((resource, change)) => {
@@ -379,13 +462,13 @@ impl Model {
                     self.revision = self.revision.max(index);
                 }
                 Applied {
-                    outcome: Ok(resource),
-                    change,
+                    outcome: Ok(Reply::Resource(Box::new(resource))),
+                    changes: change.into_iter().collect(),
                 }
             }
             Err(e) => Applied {
                 outcome: Err(e),
-                change: None,
+                changes: Vec::new(),
             },
         }
     }

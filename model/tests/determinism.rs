@@ -105,8 +105,8 @@ proptest! {
             if i == cut.min(ops.len() - 1) {
                 // The replica starts from a snapshot taken here.
                 replica = Some(Model::from_resources(primary.revision(), primary.iter().cloned()));
-            } else if let (Some(r), Some(c)) = (replica.as_mut(), applied.change) {
-                r.apply_changes(index, std::slice::from_ref(&c));
+            } else if let Some(r) = replica.as_mut() {
+                r.apply_changes(index, &applied.changes);
             }
         }
         let replica = replica.unwrap();

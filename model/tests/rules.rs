@@ -369,7 +369,10 @@ impl World {
 
     fn run(&mut self, cmd: Command) -> Result<shoal_model::Resource, ApiError> {
         self.index += 1;
-        self.model.apply(self.index, &cmd).outcome
+        self.model
+            .apply(self.index, &cmd)
+            .outcome
+            .map(|r| r.into_resource().expect("a resource"))
     }
 
     fn put(
@@ -721,17 +724,17 @@ fn changes_are_published_with_the_revision_of_their_entry() {
         stamp: stamp(1),
     };
     let a = m.apply(7, &put);
-    assert!(matches!(a.change, Some(Change::Put(_))));
+    assert!(matches!(a.changes.as_slice(), [Change::Put(_)]));
     assert_eq!(m.revision(), 7);
     let failed = m.apply(8, &put);
-    assert!(failed.outcome.is_err() && failed.change.is_none());
+    assert!(failed.outcome.is_err() && failed.changes.is_empty());
     assert_eq!(
         m.revision(),
         7,
         "a failed command does not move the revision"
     );
     let d = m.apply(9, &Command::Delete { key });
-    assert!(matches!(d.change, Some(Change::Delete(_))));
+    assert!(matches!(d.changes.as_slice(), [Change::Delete(_)]));
     assert_eq!(m.revision(), 9);
 }
 
@@ -774,4 +777,52 @@ fn pages_follow_name_order_across_tokens() {
         .page(Kind::VirtualNode, "b", "", None, 5)
         .0
         .is_empty());
+}
+
+#[test]
+fn restore_replaces_everything_and_reports_the_difference() {
+    let mut w = World::colorapp();
+    let saved: Vec<shoal_model::Resource> = w.model.iter().cloned().collect();
+    // Change the world after the backup: delete the service, add a node.
+    w.delete(ResourceKey::in_mesh("m", Kind::VirtualService, "s"))
+        .unwrap();
+    w.put(
+        Kind::VirtualNode,
+        "m",
+        "",
+        json!({"virtualNodeName": "late", "spec": {}}),
+        PutMode::Create,
+    )
+    .unwrap();
+    w.index += 1;
+    let applied = w.model.apply(
+        w.index,
+        &Command::Restore {
+            resources: saved.clone(),
+        },
+    );
+    assert_eq!(
+        applied.outcome,
+        Ok(shoal_model::Reply::Restored {
+            resources: saved.len()
+        })
+    );
+    let summary: Vec<String> = applied
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Put(r) => format!("put {}", r.key.name),
+            Change::Delete(r) => format!("delete {}", r.key.name),
+        })
+        .collect();
+    assert_eq!(summary, ["delete late", "put s"]);
+    assert_eq!(w.model.revision(), w.index);
+    assert_eq!(w.model.iter().cloned().collect::<Vec<_>>(), saved);
+    // Restoring the same content again changes nothing and keeps the revision.
+    w.index += 1;
+    let again = w
+        .model
+        .apply(w.index, &Command::Restore { resources: saved });
+    assert!(again.changes.is_empty());
+    assert_eq!(w.model.revision(), w.index - 1);
 }

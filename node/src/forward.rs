@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shoal_model::{ApiError, Command, ErrorKind, Outcome, Resource};
+use shoal_model::{ApiError, Command, ErrorKind, Outcome, Reply, Resource};
 use shoal_raft::{Error as RaftError, NodeInfo, WriteError};
 
 use crate::appmesh::error_response;
@@ -29,15 +29,28 @@ fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::ServiceUnavailable, message)
 }
 
-/// Commits `cmd` on the leader, wherever it is, and returns the state machine's answer.
+/// Commits `cmd` on the leader, wherever it is, and returns the resource it answers with.
 pub async fn commit(state: &AppState, cmd: Command) -> Result<Resource, ApiError> {
+    commit_reply(state, cmd)
+        .await?
+        .into_resource()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::InternalServerError,
+                "The command answered without a resource",
+            )
+        })
+}
+
+/// Commits `cmd` on the leader, wherever it is, and returns the state machine's answer.
+pub async fn commit_reply(state: &AppState, cmd: Command) -> Result<Reply, ApiError> {
     let started = Instant::now();
     let result = commit_inner(state, cmd).await;
     state.metrics.observe_apply(started.elapsed());
     result
 }
 
-async fn commit_inner(state: &AppState, cmd: Command) -> Result<Resource, ApiError> {
+async fn commit_inner(state: &AppState, cmd: Command) -> Result<Reply, ApiError> {
     let mut last_error = unavailable("No Raft leader is known; retry shortly");
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {

@@ -317,6 +317,11 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(remove_server),
         )
         .route("/v1/snapshot", get(snapshot_save))
+        .route(
+            "/v1/snapshot/restore",
+            axum::routing::post(snapshot_restore)
+                .layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { appmesh::error_response(&ApiError::not_found("No such operation")) })
         .with_state(state)
@@ -455,5 +460,39 @@ async fn snapshot_save(
             shoal_model::ErrorKind::InternalServerError,
             format!("Cannot encode the snapshot: {e}"),
         )),
+    }
+}
+
+/// `POST /v1/snapshot/restore`: replaces the whole model with a saved one, as one Raft
+/// command (every server applies it at the same revision; watchers get the difference).
+/// Every resource is checked as a create would be before anything is committed.
+async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let model: shoal_model::Model = match shoal_model::request::json(&body) {
+        Ok(m) => m,
+        Err(e) => return appmesh::error_response(&e),
+    };
+    let resources: Vec<shoal_model::Resource> = model.iter().cloned().collect();
+    for r in &resources {
+        let checked = shoal_model::check::name(r.key.kind, &r.key.name)
+            .and_then(|()| shoal_model::check::into_result(shoal_model::check::spec(&r.spec)));
+        if let Err(mut e) = checked {
+            e.message = format!("{}: {}", r.key, e.message);
+            return appmesh::error_response(&e);
+        }
+    }
+    match crate::forward::commit_reply(&s, shoal_model::Command::Restore { resources }).await {
+        Ok(reply) => {
+            let revision = s.raft.read(|m| m.revision());
+            let count = match reply {
+                shoal_model::Reply::Restored { resources } => resources,
+                shoal_model::Reply::Resource(_) => 1,
+            };
+            (
+                StatusCode::OK,
+                axum::Json(json!({ "resources": count, "revision": revision })),
+            )
+                .into_response()
+        }
+        Err(e) => appmesh::error_response(&e),
     }
 }

@@ -83,7 +83,7 @@ impl WatchHub {
                         let mut st = hub.state.lock().expect("hub lock");
                         let batch = Batch {
                             revision: ev.revision,
-                            changes: Arc::new(vec![ev.change.clone()]),
+                            changes: Arc::new(ev.changes.clone()),
                         };
                         if batch.revision > st.history.latest() {
                             st.history.push(batch.clone());

@@ -149,12 +149,13 @@ openraft::declare_raft_types!(
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
 
-/// One change of the model, as published to [`RaftNode::subscribe`]rs: watchers (agents,
-/// caches) follow the model by applying these in order.
+/// The changes one log entry (or one installed snapshot) made to the model, as published
+/// to [`RaftNode::subscribe`]rs: watchers (agents, caches) follow the model by applying
+/// these in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatchEvent {
     /// The model revision after this change: the log index of the entry that made it.
     pub revision: u64,
-    /// What changed.
-    pub change: shoal_model::Change,
+    /// What changed, in order.
+    pub changes: Vec<shoal_model::Change>,
 }

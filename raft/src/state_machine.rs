@@ -19,7 +19,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use shoal_model::{Change, Model};
+use shoal_model::Model;
 use tokio::sync::broadcast;
 
 use crate::codec::{decode, encode};
@@ -137,10 +137,10 @@ impl StateMachine {
                 EntryPayload::Blank => None,
                 EntryPayload::Normal(cmd) => {
                     let applied = st.model.apply(entry.log_id.index, &cmd);
-                    if let Some(change) = applied.change {
+                    if !applied.changes.is_empty() {
                         self.publish(WatchEvent {
                             revision: entry.log_id.index,
-                            change,
+                            changes: applied.changes,
                         });
                     }
                     Some(applied.outcome)
@@ -205,44 +205,6 @@ impl StateMachine {
             decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some(header.meta))
     }
-}
-
-/// The changes that turn `old` into `new`, for watchers, when a snapshot replaces the model:
-/// deletions of what is gone and puts of what is new or different, all at `revision`.
-fn diff(old: &Model, new: &Model, revision: u64) -> Vec<WatchEvent> {
-    let mut events = Vec::new();
-    let mut a = old.iter().peekable();
-    let mut b = new.iter().peekable();
-    loop {
-        let change = match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some(x), None) => Change::Delete((*x).clone()),
-            (None, Some(y)) => Change::Put((*y).clone()),
-            (Some(x), Some(y)) => match x.key.cmp(&y.key) {
-                std::cmp::Ordering::Less => Change::Delete((*x).clone()),
-                std::cmp::Ordering::Greater => Change::Put((*y).clone()),
-                std::cmp::Ordering::Equal => {
-                    let changed = x != y;
-                    let y = (*y).clone();
-                    a.next();
-                    b.next();
-                    if changed {
-                        events.push(WatchEvent {
-                            revision,
-                            change: Change::Put(y),
-                        });
-                    }
-                    continue;
-                }
-            },
-        };
-        match &change {
-            Change::Delete(_) => a.next(),
-            Change::Put(_) => b.next(),
-        };
-        events.push(WatchEvent { revision, change });
-    }
-    events
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -335,7 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.store_snapshot(meta, bytes, false).await?;
         let mut st = self.write();
         let revision = received.model.revision();
-        let events = diff(&st.model, &received.model, revision);
+        let changes = shoal_model::store::diff(&st.model, &received.model);
         *st = SmState {
             model: received.model,
             last_applied: meta.last_log_id,
@@ -344,11 +306,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(
             snapshot = %meta.snapshot_id,
             revision,
-            changes = events.len(),
+            changes = changes.len(),
             "installed a snapshot"
         );
-        for event in events {
-            self.publish(event);
+        if !changes.is_empty() {
+            self.publish(WatchEvent { revision, changes });
         }
         Ok(())
     }
@@ -376,7 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use openraft::CommittedLeaderId;
     use shoal_model::api::MeshSpec;
-    use shoal_model::{Command, PutMode, ResourceKey, Spec, Stamp};
+    use shoal_model::{Change, Command, PutMode, ResourceKey, Spec, Stamp};
 
     use super::*;
 
@@ -462,10 +424,12 @@ mod tests {
         let mut got = Vec::new();
         while let Ok(ev) = rx.try_recv() {
             assert_eq!(ev.revision, 3);
-            got.push(match &ev.change {
-                Change::Put(r) => format!("put {}", r.key.name),
-                Change::Delete(r) => format!("delete {}", r.key.name),
-            });
+            for c in ev.changes.iter() {
+                got.push(match c {
+                    Change::Put(r) => format!("put {}", r.key.name),
+                    Change::Delete(r) => format!("delete {}", r.key.name),
+                });
+            }
         }
         assert_eq!(got, ["put b", "delete stale"]);
 

@@ -79,7 +79,7 @@ async fn write_watch_restart() {
                 .write(put_mesh(name, PutMode::Create))
                 .await
                 .expect("write");
-            let r = w.outcome.expect("created");
+            let r = w.outcome.expect("created").into_resource().unwrap();
             assert_eq!(r.key, ResourceKey::mesh(name));
             assert_eq!(r.meta.version, 1);
             indexes.push(w.index);
@@ -97,13 +97,21 @@ async fn write_watch_restart() {
             .write(put_mesh("beta", PutMode::Update))
             .await
             .expect("write");
-        assert_eq!(w.outcome.expect("updated").meta.version, 2);
+        assert_eq!(
+            w.outcome
+                .expect("updated")
+                .into_resource()
+                .unwrap()
+                .meta
+                .version,
+            2
+        );
         indexes.push(w.index);
 
         let mut revisions = Vec::new();
         for (i, name) in ["alpha", "beta", "gamma", "beta"].into_iter().enumerate() {
             let ev = next_event(&mut rx).await;
-            let Change::Put(r) = &ev.change else {
+            let [Change::Put(r)] = ev.changes.as_slice() else {
                 panic!("expected a put, got {ev:?}")
             };
             assert_eq!(r.key.name, name);
