@@ -1,7 +1,8 @@
 //! End-to-end tests live in `tests/tests/`; this library holds their shared helpers.
 //!
 //! The helpers drive real processes only: the `shoal` binary (started as `shoal dev` on free
-//! loopback ports with its own data directory), the AWS CLI and `jq`. Where each comes from:
+//! loopback ports with its own data directory, or as a [`Cluster`] of `shoal server`s on their
+//! own loopback addresses), the AWS CLI and `jq`. Where each comes from:
 //!
 //! - `shoal`: env `SHOAL_BIN`, else `<workspace>/target/debug/shoal` (run `cargo build -p shoal`);
 //! - the AWS CLI: env `SHOAL_AWS`, else `<workspace>/target/tools/venv/bin/aws`;
@@ -97,14 +98,59 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 ///
 /// Returns the status code and the body (chunked bodies are decoded).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let timeout = Duration::from_secs(2);
+    let r = http_request(addr, "GET", path, None, Duration::from_secs(2))?;
+    Ok((r.code, r.body))
+}
+
+/// One HTTP answer from [`http_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    /// Status code.
+    pub code: u16,
+    /// The `x-amzn-ErrorType` header, if any (the App Mesh error name).
+    pub error_type: Option<String>,
+    /// The body (chunked bodies are decoded).
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The body parsed as JSON, `None` when it is not JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// Whether the code is 200.
+    pub fn ok(&self) -> bool {
+        self.code == 200
+    }
+}
+
+/// A plain HTTP/1.1 request (no TLS, `Connection: close`); `body` is sent as JSON. `timeout`
+/// bounds the connect and every read and write.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<HttpReply> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n"
+    );
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    } else if method != "GET" {
+        req.push_str("Content-Length: 0\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -117,16 +163,26 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| bad("no status code"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let error_type = header("x-amzn-errortype");
     let body = if chunked {
         decode_chunked(body).ok_or_else(|| bad("bad chunked body"))?
     } else {
         body.to_string()
     };
-    Ok((code, body))
+    Ok(HttpReply {
+        code,
+        error_type,
+        body,
+    })
 }
 
 fn decode_chunked(mut rest: &str) -> Option<String> {
@@ -588,4 +644,700 @@ pub fn canonical_noun(noun: &str) -> &'static str {
     ALL.into_iter()
         .find(|n| *n == noun)
         .unwrap_or_else(|| panic!("unknown App Mesh kind {noun:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-server clusters: `shoal server` processes on their own loopback addresses.
+// ---------------------------------------------------------------------------------------------
+
+/// The API port of every cluster server (each has its own loopback address).
+pub const API_PORT: u16 = 7070;
+/// The Raft (and watch) gRPC port of every cluster server.
+pub const RAFT_PORT: u16 = 7071;
+/// The gossip port of every cluster server.
+pub const GOSSIP_PORT: u16 = 7946;
+
+/// How to run one `shoal server` process: its command line and where its log goes.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// `--node-id`.
+    pub node_id: u64,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--api`.
+    pub api: SocketAddr,
+    /// `--raft` (also the watch gRPC address).
+    pub raft: SocketAddr,
+    /// `--gossip`.
+    pub gossip: SocketAddr,
+    /// `--join` (gossip addresses of other servers).
+    pub join: Vec<SocketAddr>,
+    /// `--bootstrap-expect`.
+    pub bootstrap_expect: u32,
+    /// File that receives stdout and stderr (appended to, so restarts keep history).
+    pub log: PathBuf,
+}
+
+impl ServerSpec {
+    /// Server `node_id` of the cluster in address block `block`: it listens on
+    /// `127.0.<block>.<10 + node_id>` on the fixed ports, with data in `root/n<id>/data` and
+    /// its log in `root/n<id>.log`.
+    pub fn on_loopback(root: &Path, block: u8, node_id: u64) -> ServerSpec {
+        let ip = loopback_ip(block, node_id);
+        ServerSpec {
+            node_id,
+            data_dir: root.join(format!("n{node_id}")).join("data"),
+            api: SocketAddr::new(ip, API_PORT),
+            raft: SocketAddr::new(ip, RAFT_PORT),
+            gossip: SocketAddr::new(ip, GOSSIP_PORT),
+            join: Vec::new(),
+            bootstrap_expect: 3,
+            log: root.join(format!("n{node_id}.log")),
+        }
+    }
+
+    /// The arguments after `shoal`.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "server".to_string(),
+            "--node-id".into(),
+            self.node_id.to_string(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--api".into(),
+            self.api.to_string(),
+            "--raft".into(),
+            self.raft.to_string(),
+            "--gossip".into(),
+            self.gossip.to_string(),
+        ];
+        for j in &self.join {
+            a.push("--join".into());
+            a.push(j.to_string());
+        }
+        a.push("--bootstrap-expect".into());
+        a.push(self.bootstrap_expect.to_string());
+        a
+    }
+}
+
+/// `127.0.<block>.<10 + node_id>`.
+pub fn loopback_ip(block: u8, node_id: u64) -> std::net::IpAddr {
+    let last = u8::try_from(10 + node_id).expect("node id below 246");
+    std::net::IpAddr::from([127, 0, block, last])
+}
+
+/// Sends `signal` (a name such as `STOP`, `CONT`, `TERM`) to process `pid` with `kill(1)`.
+/// Panics when `kill` fails.
+pub fn send_signal(pid: u32, signal: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill -{signal} {pid}: {e}"));
+    assert!(st.success(), "kill -{signal} {pid} failed: {st}");
+}
+
+/// Runs `shoal <args…>` (a client command) and returns its output; kills it and panics when
+/// it runs longer than `timeout`.
+pub fn run_shoal<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> std::process::Output {
+    let mut child = Command::new(shoal_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait for shoal").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap shoal");
+            panic!(
+                "shoal {:?} did not finish within {timeout:?}; stderr:\n{}",
+                args.iter()
+                    .map(|a| a.as_ref().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect shoal output")
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A running `shoal server`. Dropping it kills the process (SIGKILL, which also ends a
+/// stopped process) and reaps it.
+pub struct ServerProcess {
+    child: Option<Child>,
+    spec: ServerSpec,
+}
+
+impl ServerProcess {
+    /// Spawns `shoal server` with `spec`'s command line; does not wait for anything.
+    pub fn spawn(spec: &ServerSpec) -> ServerProcess {
+        std::fs::create_dir_all(&spec.data_dir).expect("create data dir");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .expect("open server log");
+        let child = Command::new(shoal_bin())
+            .args(spec.args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn shoal server");
+        ServerProcess {
+            child: Some(child),
+            spec: spec.clone(),
+        }
+    }
+
+    /// The command line this process runs with.
+    pub fn spec(&self) -> &ServerSpec {
+        &self.spec
+    }
+
+    /// The OS process id. Panics when the process was already reaped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process is running").id()
+    }
+
+    /// Whether the process has exited (it is reaped then), with its status.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, …).
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits at most `timeout` for a clean exit. Returns the exit status;
+    /// panics (after a SIGKILL) with the log when the process does not exit in time.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.exited() {
+                self.child = None;
+                return st;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!(
+                    "server {} did not exit within {timeout:?} of SIGTERM; log tail:\n{}",
+                    self.spec.node_id,
+                    tail(&self.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.spec.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One member as `GET /v1/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Raft id.
+    pub node_id: u64,
+    /// API address.
+    pub api_addr: String,
+    /// `leader`, `follower` or `learner`.
+    pub role: String,
+    /// Whether the reporting server considers it healthy.
+    pub healthy: bool,
+    /// Log entries behind the leader (known on the leader only).
+    pub lag: Option<u64>,
+}
+
+/// `GET /v1/status` of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The reporting server.
+    pub node_id: u64,
+    /// The leader it knows, if any.
+    pub leader_id: Option<u64>,
+    /// Its current term.
+    pub term: u64,
+    /// Its commit index.
+    pub commit_index: u64,
+    /// Its applied index.
+    pub applied_index: u64,
+    /// The model revision it has applied.
+    pub revision: u64,
+    /// The Raft membership as it sees it.
+    pub members: Vec<MemberStatus>,
+}
+
+impl NodeStatus {
+    /// Parses the JSON of `GET /v1/status`; `None` when a member is missing.
+    pub fn parse(v: &Value) -> Option<NodeStatus> {
+        let u = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+        let members = v
+            .get("members")?
+            .as_array()?
+            .iter()
+            .map(|m| {
+                Some(MemberStatus {
+                    node_id: u(m, "node_id")?,
+                    api_addr: m.get("api_addr")?.as_str()?.to_string(),
+                    role: m.get("role")?.as_str()?.to_string(),
+                    healthy: m.get("healthy")?.as_bool()?,
+                    lag: u(m, "lag"),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(NodeStatus {
+            node_id: u(v, "node_id")?,
+            leader_id: u(v, "leader_id"),
+            term: u(v, "term")?,
+            commit_index: u(v, "commit_index")?,
+            applied_index: u(v, "applied_index")?,
+            revision: u(v, "revision")?,
+            members,
+        })
+    }
+
+    /// Ids of the voters (members whose role is not `learner`).
+    pub fn voters(&self) -> std::collections::BTreeSet<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.role != "learner")
+            .map(|m| m.node_id)
+            .collect()
+    }
+
+    /// Ids of all members.
+    pub fn member_ids(&self) -> std::collections::BTreeSet<u64> {
+        self.members.iter().map(|m| m.node_id).collect()
+    }
+}
+
+/// `GET /v1/status` of the server at `api`, `None` when it does not answer 200 with a status.
+pub fn node_status(api: SocketAddr) -> Option<NodeStatus> {
+    let r = http_request(api, "GET", "/v1/status", None, Duration::from_secs(2)).ok()?;
+    if r.code != 200 {
+        return None;
+    }
+    NodeStatus::parse(&r.json()?)
+}
+
+/// A set of `shoal server` processes in one temp dir, on the addresses of one block
+/// `127.0.<block>.*`. Dropping it kills every process; when the thread is panicking the
+/// temp dir (data and logs) is kept and its path printed.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    block: u8,
+    specs: std::collections::BTreeMap<u64, ServerSpec>,
+    procs: std::collections::BTreeMap<u64, ServerProcess>,
+}
+
+impl Cluster {
+    /// An empty cluster in address block `block` (nothing started).
+    pub fn new(block: u8) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("shoal-cluster-{block}-"))
+            .tempdir()
+            .expect("tempdir for the cluster");
+        Cluster {
+            dir: Some(dir),
+            block,
+            specs: Default::default(),
+            procs: Default::default(),
+        }
+    }
+
+    /// Servers 1, 2, 3 with `--bootstrap-expect 3`: 2 and 3 join server 1's gossip address,
+    /// server 1 joins server 2's (any member works as a seed). All are started.
+    pub fn start_three(block: u8) -> Cluster {
+        let mut c = Cluster::new(block);
+        for id in 1..=3 {
+            let seed = if id == 1 { 2 } else { 1 };
+            let join = vec![c.gossip_addr(seed)];
+            c.define(id, join);
+            c.start(id);
+        }
+        c
+    }
+
+    /// The temp dir holding data dirs and logs.
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().expect("dir").path()
+    }
+
+    /// The gossip address server `id` has (or will have).
+    pub fn gossip_addr(&self, id: u64) -> SocketAddr {
+        SocketAddr::new(loopback_ip(self.block, id), GOSSIP_PORT)
+    }
+
+    /// Defines server `id` (`--bootstrap-expect 3`, `--join` `join`) without starting it.
+    pub fn define(&mut self, id: u64, join: Vec<SocketAddr>) -> &ServerSpec {
+        let mut spec = ServerSpec::on_loopback(self.root(), self.block, id);
+        spec.join = join;
+        self.specs.insert(id, spec);
+        &self.specs[&id]
+    }
+
+    /// The command line of server `id`.
+    pub fn spec(&self, id: u64) -> &ServerSpec {
+        self.specs
+            .get(&id)
+            .unwrap_or_else(|| panic!("server {id} is not defined"))
+    }
+
+    /// Starts server `id` with its command line (again, after a kill or stop). Panics if it
+    /// is running.
+    pub fn start(&mut self, id: u64) {
+        assert!(
+            !self.procs.contains_key(&id),
+            "server {id} is already running"
+        );
+        let p = ServerProcess::spawn(self.spec(id));
+        self.procs.insert(id, p);
+    }
+
+    /// The running process of server `id`.
+    pub fn process(&mut self, id: u64) -> &mut ServerProcess {
+        self.procs
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("server {id} is not running"))
+    }
+
+    /// Ids of the servers started and not killed or stopped.
+    pub fn running(&self) -> Vec<u64> {
+        self.procs.keys().copied().collect()
+    }
+
+    /// The API address of server `id`.
+    pub fn api(&self, id: u64) -> SocketAddr {
+        self.spec(id).api
+    }
+
+    /// `http://<api>` of server `id`, for `--addr`.
+    pub fn url(&self, id: u64) -> String {
+        format!("http://{}", self.api(id))
+    }
+
+    /// `GET /v1/status` of server `id`.
+    pub fn status(&self, id: u64) -> Option<NodeStatus> {
+        node_status(self.api(id))
+    }
+
+    /// SIGKILL server `id` and reap it.
+    pub fn kill9(&mut self, id: u64) {
+        let mut p = self
+            .procs
+            .remove(&id)
+            .unwrap_or_else(|| panic!("server {id} is not running"));
+        p.kill9();
+    }
+
+    /// SIGTERM server `id` and wait (bounded) for its exit; returns the exit status.
+    pub fn terminate(&mut self, id: u64) -> ExitStatus {
+        let mut p = self
+            .procs
+            .remove(&id)
+            .unwrap_or_else(|| panic!("server {id} is not running"));
+        p.terminate(Duration::from_secs(20))
+    }
+
+    /// The tail of every server's log, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (id, spec) in &self.specs {
+            let text = std::fs::read_to_string(&spec.log).unwrap_or_default();
+            out.push_str(&format!(
+                "----- server {id} ({}) -----\n{}\n",
+                spec.log.display(),
+                tail(&text, lines)
+            ));
+        }
+        out
+    }
+
+    /// The statuses of `ids` (`None` for a server that does not answer).
+    pub fn statuses(&self, ids: &[u64]) -> Vec<(u64, Option<NodeStatus>)> {
+        ids.iter().map(|id| (*id, self.status(*id))).collect()
+    }
+
+    /// Polls until every server in `ids` reports the same leader, which is one of `ids`, and
+    /// the same voters, which are exactly `voters`. Returns the leader. Panics with the
+    /// statuses and logs after `timeout`.
+    pub fn wait_leader(&self, ids: &[u64], voters: &[u64], timeout: Duration) -> u64 {
+        self.wait_leader_where(ids, voters, timeout, |_| true)
+    }
+
+    /// Like [`Cluster::wait_leader`], and the leader's status also satisfies `extra`.
+    pub fn wait_leader_where(
+        &self,
+        ids: &[u64],
+        voters: &[u64],
+        timeout: Duration,
+        extra: impl Fn(&NodeStatus) -> bool,
+    ) -> u64 {
+        let want: std::collections::BTreeSet<u64> = voters.iter().copied().collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all = self.statuses(ids);
+            let leaders: std::collections::BTreeSet<Option<u64>> = all
+                .iter()
+                .map(|(_, s)| s.as_ref().and_then(|s| s.leader_id))
+                .collect();
+            if let [Some(l)] = leaders.iter().copied().collect::<Vec<_>>()[..] {
+                let agreed = ids.contains(&l)
+                    && all
+                        .iter()
+                        .all(|(_, s)| s.as_ref().is_some_and(|s| s.voters() == want));
+                let leader_ok = all
+                    .iter()
+                    .find(|(id, _)| *id == l)
+                    .and_then(|(_, s)| s.as_ref())
+                    .is_some_and(&extra);
+                if agreed && leader_ok {
+                    return l;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "servers {ids:?} did not agree on a leader among them with voters {voters:?} \
+                     within {timeout:?}; statuses:\n{all:#?}\nlogs:\n{}",
+                    self.logs(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until every server in `ids` has applied the same index and revision as the others
+    /// (the cluster is idle and caught up). Returns that revision.
+    pub fn wait_converged(&self, ids: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all = self.statuses(ids);
+            let seen: std::collections::BTreeSet<Option<(u64, u64, u64)>> = all
+                .iter()
+                .map(|(_, s)| {
+                    s.as_ref()
+                        .map(|s| (s.applied_index, s.commit_index, s.revision))
+                })
+                .collect();
+            if let [Some((applied, commit, revision))] =
+                seen.iter().copied().collect::<Vec<_>>()[..]
+            {
+                if applied == commit {
+                    return revision;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "servers {ids:?} did not converge on one applied index and revision within \
+                     {timeout:?}; statuses:\n{all:#?}\nlogs:\n{}",
+                    self.logs(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills every running server (SIGKILL).
+    pub fn kill_all(&mut self) {
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.kill9(id);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGKILL also ends a process that a test left stopped with SIGSTOP.
+        self.kill_all();
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("cluster data and logs kept in {}", kept.display());
+            }
+        }
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (for query values).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Paths of the App Mesh API used by the cluster tests.
+pub mod appmesh {
+    use super::{http_request, percent_encode, HttpReply};
+    use serde_json::{json, Value};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// Timeout for one API call: longer than a server's own forwarding retries and timeout.
+    pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// `PUT /v20190125/meshes` (create mesh `mesh`).
+    pub fn create_mesh(api: SocketAddr, mesh: &str) -> std::io::Result<HttpReply> {
+        let body = json!({ "meshName": mesh }).to_string();
+        http_request(api, "PUT", "/v20190125/meshes", Some(&body), CALL_TIMEOUT)
+    }
+
+    /// A virtual node spec with one HTTP listener on `port`, or an empty spec.
+    pub fn vn_spec(port: Option<u16>) -> Value {
+        match port {
+            Some(p) => {
+                json!({ "listeners": [{ "portMapping": { "port": p, "protocol": "http" } }] })
+            }
+            None => json!({}),
+        }
+    }
+
+    /// The listener port of a described virtual node (`None` without listeners).
+    pub fn vn_port(described: &Value) -> Option<u64> {
+        described["spec"]["listeners"][0]["portMapping"]["port"].as_u64()
+    }
+
+    /// `PUT /v20190125/meshes/{mesh}/virtualNodes` (create).
+    pub fn create_vn(
+        api: SocketAddr,
+        mesh: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> std::io::Result<HttpReply> {
+        let body = json!({ "virtualNodeName": name, "spec": vn_spec(port) }).to_string();
+        http_request(
+            api,
+            "PUT",
+            &format!("/v20190125/meshes/{mesh}/virtualNodes"),
+            Some(&body),
+            CALL_TIMEOUT,
+        )
+    }
+
+    /// `PUT /v20190125/meshes/{mesh}/virtualNodes/{name}` (update).
+    pub fn update_vn(
+        api: SocketAddr,
+        mesh: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> std::io::Result<HttpReply> {
+        let body = json!({ "spec": vn_spec(port) }).to_string();
+        http_request(
+            api,
+            "PUT",
+            &format!("/v20190125/meshes/{mesh}/virtualNodes/{name}"),
+            Some(&body),
+            CALL_TIMEOUT,
+        )
+    }
+
+    /// `DELETE /v20190125/meshes/{mesh}/virtualNodes/{name}`.
+    pub fn delete_vn(api: SocketAddr, mesh: &str, name: &str) -> std::io::Result<HttpReply> {
+        http_request(
+            api,
+            "DELETE",
+            &format!("/v20190125/meshes/{mesh}/virtualNodes/{name}"),
+            None,
+            CALL_TIMEOUT,
+        )
+    }
+
+    /// `GET /v20190125/meshes/{mesh}/virtualNodes/{name}`, linearizable unless `stale`.
+    pub fn describe_vn(
+        api: SocketAddr,
+        mesh: &str,
+        name: &str,
+        stale: bool,
+    ) -> std::io::Result<HttpReply> {
+        let q = if stale { "?stale=true" } else { "" };
+        http_request(
+            api,
+            "GET",
+            &format!("/v20190125/meshes/{mesh}/virtualNodes/{name}{q}"),
+            None,
+            CALL_TIMEOUT,
+        )
+    }
+
+    /// `GET /v20190125/meshes/{mesh}` (describe mesh), linearizable unless `stale`.
+    pub fn describe_mesh(api: SocketAddr, mesh: &str, stale: bool) -> std::io::Result<HttpReply> {
+        let q = if stale { "?stale=true" } else { "" };
+        http_request(
+            api,
+            "GET",
+            &format!("/v20190125/meshes/{mesh}{q}"),
+            None,
+            CALL_TIMEOUT,
+        )
+    }
+
+    /// Every virtual node name in `mesh` (all pages of the list), linearizable unless `stale`.
+    pub fn list_vn_names(api: SocketAddr, mesh: &str, stale: bool) -> Result<Vec<String>, String> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec!["limit=100".to_string()];
+            if stale {
+                q.push("stale=true".into());
+            }
+            if let Some(t) = &token {
+                q.push(format!("nextToken={}", percent_encode(t)));
+            }
+            let path = format!("/v20190125/meshes/{mesh}/virtualNodes?{}", q.join("&"));
+            let r = http_request(api, "GET", &path, None, CALL_TIMEOUT)
+                .map_err(|e| format!("GET {path} on {api}: {e}"))?;
+            if r.code != 200 {
+                return Err(format!("GET {path} on {api}: {} {}", r.code, r.body));
+            }
+            let v = r.json().ok_or_else(|| format!("not JSON: {}", r.body))?;
+            for item in v["virtualNodes"].as_array().into_iter().flatten() {
+                if let Some(n) = item["virtualNodeName"].as_str() {
+                    names.push(n.to_string());
+                }
+            }
+            match v["nextToken"].as_str() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(names),
+            }
+        }
+    }
 }
