@@ -17,6 +17,10 @@ use shoal_raft::{NodeInfo, RaftNode};
 /// commits do not slow down).
 pub const MAX_VOTERS: usize = 5;
 
+/// How long the leader waits for a new learner to catch up before it moves on (a learner
+/// that died meanwhile is then dropped by the next step).
+pub const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
+
 /// A server as gossip describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -26,7 +30,14 @@ pub struct Peer {
     pub node: NodeInfo,
     /// Whether it says its store is part of a cluster.
     pub initialized: bool,
+    /// Its gossip generation (changes when the process restarts).
+    pub generation: u64,
 }
+
+/// Servers an operator removed, by Raft id, with the gossip generation they had then. The
+/// leader does not add such a server back until it restarts (a new generation): otherwise a
+/// server removed right after it died would be re-added before gossip notices the death.
+pub type Removed = std::sync::Arc<std::sync::Mutex<BTreeMap<u64, u64>>>;
 
 /// What Raft says about the cluster, from this server's point of view.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -72,6 +83,7 @@ pub fn peers(members: &[Member]) -> Vec<Peer> {
                     incarnation: m.meta.incarnation.clone().unwrap_or_default(),
                 },
                 initialized: m.meta.raft_initialized,
+                generation: m.generation,
             })
         })
         .collect()
@@ -130,13 +142,20 @@ pub fn plan(raft: &RaftView, peers: &[Peer], expect: usize) -> Option<Action> {
             }
         }
     }
+    // Learners that gossip no longer sees are dropped: they do not count for quorum, so this
+    // is always safe, and it undoes an add that raced with an operator's removal of a server
+    // that had just died (gossip had not noticed yet). Voters are never removed here; that is
+    // the operator's call (`shoal operator remove-server`).
+    let alive: BTreeSet<u64> = peers.iter().map(|p| p.id).collect();
+    if let Some(dead) = raft.learners.keys().find(|id| !alive.contains(id)) {
+        return Some(Action::Remove(*dead));
+    }
     for p in peers {
         if !members.contains_key(&p.id) {
             return Some(Action::AddLearner(p.id, p.node.clone()));
         }
     }
     // Promote learners that gossip sees alive, up to MAX_VOTERS.
-    let alive: BTreeSet<u64> = peers.iter().map(|p| p.id).collect();
     let mut voters: BTreeSet<u64> = raft.voters.keys().copied().collect();
     for id in raft.learners.keys() {
         if voters.len() >= MAX_VOTERS {
@@ -196,6 +215,7 @@ pub async fn run(
     raft: RaftNode,
     gossip: Gossip,
     expect: usize,
+    removed: Removed,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut members = gossip.subscribe();
@@ -216,7 +236,11 @@ pub async fn run(
             gossip.set_meta(server_meta(&raft, view.initialized)).await;
             announced = Some(view.initialized);
         }
-        let peers = peers(&gossip.members());
+        let mut peers = peers(&gossip.members());
+        {
+            let removed = removed.lock().expect("removed lock");
+            peers.retain(|p| removed.get(&p.id) != Some(&p.generation));
+        }
         let Some(action) = plan(&view, &peers, expect) else {
             continue;
         };
@@ -224,7 +248,7 @@ pub async fn run(
         let result = match action {
             Action::Bootstrap(members) => raft.initialize(members).await.map_err(|e| e.to_string()),
             Action::AddLearner(id, node) => raft
-                .add_learner(id, node, Duration::from_secs(60))
+                .add_learner(id, node, LEARNER_CATCH_UP)
                 .await
                 .map_err(|e| e.to_string()),
             Action::SetVoters(voters) => {
@@ -255,6 +279,7 @@ mod tests {
             id,
             node: node(id, "i"),
             initialized,
+            generation: 1,
         }
     }
 
@@ -332,8 +357,12 @@ mod tests {
         let seen: Vec<Peer> = (1..=7).map(|i| peer(i, true)).collect();
         let l = leader(1, &[1, 2, 3, 4, 5], &[6, 7]);
         assert_eq!(plan(&l, &seen, 3), None);
+        // A learner gossip does not see is never promoted (it is dropped instead).
         let seen = [peer(1, true), peer(2, true), peer(3, true)];
-        assert_eq!(plan(&leader(1, &[1, 2, 3], &[4]), &seen, 3), None);
+        assert_eq!(
+            plan(&leader(1, &[1, 2, 3], &[4]), &seen, 3),
+            Some(Action::Remove(4))
+        );
     }
 
     #[test]
@@ -347,6 +376,16 @@ mod tests {
             plan(&after, &seen, 3),
             Some(Action::AddLearner(3, seen[2].node.clone()))
         );
+    }
+
+    #[test]
+    fn dead_learners_are_dropped_but_dead_voters_are_kept() {
+        let seen = [peer(1, true), peer(2, true)];
+        assert_eq!(
+            plan(&leader(1, &[1, 2, 3], &[4]), &seen, 3),
+            Some(Action::Remove(4))
+        );
+        assert_eq!(plan(&leader(1, &[1, 2, 3], &[]), &seen, 3), None);
     }
 
     #[test]

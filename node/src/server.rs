@@ -47,6 +47,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Client for calls to other servers (forwarding to the leader).
     pub http: reqwest::Client,
+    /// Gossip membership, when this server runs in a cluster.
+    pub gossip: Option<shoal_gossip::Gossip>,
+    /// Servers removed by an operator, kept out until they restart.
+    pub removed: crate::cluster::Removed,
 }
 
 /// A server's configuration, from flags or a TOML file (`shoal server --config FILE`).
@@ -109,14 +113,17 @@ pub fn default_account() -> String {
 pub fn default_region() -> String {
     "us-east-1".into()
 }
+// Failover takes about election_timeout_max (openraft's leader lease) plus a random election
+// timeout after the last heartbeat: 600 + 400..600 ms keeps it near one second, and a
+// heartbeat every 100 ms leaves four missed heartbeats before anyone moves.
 fn default_heartbeat() -> u64 {
-    250
+    100
 }
 fn default_election_min() -> u64 {
-    800
+    400
 }
 fn default_election_max() -> u64 {
-    1600
+    600
 }
 fn default_snapshot() -> u64 {
     5000
@@ -246,7 +253,10 @@ where
             .connect_timeout(Duration::from_secs(1))
             .build()
             .context("building the HTTP client")?,
+        gossip: gossip.clone(),
+        removed: crate::cluster::Removed::default(),
     };
+    let removed = state.removed.clone();
     let app = router(state);
     tracing::info!(node_id = cfg.node_id, api = %api_addr, data_dir = %cfg.data_dir.display(), "server ready");
     // One shutdown signal, two servers: broadcast it through a watch channel.
@@ -263,6 +273,7 @@ where
             raft.clone(),
             g,
             cfg.bootstrap_expect as usize,
+            removed.clone(),
             stop_rx.clone(),
         ))
     });
@@ -416,6 +427,20 @@ async fn remove_server(
     State(s): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<RemoveServer>,
 ) -> Response {
+    // Recorded first, so the membership loop cannot re-add the server in between.
+    if let Some(g) = &s.gossip {
+        let generation = g
+            .members()
+            .iter()
+            .find(|m| m.meta.raft_id == Some(q.node_id))
+            .map(|m| m.generation);
+        if let Some(generation) = generation {
+            s.removed
+                .lock()
+                .expect("removed lock")
+                .insert(q.node_id, generation);
+        }
+    }
     match s.raft.remove_node(q.node_id).await {
         Ok(()) => (StatusCode::OK, axum::Json(json!({ "removed": q.node_id }))).into_response(),
         Err(shoal_raft::Error::ForwardToLeader {
