@@ -84,8 +84,11 @@ pub struct SnapshotArgs {
 /// `shoal bench …`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Closed-loop API writes against a running server: writes/s and latency percentiles.
+    /// Closed-loop writes against running shoal servers and/or etcd members: writes/s and
+    /// latency percentiles, side by side with `--target both`.
     Writes(crate::bench::WriteBenchArgs),
+    /// Kill -9 the leader of a running cluster, time until writes succeed again, restart it.
+    Failover(crate::bench::FailoverArgs),
 }
 
 /// Where the client commands send their requests.

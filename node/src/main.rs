@@ -82,7 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(a) => cli::get(a).await,
         Command::Delete(a) => cli::delete(a).await,
         Command::Status(a) => cli::status(a).await,
-        Command::Bench(cli::BenchCommand::Writes(a)) => bench::writes(a).await,
+        Command::Bench(b) => bench::run(b).await,
         Command::Operator(cli::OperatorCommand::RemoveServer(a)) => cli::remove_server(a).await,
         Command::Snapshot(cli::SnapshotCommand::Save(a)) => cli::snapshot_save(a).await,
         Command::Snapshot(cli::SnapshotCommand::Restore(a)) => cli::snapshot_restore(a).await,
