@@ -23,6 +23,7 @@ use crate::appmesh;
 use crate::metrics::Metrics;
 use crate::watch::{WatchHub, WatchService};
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 /// Change batches a server keeps for watchers that resume (about one snapshot interval).
 pub const WATCH_HISTORY: usize = 10_000;
@@ -289,7 +290,14 @@ where
         .add_service(WatchService::new(hub).into_server())
         .add_service(raft.grpc_service())
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
+            TcpListenerStream::new(grpc_listener).map(|conn| {
+                // Raft RPCs are small and latency-bound: without NODELAY, Nagle's algorithm
+                // holds replies back for up to 40 ms.
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            }),
             stopped(stop_rx.clone()),
         );
     let grpc = tokio::spawn(grpc);
