@@ -90,6 +90,10 @@ pub enum Command {
         /// The whole model to restore.
         resources: Vec<Resource>,
     },
+    /// Several independent commands in one log entry (group commit: concurrent writes share
+    /// one disk flush and one replication round). Each is applied in order and answered on
+    /// its own; they all get the entry's revision. Batches do not nest.
+    Batch(Vec<Command>),
 }
 
 /// What a command that succeeded answers.
@@ -102,6 +106,8 @@ pub enum Reply {
         /// Resources in the restored model.
         resources: usize,
     },
+    /// The answers of a batch, in the order of its commands.
+    Batch(Vec<Outcome>),
 }
 
 impl Reply {
@@ -109,7 +115,7 @@ impl Reply {
     pub fn into_resource(self) -> Option<Resource> {
         match self {
             Reply::Resource(r) => Some(*r),
-            Reply::Restored { .. } => None,
+            Reply::Restored { .. } | Reply::Batch(_) => None,
         }
     }
 }
@@ -441,6 +447,23 @@ impl Model {
                 existing.retain(|t| !keys.contains(&t.key));
                 Ok(())
             }),
+            Command::Batch(cmds) => {
+                let mut outcomes = Vec::with_capacity(cmds.len());
+                let mut changes = Vec::new();
+                for c in cmds {
+                    if matches!(c, Command::Batch(_)) {
+                        outcomes.push(Err(ApiError::bad_request("batches do not nest")));
+                        continue;
+                    }
+                    let a = self.apply(index, c);
+                    outcomes.push(a.outcome);
+                    changes.extend(a.changes);
+                }
+                return Applied {
+                    outcome: Ok(Reply::Batch(outcomes)),
+                    changes,
+                };
+            }
             Command::Restore { resources } => {
                 let restored = Model::from_resources(self.revision, resources.iter().cloned());
                 let changes = diff(self, &restored);

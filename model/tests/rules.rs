@@ -826,3 +826,51 @@ fn restore_replaces_everything_and_reports_the_difference() {
     assert!(again.changes.is_empty());
     assert_eq!(w.model.revision(), w.index - 1);
 }
+
+#[test]
+fn a_batch_answers_each_command_and_shares_one_revision() {
+    let mut w = World::colorapp();
+    let spec = |port: u16| {
+        parse_create(
+            Kind::VirtualNode,
+            json!({"virtualNodeName": "x", "spec": listener(json!({}))})
+                .to_string()
+                .as_bytes(),
+        )
+        .map(|mut r| {
+            if let Spec::VirtualNode(vn) = &mut r.spec {
+                vn.listeners.as_mut().unwrap()[0].port_mapping.port = i32::from(port);
+            }
+            r.spec
+        })
+        .unwrap()
+    };
+    let put = |name: &str, port: u16| Command::Put {
+        key: ResourceKey::in_mesh("m", Kind::VirtualNode, name),
+        spec: Box::new(spec(port)),
+        mode: PutMode::Create,
+        tags: vec![],
+        client_token: None,
+        stamp: stamp(100),
+    };
+    // The second create of "x" conflicts with the first in the same batch.
+    let batch = Command::Batch(vec![
+        put("x", 81),
+        put("x", 82),
+        put("y", 83),
+        Command::Batch(vec![]),
+    ]);
+    let applied = w.model.apply(50, &batch);
+    let Ok(shoal_model::Reply::Batch(outcomes)) = applied.outcome else {
+        panic!("a batch reply")
+    };
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok());
+    assert_eq!(outcomes[1].as_ref().unwrap_err().kind, ErrorKind::Conflict);
+    assert_eq!(
+        outcomes[3].as_ref().unwrap_err().message,
+        "batches do not nest"
+    );
+    assert_eq!(applied.changes.len(), 2);
+    assert_eq!(w.model.revision(), 50);
+}

@@ -518,7 +518,7 @@ async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Bytes) ->
             let revision = s.raft.read(|m| m.revision());
             let count = match reply {
                 shoal_model::Reply::Restored { resources } => resources,
-                shoal_model::Reply::Resource(_) => 1,
+                shoal_model::Reply::Resource(_) | shoal_model::Reply::Batch(_) => 0,
             };
             (
                 StatusCode::OK,
