@@ -11,7 +11,8 @@
 //! - `metrics`: Prometheus metrics.
 //! - `watch`: the `Watch` gRPC stream agents follow the model with; `proto`: its messages.
 //! - `dev`: `shoal dev` and its example mesh.
-//! - `bench`: `shoal bench writes`, the API write benchmark.
+//! - `bench`: `shoal bench writes` (API writes, optionally side by side with etcd) and
+//!   `shoal bench failover` (kill -9 of the leader to the first successful write).
 
 pub mod appmesh;
 pub mod bench;
