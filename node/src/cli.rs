@@ -573,7 +573,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         "node {}  leader {}  term {}  commit {}  applied {}  revision {}",
         s["node_id"], leader, s["term"], s["commit_index"], s["applied_index"], s["revision"]
     );
-    let mut rows = vec![vec!["NODE", "ROLE", "API", "RAFT", "HEALTHY"]
+    let mut rows = vec![vec!["NODE", "ROLE", "API", "RAFT", "HEALTHY", "LAG"]
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>()];
@@ -584,6 +584,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             m["api_addr"].as_str().unwrap_or_default().to_string(),
             m["raft_addr"].as_str().unwrap_or_default().to_string(),
             m["healthy"].to_string(),
+            // Entries behind the leader; known only when asking the leader.
+            m["lag"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), |l| l.to_string()),
         ]);
     }
     print!("{}", align(&rows));
