@@ -169,6 +169,15 @@ impl ServerConfig {
         if self.bootstrap_expect == 0 {
             bail!("--bootstrap-expect must be at least 1");
         }
+        if let Some(g) = self.gossip {
+            // Other servers dial these addresses as they are: 0.0.0.0 would make a peer dial
+            // itself (openraft's leader must never replicate to itself).
+            for (flag, addr) in [("--api", self.api), ("--raft", self.raft), ("--gossip", g)] {
+                if addr.ip().is_unspecified() || addr.port() == 0 {
+                    bail!("in a cluster {flag} must be this host's own address and a fixed port, not {addr}");
+                }
+            }
+        }
         if self.gossip.is_none() && (self.bootstrap_expect > 1 || !self.join.is_empty()) {
             bail!("a multi-server cluster needs --gossip (servers find each other through gossip)");
         }
@@ -421,6 +430,16 @@ mod tests {
         let e = toml::from_str::<ServerConfig>("node_id = 1\ndata_dir = \"/d\"\nbogus = 1\n")
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.gossip = Some("10.0.0.1:7946".parse().unwrap());
+        c.api = "0.0.0.0:7070".parse().unwrap();
+        c.raft = "10.0.0.1:7071".parse().unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "in a cluster --api must be this host's own address and a fixed port, not 0.0.0.0:7070"
+        );
+        c.api = "10.0.0.1:7070".parse().unwrap();
+        c.validate().unwrap();
     }
 }
 
