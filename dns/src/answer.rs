@@ -105,7 +105,8 @@ impl DnsView {
         self.serial = self.serial.wrapping_add(1);
     }
 
-    /// Removes `name`; returns whether it was present.
+    /// Removes `name`; returns whether it was present. (Its parent names stay known as empty
+    /// non-terminals, answering NODATA rather than NXDOMAIN, until the view is rebuilt.)
     pub fn remove(&mut self, name: &str) -> bool {
         let removed = parse_fqdn(name).is_some_and(|n| self.names.remove(&n).is_some());
         if removed {

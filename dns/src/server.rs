@@ -5,11 +5,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use std::net::SocketAddr;
+
+use hickory_server::net::runtime::{Time, TokioTime};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_server::proto::rr::{DNSClass, Name, Record};
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use hickory_server::Server;
 
 use crate::answer::{answer, Answer, DnsConfig, DnsView};
@@ -44,9 +51,9 @@ impl DnsHandler {
         }
     }
 
-    /// Requests that reached the handler and were rejected as malformed (no or several
-    /// questions). Packets hickory itself cannot parse are answered FORMERR (or dropped when
-    /// shorter than a header) before the handler sees them and are not counted here.
+    /// Malformed queries: UDP datagrams that do not decode as a DNS query (dropped), and queries
+    /// on either transport with no or several questions (answered FORMERR). Undecodable TCP
+    /// messages are answered FORMERR by hickory itself and are not counted.
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
     }
@@ -158,22 +165,108 @@ pub async fn serve(
 
 /// Serves with `handler` (keep a clone to read [`DnsHandler::malformed`]) until `shutdown`
 /// completes, then shuts the hickory server down gracefully.
+///
+/// TCP goes through hickory's `Server`; UDP goes through this crate's own receive loop (same
+/// handler, same encoding and truncation) so that every undecodable datagram is counted.
 pub async fn serve_with(
     udp: tokio::net::UdpSocket,
     tcp: tokio::net::TcpListener,
     handler: DnsHandler,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DnsError> {
+    let udp_task = tokio::spawn(udp_loop(Arc::new(udp), handler.clone()));
     let mut server = Server::new(handler);
-    server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 64);
     let token = server.shutdown_token().clone();
-    tokio::select! {
-        res = server.block_until_done() => return res.map_err(|e| DnsError::Server(e.to_string())),
-        () = shutdown => token.cancel(),
+    let res = tokio::select! {
+        res = server.block_until_done() => res,
+        () = shutdown => {
+            token.cancel();
+            server.block_until_done().await
+        }
+    };
+    udp_task.abort();
+    res.map_err(|e| DnsError::Server(e.to_string()))
+}
+
+/// Receives UDP queries; undecodable datagrams and responses are counted and dropped.
+async fn udp_loop(sock: Arc<tokio::net::UdpSocket>, handler: DnsHandler) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP port unreachable from an earlier reply and the like: keep serving.
+                tracing::debug!(error = %e, "dns udp recv");
+                continue;
+            }
+        };
+        if src.port() == 0 {
+            handler.malformed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let request = match Request::from_bytes(buf[..n].to_vec(), src, Protocol::Udp) {
+            Ok(r) if r.metadata.message_type == MessageType::Query => r,
+            _ => {
+                handler.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let responder = UdpResponder {
+            sock: sock.clone(),
+            dst: src,
+        };
+        handler
+            .handle_request::<_, TokioTime>(&request, responder)
+            .await;
     }
-    server
-        .block_until_done()
-        .await
-        .map_err(|e| DnsError::Server(e.to_string()))
+}
+
+/// Encodes a response within the UDP size limit (512 bytes, or the EDNS payload size the
+/// response carries; hickory sets TC when records do not fit) and sends it to `dst`.
+#[derive(Clone)]
+struct UdpResponder {
+    sock: Arc<tokio::net::UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
+        let id = response.metadata().id;
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding dns response");
+                bytes.clear();
+                let mut encoder = BinEncoder::new(&mut bytes);
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                header
+                    .emit(&mut encoder)
+                    .map_err(|e| NetError::from(e.to_string()))?;
+                ResponseInfo::from(header)
+            }
+        };
+        self.sock.send_to(&bytes, self.dst).await?;
+        Ok(info)
+    }
 }

@@ -157,7 +157,7 @@ async fn answers_over_the_wire() {
 
 #[tokio::test]
 async fn garbage_datagrams_do_not_crash() {
-    let (udp, tcp, _handler) = start().await;
+    let (udp, tcp, handler) = start().await;
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut rng = rand::rng();
     for i in 0..1000 {
@@ -174,4 +174,6 @@ async fn garbage_datagrams_do_not_crash() {
     assert_eq!(ips(&r).len(), 1);
     let r = tcp_ask(tcp, &query("web.ns.local.", RecordType::A, false)).await;
     assert_eq!(ips(&r).len(), 1);
+    let counted = handler.malformed();
+    assert!(counted >= 100, "malformed datagrams counted: {counted}");
 }
