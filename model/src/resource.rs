@@ -65,6 +65,33 @@ impl Kind {
         }
     }
 
+    /// The member that names a resource of this kind in request and response bodies
+    /// (`virtualNodeName`).
+    pub fn name_member(self) -> &'static str {
+        match self {
+            Kind::Mesh => "meshName",
+            Kind::VirtualNode => "virtualNodeName",
+            Kind::VirtualRouter => "virtualRouterName",
+            Kind::Route => "routeName",
+            Kind::VirtualService => "virtualServiceName",
+            Kind::VirtualGateway => "virtualGatewayName",
+            Kind::GatewayRoute => "gatewayRouteName",
+        }
+    }
+
+    /// The member holding the items of a `List…` answer (`virtualNodes`).
+    pub fn list_member(self) -> &'static str {
+        match self {
+            Kind::Mesh => "meshes",
+            Kind::VirtualNode => "virtualNodes",
+            Kind::VirtualRouter => "virtualRouters",
+            Kind::Route => "routes",
+            Kind::VirtualService => "virtualServices",
+            Kind::VirtualGateway => "virtualGateways",
+            Kind::GatewayRoute => "gatewayRoutes",
+        }
+    }
+
     /// The kind that a resource of this kind lives under, besides its mesh.
     pub fn parent(self) -> Option<Kind> {
         match self {
@@ -379,15 +406,7 @@ impl Resource {
             "version": m.version,
         });
         let obj = v.as_object_mut().expect("object");
-        let name_member = match k.kind {
-            Kind::Mesh => None,
-            Kind::VirtualNode => Some("virtualNodeName"),
-            Kind::VirtualRouter => Some("virtualRouterName"),
-            Kind::Route => Some("routeName"),
-            Kind::VirtualService => Some("virtualServiceName"),
-            Kind::VirtualGateway => Some("virtualGatewayName"),
-            Kind::GatewayRoute => Some("gatewayRouteName"),
-        };
+        let name_member = (k.kind != Kind::Mesh).then(|| k.kind.name_member());
         if let Some(n) = name_member {
             obj.insert(n.into(), k.name.clone().into());
         }

@@ -86,19 +86,6 @@ fn op_name(verb: &str, kind: Kind) -> String {
     }
 }
 
-/// The list member of `List<Kind>` outputs.
-fn list_member(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Mesh => "meshes",
-        Kind::VirtualNode => "virtualNodes",
-        Kind::VirtualRouter => "virtualRouters",
-        Kind::Route => "routes",
-        Kind::VirtualService => "virtualServices",
-        Kind::VirtualGateway => "virtualGateways",
-        Kind::GatewayRoute => "gatewayRoutes",
-    }
-}
-
 /// Builds the key of the resource a request names, from its path parameters.
 fn key_of(
     kind: Kind,
@@ -295,7 +282,7 @@ async fn list(
         let items: Vec<Value> = page.into_iter().map(|r| r.to_ref()).collect();
         Ok((items, next))
     })?;
-    let mut body = json!({ list_member(kind): result.0 });
+    let mut body = json!({ kind.list_member(): result.0 });
     if let Some(next) = result.1 {
         body["nextToken"] = Value::String(hex::encode(next));
     }

@@ -315,7 +315,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             let mut full = Vec::with_capacity(refs.len());
             for r in refs {
                 let name = r
-                    .get(client::name_member(kind))
+                    .get(kind.name_member())
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 let mesh = r
@@ -450,7 +450,7 @@ pub fn table(kind: Kind, items: &[Value]) -> String {
     header.extend(["VERSION", "STATUS", "SPEC"].map(String::from));
     rows.push(header);
     for it in items {
-        let mut row = vec![it[client::name_member(kind)]
+        let mut row = vec![it[kind.name_member()]
             .as_str()
             .unwrap_or_default()
             .to_string()];

@@ -122,19 +122,6 @@ pub fn collection(kind: Kind, mesh: &str, parent: &str) -> Vec<String> {
     s
 }
 
-/// The member naming a resource in create bodies.
-pub fn name_member(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Mesh => "meshName",
-        Kind::VirtualNode => "virtualNodeName",
-        Kind::VirtualRouter => "virtualRouterName",
-        Kind::Route => "routeName",
-        Kind::VirtualService => "virtualServiceName",
-        Kind::VirtualGateway => "virtualGatewayName",
-        Kind::GatewayRoute => "gatewayRouteName",
-    }
-}
-
 /// Reads every document under `paths` (files, or directories of `*.json` files), each file
 /// holding one document or an array of them, and sorts them into dependency order.
 pub fn read_docs(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
@@ -268,7 +255,7 @@ impl Client {
     /// Creates the document's resource, or updates it if it exists.
     pub async fn apply(&self, doc: &Doc) -> anyhow::Result<Applied> {
         let mut body = Map::new();
-        body.insert(name_member(doc.kind).into(), doc.name.clone().into());
+        body.insert(doc.kind.name_member().into(), doc.name.clone().into());
         if let Some(spec) = &doc.spec {
             body.insert("spec".into(), spec.clone());
         }
@@ -302,15 +289,7 @@ impl Client {
     /// Lists every resource of a kind, following `nextToken`.
     pub async fn list(&self, kind: Kind, mesh: &str, parent: &str) -> anyhow::Result<Vec<Value>> {
         let segs = collection(kind, mesh, parent);
-        let member = match kind {
-            Kind::Mesh => "meshes",
-            Kind::VirtualNode => "virtualNodes",
-            Kind::VirtualRouter => "virtualRouters",
-            Kind::Route => "routes",
-            Kind::VirtualService => "virtualServices",
-            Kind::VirtualGateway => "virtualGateways",
-            Kind::GatewayRoute => "gatewayRoutes",
-        };
+        let member = kind.list_member();
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
