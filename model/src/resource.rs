@@ -332,7 +332,7 @@ impl Resource {
         // The status shapes differ only in name (and in whether `status` is optional), so
         // build them from their JSON.
         macro_rules! status {
-            ($t:ident, $e:ident) => {
+            ($t:ident) => {
                 serde_json::from_value::<api::$t>(serde_json::json!({ "status": status }))
                     .expect("status shape")
             };
@@ -342,20 +342,20 @@ impl Resource {
                 mesh_name: k.name.clone(),
                 metadata,
                 spec: spec.clone(),
-                status: status!(MeshStatus, MeshStatusCode),
+                status: status!(MeshStatus),
             }),
             Spec::VirtualNode(spec) => serde_json::to_value(api::VirtualNodeData {
                 mesh_name: k.mesh.clone(),
                 metadata,
                 spec: spec.clone(),
-                status: status!(VirtualNodeStatus, VirtualNodeStatusCode),
+                status: status!(VirtualNodeStatus),
                 virtual_node_name: k.name.clone(),
             }),
             Spec::VirtualRouter(spec) => serde_json::to_value(api::VirtualRouterData {
                 mesh_name: k.mesh.clone(),
                 metadata,
                 spec: spec.clone(),
-                status: status!(VirtualRouterStatus, VirtualRouterStatusCode),
+                status: status!(VirtualRouterStatus),
                 virtual_router_name: k.name.clone(),
             }),
             Spec::Route(spec) => serde_json::to_value(api::RouteData {
@@ -363,21 +363,21 @@ impl Resource {
                 metadata,
                 route_name: k.name.clone(),
                 spec: spec.clone(),
-                status: status!(RouteStatus, RouteStatusCode),
+                status: status!(RouteStatus),
                 virtual_router_name: k.parent.clone(),
             }),
             Spec::VirtualService(spec) => serde_json::to_value(api::VirtualServiceData {
                 mesh_name: k.mesh.clone(),
                 metadata,
                 spec: spec.clone(),
-                status: status!(VirtualServiceStatus, VirtualServiceStatusCode),
+                status: status!(VirtualServiceStatus),
                 virtual_service_name: k.name.clone(),
             }),
             Spec::VirtualGateway(spec) => serde_json::to_value(api::VirtualGatewayData {
                 mesh_name: k.mesh.clone(),
                 metadata,
                 spec: spec.clone(),
-                status: status!(VirtualGatewayStatus, VirtualGatewayStatusCode),
+                status: status!(VirtualGatewayStatus),
                 virtual_gateway_name: k.name.clone(),
             }),
             Spec::GatewayRoute(spec) => serde_json::to_value(api::GatewayRouteData {
@@ -385,7 +385,7 @@ impl Resource {
                 mesh_name: k.mesh.clone(),
                 metadata,
                 spec: spec.clone(),
-                status: status!(GatewayRouteStatus, GatewayRouteStatusCode),
+                status: status!(GatewayRouteStatus),
                 virtual_gateway_name: k.parent.clone(),
             }),
         };

@@ -534,6 +534,11 @@ async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Bytes) ->
     }
     match crate::forward::commit_reply(&s, shoal_model::Command::Restore { resources }).await {
         Ok(reply) => {
+            // On a follower the restore may not be applied here yet: catch up first, so the
+            // revision reported is the restore's (or later).
+            if let Err(e) = crate::forward::linearize(&s).await {
+                tracing::warn!(error = %e, "restore committed; reporting this server's revision");
+            }
             let revision = s.raft.read(|m| m.revision());
             let count = match reply {
                 shoal_model::Reply::Restored { resources } => resources,

@@ -580,17 +580,9 @@ impl RaftNode {
             .map_err(|_| WriteError::Stopped("the write was dropped".into()))?
     }
 
-    /// Makes the next [`RaftNode::read`] linearizable: confirms this server is still the
-    /// leader (a quorum answers a heartbeat) and waits until the model has applied everything
-    /// committed before now. Fails with [`Error::ForwardToLeader`] on a follower.
-    pub async fn read_barrier(&self) -> Result<(), Error> {
-        self.raft().ensure_linearizable().await?;
-        Ok(())
-    }
-
     /// Runs `f` on the current model under a read lock. Keep `f` short: it delays applying
     /// new entries (never other readers). Not linearizable by itself; see
-    /// [`RaftNode::read_barrier`].
+    /// [`RaftNode::read_index`].
     pub fn read<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
         let st = self
             .inner

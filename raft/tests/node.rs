@@ -48,7 +48,7 @@ async fn start(cfg: Config) -> RaftNode {
     node.wait_leader(Duration::from_secs(10))
         .await
         .expect("leader");
-    node.read_barrier().await.expect("read barrier");
+    node.read_index().await.expect("read index");
     node
 }
 
@@ -148,7 +148,7 @@ async fn write_watch_restart() {
         node.wait_leader(Duration::from_secs(10))
             .await
             .expect("leader");
-        node.read_barrier().await.expect("read barrier");
+        node.read_index().await.expect("read index");
         let after = node.read(|m| m.clone());
         assert_eq!(after, before);
         assert_eq!(after.revision(), before.revision());
@@ -224,7 +224,7 @@ async fn snapshot_purge_restart() {
         node.wait_leader(Duration::from_secs(10))
             .await
             .expect("leader");
-        node.read_barrier().await.expect("read barrier");
+        node.read_index().await.expect("read index");
         let after = node.read(|m| m.clone());
         assert_eq!(after, before);
         assert_eq!(mesh_names(&after).len(), 11);
