@@ -307,25 +307,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
 
-    fn open(dir: &std::path::Path) -> LogStore {
-        let db = sled::Config::new().path(dir).open().unwrap();
-        LogStore::open(&db, Arc::new(())).unwrap()
+    /// Opens the store, waiting (bounded) for a previous handle's background threads to
+    /// release sled's file lock, as `RaftNode::open` does.
+    async fn open(dir: &std::path::Path) -> LogStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return LogStore::open(&db, Arc::new(())).unwrap(),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the store stayed locked for 5 s: {e}"),
+            }
+        }
     }
 
     #[tokio::test]
     async fn identity_is_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let first = open(dir.path()).bind_identity(3).await.unwrap();
+        let first = open(dir.path()).await.bind_identity(3).await.unwrap();
         assert_eq!(first.node_id, 3);
         assert!(!first.legacy);
         assert_eq!(first.incarnation.len(), 36, "a uuid: {}", first.incarnation);
         // Reopened (even under another configured id): the same identity.
-        let again = open(dir.path()).bind_identity(4).await.unwrap();
+        let again = open(dir.path()).await.bind_identity(4).await.unwrap();
         assert_eq!(again, first);
 
         // A wiped store is a new incarnation.
         let other = tempfile::tempdir().unwrap();
-        let wiped = open(other.path()).bind_identity(3).await.unwrap();
+        let wiped = open(other.path()).await.bind_identity(3).await.unwrap();
         assert_ne!(wiped.incarnation, first.incarnation);
     }
 
@@ -333,14 +344,14 @@ mod tests {
     async fn a_store_from_before_incarnations_is_legacy() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = open(dir.path());
+            let store = open(dir.path()).await;
             store.put_meta(NODE_ID, &5u64).unwrap();
             store.flush().await.unwrap();
         }
-        let id = open(dir.path()).bind_identity(5).await.unwrap();
+        let id = open(dir.path()).await.bind_identity(5).await.unwrap();
         assert!(id.legacy);
         assert_eq!(id.node_id, 5);
-        let again = open(dir.path()).bind_identity(5).await.unwrap();
+        let again = open(dir.path()).await.bind_identity(5).await.unwrap();
         assert_eq!(again, id);
     }
 }
