@@ -368,8 +368,19 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path) -> (StateMachine, broadcast::Receiver<Arc<WatchEvent>>) {
-        let db = sled::Config::new().path(dir).open().unwrap();
+    /// Opens a state machine, waiting (bounded) for sled's file lock after a reopen.
+    async fn open(dir: &std::path::Path) -> (StateMachine, broadcast::Receiver<Arc<WatchEvent>>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the store stayed locked for 5 s: {e}"),
+            }
+        };
         let (tx, rx) = broadcast::channel(64);
         (StateMachine::open(&db, tx, Arc::new(())).unwrap(), rx)
     }
@@ -381,8 +392,8 @@ mod tests {
     #[tokio::test]
     async fn install_snapshot_replaces_the_model_and_tells_watchers() {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (mut leader, _) = open(da.path());
-        let (mut follower, mut rx) = open(db.path());
+        let (mut leader, _) = open(da.path()).await;
+        let (mut follower, mut rx) = open(db.path()).await;
 
         let out = leader
             .apply([
@@ -437,7 +448,7 @@ mod tests {
         let cur = follower.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(cur.meta, snap.meta);
         drop((follower, cur));
-        let (reopened, _) = open(db.path());
+        let (reopened, _) = open(db.path()).await;
         assert_eq!(names(&reopened), ["a", "b"]);
         assert_eq!(reopened.read().last_applied.unwrap().index, 4);
     }
@@ -445,7 +456,7 @@ mod tests {
     #[tokio::test]
     async fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut sm, _) = open(dir.path());
+        let (mut sm, _) = open(dir.path()).await;
         sm.apply([entry(1, put("a", PutMode::Create))])
             .await
             .unwrap();
