@@ -537,7 +537,7 @@ fn gateway_route(s: &api::GatewayRouteSpec, v: &mut Validator) {
     }
 }
 
-fn targets_of(spec: &Spec) -> Vec<&api::WeightedTarget> {
+pub(crate) fn targets_of(spec: &Spec) -> Vec<&api::WeightedTarget> {
     match spec {
         Spec::Route(r) => {
             let mut out = Vec::new();

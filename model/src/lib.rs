@@ -10,6 +10,7 @@
 //!   deterministic [`Model::apply`].
 //! - [`request`]: the JSON entry points (create/update bodies), fuzzed.
 //! - [`error`]: the API's exception kinds.
+//! - [`discovery`]: service instances and which of them a virtual node or service selects.
 //! - [`history`]: recent changes by revision, so watchers resume instead of resyncing.
 //!
 //! This crate does no I/O and has no async code: every other crate builds on it, and
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod check;
+pub mod discovery;
 pub mod error;
 pub mod history;
 pub mod request;
