@@ -21,6 +21,7 @@ pub mod client;
 pub mod cluster;
 pub mod dev;
 pub mod forward;
+pub mod health;
 pub mod metrics;
 pub mod proto;
 pub mod server;
