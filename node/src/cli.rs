@@ -27,6 +27,16 @@ pub enum Command {
     Dev(DevArgs),
     /// Run a server (Raft member and API).
     Server(ServerArgs),
+    /// Run an agent (one per host): instances, health checks, gossip, the model cache, DNS.
+    Agent(AgentArgs),
+    /// Register a service instance with the local agent.
+    Register(RegisterArgs),
+    /// Deregister a service instance from the local agent.
+    Deregister(DeregisterArgs),
+    /// List the gossip members (servers and agents) a node sees.
+    Members(MembersArgs),
+    /// List the endpoints (every host's instances and their health) a node sees.
+    Endpoints(MembersArgs),
     /// Create or update resources from JSON files in the API's request shape.
     Apply(ApplyArgs),
     /// Show resources.
@@ -99,6 +109,113 @@ pub struct Target {
     pub addr: String,
 }
 
+/// `shoal agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Read the configuration from this TOML file (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This host's gossip name (default: the host name); keep it across restarts.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where registrations and the model cache live.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Gossip address (UDP).
+    #[arg(long)]
+    pub gossip: Option<SocketAddr>,
+    /// Gossip address of an existing member (repeatable).
+    #[arg(long)]
+    pub join: Vec<String>,
+    /// HTTP API address [default: 127.0.0.1:7070].
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// DNS address, UDP and TCP [default: 127.0.0.1:8600].
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
+    /// Do not serve DNS.
+    #[arg(long)]
+    pub no_dns: bool,
+    /// xDS address advertised to others.
+    #[arg(long)]
+    pub xds: Option<SocketAddr>,
+    /// DNS server for names outside the mesh, `ip:port` (repeatable); none: REFUSED.
+    #[arg(long)]
+    pub recursor: Vec<SocketAddr>,
+    /// TTL of DNS answers in seconds [default: 5].
+    #[arg(long)]
+    pub dns_ttl: Option<u32>,
+    /// Availability zone of this host.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// gRPC URL of a server to follow besides those gossip finds (repeatable).
+    #[arg(long)]
+    pub server: Vec<String>,
+}
+
+/// `shoal register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Cloud Map namespace (e.g. apps.local).
+    #[arg(long, default_value = "")]
+    pub namespace: String,
+    /// Cloud Map service.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Mesh of the virtual node (instead of or besides a namespace and service).
+    #[arg(long, default_value = "")]
+    pub mesh: String,
+    /// Virtual node the instance belongs to.
+    #[arg(long, default_value = "")]
+    pub virtual_node: String,
+    /// Instance id, unique within the service.
+    #[arg(long)]
+    pub instance_id: String,
+    /// Address the instance listens on.
+    #[arg(long)]
+    pub address: std::net::IpAddr,
+    /// Port the instance listens on.
+    #[arg(long)]
+    pub port: u16,
+    /// Custom attribute `KEY=VALUE` (repeatable).
+    #[arg(long = "attr")]
+    pub attrs: Vec<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `shoal deregister`.
+#[derive(Debug, Args)]
+pub struct DeregisterArgs {
+    /// Cloud Map namespace.
+    #[arg(long, default_value = "")]
+    pub namespace: String,
+    /// Cloud Map service.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Mesh of the virtual node.
+    #[arg(long, default_value = "")]
+    pub mesh: String,
+    /// Virtual node.
+    #[arg(long, default_value = "")]
+    pub virtual_node: String,
+    /// Instance id.
+    #[arg(long)]
+    pub instance_id: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `shoal members` and `shoal endpoints`.
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    #[command(flatten)]
+    pub target: Target,
+}
+
 /// `shoal dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -111,6 +228,15 @@ pub struct DevArgs {
     /// Raft address.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub raft: SocketAddr,
+    /// Gossip address of the embedded agent.
+    #[arg(long, default_value = "127.0.0.1:7946")]
+    pub gossip: SocketAddr,
+    /// DNS address of the embedded agent (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    pub dns: SocketAddr,
+    /// DNS server for names outside the mesh (repeatable).
+    #[arg(long)]
+    pub recursor: Vec<SocketAddr>,
     /// Do not load the example mesh.
     #[arg(long)]
     pub no_example: bool,
@@ -565,6 +691,20 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
+    if s["role"] == "agent" {
+        println!(
+            "agent {}  revision {}  following {}  from cache {}  members {}  local instances {}  endpoints {} ({} healthy)",
+            s["name"].as_str().unwrap_or_default(),
+            s["revision"],
+            s["server"].as_str().unwrap_or("none"),
+            s["from_cache"],
+            s["members"],
+            s["local_instances"],
+            s["endpoints"],
+            s["healthy_endpoints"],
+        );
+        return Ok(());
+    }
     let leader = s["leader_id"]
         .as_u64()
         .map(|l| l.to_string())
@@ -588,6 +728,105 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             m["lag"]
                 .as_u64()
                 .map_or_else(|| "-".to_string(), |l| l.to_string()),
+        ]);
+    }
+    print!("{}", align(&rows));
+    Ok(())
+}
+
+/// `shoal register`.
+pub async fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let mut attributes = serde_json::Map::new();
+    for a in &args.attrs {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!("--attr takes KEY=VALUE, got {a:?}");
+        };
+        attributes.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    let body = serde_json::json!({
+        "namespace": args.namespace, "service": args.service,
+        "mesh": args.mesh, "virtualNode": args.virtual_node,
+        "instanceId": args.instance_id, "address": args.address, "port": args.port,
+        "attributes": attributes,
+    });
+    let c = Client::new(&args.target.addr)?;
+    let v = c
+        .call(reqwest::Method::PUT, &agent_instances(), &[], Some(body))
+        .await?;
+    println!("registered {}", v["key"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+fn agent_instances() -> Vec<String> {
+    ["v1", "agent", "instances"].map(String::from).to_vec()
+}
+
+/// `shoal deregister`.
+pub async fn deregister(args: DeregisterArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.target.addr)?;
+    let query = [
+        ("namespace", args.namespace.as_str()),
+        ("service", args.service.as_str()),
+        ("mesh", args.mesh.as_str()),
+        ("virtualNode", args.virtual_node.as_str()),
+        ("instanceId", args.instance_id.as_str()),
+    ];
+    let v = c
+        .call(reqwest::Method::DELETE, &agent_instances(), &query, None)
+        .await?;
+    println!("deregistered {}", v["key"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// `shoal members`.
+pub async fn members(args: MembersArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.target.addr)?;
+    let v = c
+        .call(reqwest::Method::GET, &["v1".into(), "members".into()], &[], None)
+        .await?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut rows = vec![["NAME", "ROLE", "GOSSIP", "API", "DNS", "ZONE", "VERSION"]
+        .map(String::from)
+        .to_vec()];
+    let text = |m: &Value, k: &str| m[k].as_str().unwrap_or("-").to_string();
+    for m in v["members"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(m, "name"),
+            text(m, "role"),
+            text(m, "gossip_addr"),
+            text(m, "api_addr"),
+            text(m, "dns_addr"),
+            text(m, "zone"),
+            text(m, "version"),
+        ]);
+    }
+    print!("{}", align(&rows));
+    Ok(())
+}
+
+/// `shoal endpoints`.
+pub async fn endpoints(args: MembersArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.target.addr)?;
+    let v = c
+        .call(reqwest::Method::GET, &["v1".into(), "endpoints".into()], &[], None)
+        .await?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut rows = vec![["INSTANCE", "ADDRESS", "PORT", "HOST", "HEALTHY"]
+        .map(String::from)
+        .to_vec()];
+    for e in v["endpoints"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            e["key"].as_str().unwrap_or_default().to_string(),
+            e["instance"]["ip"].as_str().unwrap_or_default().to_string(),
+            e["instance"]["port"].to_string(),
+            e["host"].as_str().unwrap_or_default().to_string(),
+            e["healthy"].to_string(),
         ]);
     }
     print!("{}", align(&rows));

@@ -1,10 +1,12 @@
-//! `shoal dev`: a single-node server on localhost with an example mesh, for a first look.
+//! `shoal dev`: a single-node server on localhost with an embedded agent (gossip, DNS, the
+//! registration API on the server's API) and an example mesh, for a first look.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
 use crate::cli::DevArgs;
+use crate::agent::{self, AgentConfig};
 use crate::client::{Client, Doc};
 use crate::server::{self, ServerConfig};
 
@@ -36,11 +38,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let mut cfg = ServerConfig::new(1, data_dir);
+    let mut cfg = ServerConfig::new(1, data_dir.clone());
     cfg.api = args.api;
     cfg.raft = args.raft;
     let load = !args.no_example;
-    server::run(cfg, crate::shutdown_signal(), move |running| {
+
+    // The agent follows the server's own watch stream and serves its routes on the server's
+    // API, so `shoal register` works against the default address.
+    let mut acfg = AgentConfig::new(data_dir.join("agent"), args.gossip);
+    acfg.name = Some("dev".into());
+    acfg.api = None;
+    acfg.dns = Some(args.dns);
+    acfg.recursors = args.recursor.clone();
+    acfg.servers = vec![format!("http://{}", args.raft)];
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let agent = tokio::spawn(agent::run(acfg, crate::shutdown_signal(), move |st| {
+        let _ = ready_tx.send(st);
+    }));
+    let state = match ready_rx.await {
+        Ok(st) => st,
+        Err(_) => {
+            return match agent.await {
+                Ok(Err(e)) => Err(e.context("starting the embedded agent")),
+                _ => Err(anyhow::anyhow!("the embedded agent did not start")),
+            }
+        }
+    };
+    let dns = state.bound.dns;
+    let routes = agent::routes(state, false);
+    server::run_with(cfg, crate::shutdown_signal(), move |running| {
         tokio::spawn(async move {
             let empty = running.raft.read(|m| m.iter().next().is_none());
             let addr = format!("http://{}", running.api_addr);
@@ -52,9 +78,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 tracing::info!("example mesh `colorapp` loaded");
             }
             println!("shoal dev is ready: API {addr}  (try: SHOAL_ADDR={addr} shoal get virtual-nodes --mesh colorapp)");
+            if let Some(d) = dns {
+                println!("DNS on {d}  (try: dig @{} -p {} colorteller.colorapp.local)", d.ip(), d.port());
+            }
         })
-    })
-    .await
+    }, routes)
+    .await?;
+    let _ = agent.await;
+    Ok(())
 }
 
 async fn load_example(addr: &str) -> anyhow::Result<()> {

@@ -2,6 +2,8 @@
 //! that tests can start a server in-process; `main.rs` only parses the command line.
 //!
 //! # Layout
+//! - `agent`: agent mode (instances, health checks, gossip, the model cache, DNS).
+//! - `health`: the health checks agents run on their instances.
 //! - `cli`: flags of every subcommand and the client commands' output.
 //! - `client`: HTTP client for the App Mesh API (used by `apply`, `get`, `delete`, `dev`).
 //! - `server`: server mode (Raft store + HTTP API), its configuration and `/v1/status`.
@@ -14,6 +16,7 @@
 //! - `bench`: `shoal bench writes` (API writes, optionally side by side with etcd) and
 //!   `shoal bench failover` (kill -9 of the leader to the first successful write).
 
+pub mod agent;
 pub mod appmesh;
 pub mod bench;
 pub mod cli;
@@ -45,4 +48,28 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The gossip members `gossip` sees, as `/v1/members` reports them (servers and agents alike).
+pub fn members_json(gossip: &shoal_gossip::Gossip) -> Vec<serde_json::Value> {
+    gossip
+        .members()
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "generation": m.generation,
+                "gossip_addr": m.gossip_addr.to_string(),
+                "role": m.meta.role.as_str(),
+                "raft_id": m.meta.raft_id,
+                "api_addr": m.meta.api_addr,
+                "grpc_addr": m.meta.grpc_addr,
+                "dns_addr": m.meta.dns_addr,
+                "xds_addr": m.meta.xds_addr,
+                "zone": m.meta.zone,
+                "version": m.meta.version,
+                "is_self": m.is_self,
+            })
+        })
+        .collect()
 }

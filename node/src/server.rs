@@ -202,6 +202,20 @@ where
     F: Future<Output = ()> + Send + 'static,
     R: FnOnce(Running) -> tokio::task::JoinHandle<()>,
 {
+    run_with(cfg, shutdown, on_ready, Router::new()).await
+}
+
+/// [`run`], with `extra` routes served on the same API (an embedded agent's).
+pub async fn run_with<F, R>(
+    cfg: ServerConfig,
+    shutdown: F,
+    on_ready: R,
+    extra: Router,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+    R: FnOnce(Running) -> tokio::task::JoinHandle<()>,
+{
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -267,7 +281,7 @@ where
         removed: crate::cluster::Removed::default(),
     };
     let removed = state.removed.clone();
-    let app = router(state);
+    let app = extra.merge(router(state));
     tracing::info!(node_id = cfg.node_id, api = %api_addr, data_dir = %cfg.data_dir.display(), "server ready");
     // One shutdown signal, two servers: broadcast it through a watch channel.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -340,6 +354,7 @@ pub fn router(state: AppState) -> Router {
     appmesh::routes()
         .merge(crate::forward::routes())
         .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
         .route(
             "/v1/operator/remove-server",
             axum::routing::post(remove_server),
@@ -384,6 +399,11 @@ async fn status(State(s): State<AppState>) -> Response {
         })),
     )
         .into_response()
+}
+
+async fn members(State(s): State<AppState>) -> Response {
+    let members = s.gossip.as_ref().map(crate::members_json).unwrap_or_default();
+    axum::Json(json!({ "members": members })).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

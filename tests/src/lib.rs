@@ -773,38 +773,39 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A running `shoal server`. Dropping it kills the process (SIGKILL, which also ends a
-/// stopped process) and reaps it.
-pub struct ServerProcess {
+/// A running child process whose stdout and stderr go to a log file. Dropping it kills the
+/// process (SIGKILL, which also ends a stopped process) and reaps it.
+pub struct Process {
     child: Option<Child>,
-    spec: ServerSpec,
+    label: String,
+    log: PathBuf,
 }
 
-impl ServerProcess {
-    /// Spawns `shoal server` with `spec`'s command line; does not wait for anything.
-    pub fn spawn(spec: &ServerSpec) -> ServerProcess {
-        std::fs::create_dir_all(&spec.data_dir).expect("create data dir");
-        let log = File::options()
+impl Process {
+    /// Spawns `program args…`, appending its output to `log` (so restarts keep history).
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(
+        label: &str,
+        program: &Path,
+        args: &[S],
+        log: &Path,
+    ) -> Process {
+        let file = File::options()
             .create(true)
             .append(true)
-            .open(&spec.log)
-            .expect("open server log");
-        let child = Command::new(shoal_bin())
-            .args(spec.args())
+            .open(log)
+            .expect("open process log");
+        let child = Command::new(program)
+            .args(args)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file)
             .spawn()
-            .expect("spawn shoal server");
-        ServerProcess {
+            .unwrap_or_else(|e| panic!("spawn {label} ({}): {e}", program.display()));
+        Process {
             child: Some(child),
-            spec: spec.clone(),
+            label: label.to_string(),
+            log: log.to_path_buf(),
         }
-    }
-
-    /// The command line this process runs with.
-    pub fn spec(&self) -> &ServerSpec {
-        &self.spec
     }
 
     /// The OS process id. Panics when the process was already reaped.
@@ -845,8 +846,8 @@ impl ServerProcess {
             if Instant::now() > deadline {
                 self.kill9();
                 panic!(
-                    "server {} did not exit within {timeout:?} of SIGTERM; log tail:\n{}",
-                    self.spec.node_id,
+                    "{} did not exit within {timeout:?} of SIGTERM; log tail:\n{}",
+                    self.label,
                     tail(&self.log(), 40)
                 );
             }
@@ -856,13 +857,49 @@ impl ServerProcess {
 
     /// The log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.spec.log).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-impl Drop for ServerProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A running `shoal server` (a [`Process`] with its command line).
+pub struct ServerProcess {
+    proc: Process,
+    spec: ServerSpec,
+}
+
+impl ServerProcess {
+    /// Spawns `shoal server` with `spec`'s command line; does not wait for anything.
+    pub fn spawn(spec: &ServerSpec) -> ServerProcess {
+        std::fs::create_dir_all(&spec.data_dir).expect("create data dir");
+        let label = format!("server {}", spec.node_id);
+        ServerProcess {
+            proc: Process::spawn(&label, &shoal_bin(), &spec.args(), &spec.log),
+            spec: spec.clone(),
+        }
+    }
+
+    /// The command line this process runs with.
+    pub fn spec(&self) -> &ServerSpec {
+        &self.spec
+    }
+}
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.proc
     }
 }
 
@@ -1340,4 +1377,178 @@ pub mod appmesh {
             }
         }
     }
+}
+
+/// Polls `f` every 50 ms until it returns `Ok`, for at most `timeout`; then panics with `what`
+/// and the last error `f` gave.
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) => {
+                if Instant::now() > deadline {
+                    panic!("{what} did not happen within {timeout:?}; last: {last}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent's DNS port in the multi-process tests.
+pub const DNS_PORT: u16 = 8600;
+
+/// How to run one `shoal agent` process.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// `--name`.
+    pub name: String,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--api`.
+    pub api: SocketAddr,
+    /// `--gossip`.
+    pub gossip: SocketAddr,
+    /// `--dns`.
+    pub dns: SocketAddr,
+    /// `--join`.
+    pub join: Vec<SocketAddr>,
+    /// More flags.
+    pub extra: Vec<String>,
+    /// Output file.
+    pub log: PathBuf,
+}
+
+impl AgentSpec {
+    /// Agent `n` in address block `block`: `127.0.<block>.<100 + n>` on the fixed ports (API
+    /// 7070, gossip 7946, DNS 8600), data in `root/a<n>/data`, log in `root/a<n>.log`.
+    pub fn on_loopback(root: &Path, block: u8, n: u8) -> AgentSpec {
+        let ip = std::net::IpAddr::from([127, 0, block, 100 + n]);
+        AgentSpec {
+            name: format!("agent-{n}"),
+            data_dir: root.join(format!("a{n}")).join("data"),
+            api: SocketAddr::new(ip, API_PORT),
+            gossip: SocketAddr::new(ip, GOSSIP_PORT),
+            dns: SocketAddr::new(ip, DNS_PORT),
+            join: Vec::new(),
+            extra: Vec::new(),
+            log: root.join(format!("a{n}.log")),
+        }
+    }
+
+    /// The arguments after `shoal`.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "agent",
+            "--name",
+            &self.name,
+            "--data-dir",
+            &self.data_dir.display().to_string(),
+            "--api",
+            &self.api.to_string(),
+            "--gossip",
+            &self.gossip.to_string(),
+            "--dns",
+            &self.dns.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        for j in &self.join {
+            a.push("--join".into());
+            a.push(j.to_string());
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// `http://<api>`, for `--addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// Spawns the agent; does not wait for anything.
+    pub fn spawn(&self) -> Process {
+        std::fs::create_dir_all(&self.data_dir).expect("create data dir");
+        Process::spawn(&self.name, &shoal_bin(), &self.args(), &self.log)
+    }
+}
+
+/// `dig` from Debian's dnsutils; panics with the way to get it when it is missing.
+pub fn dig_bin() -> PathBuf {
+    let ok = Command::new("dig")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "`dig` is not installed: run scripts/install-tools (apt-get install dnsutils)"
+    );
+    PathBuf::from("dig")
+}
+
+/// One `dig` answer, parsed from its full output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DigAnswer {
+    /// `NOERROR`, `NXDOMAIN`, `REFUSED`, … (empty when no answer came).
+    pub status: String,
+    /// Header flags (`qr`, `aa`, `tc`, …).
+    pub flags: Vec<String>,
+    /// The answer section's data fields (the address of an A record, `prio weight port
+    /// target` of an SRV), sorted.
+    pub answers: Vec<String>,
+    /// Record types in the authority section (`SOA` for NXDOMAIN and NODATA).
+    pub authority: Vec<String>,
+    /// The whole output, for messages.
+    pub raw: String,
+}
+
+/// Runs `dig @server -p port name qtype` with one try and a 2 s timeout, plus `extra` options
+/// (such as `+notcp`, `+ignore`, `+bufsize=512`).
+pub fn dig(server: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> DigAnswer {
+    let out = Command::new(dig_bin())
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), name, qtype, "+tries=1", "+time=2"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dig");
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut a = DigAnswer {
+        raw: raw.clone(),
+        ..Default::default()
+    };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            a.status = rest.split(',').next().unwrap_or_default().trim().to_string();
+        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
+            let flags = rest.split(';').next().unwrap_or_default();
+            a.flags = flags.split_whitespace().map(String::from).collect();
+        } else if line.starts_with(";; ") && line.ends_with("SECTION:") {
+            section = if line.contains("ANSWER") {
+                "answer"
+            } else if line.contains("AUTHORITY") {
+                "authority"
+            } else {
+                "other"
+            };
+        } else if line.trim().is_empty() || line.starts_with(';') {
+            if line.trim().is_empty() {
+                section = "";
+            }
+        } else {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match section {
+                "answer" if fields.len() >= 5 => a.answers.push(fields[4..].join(" ")),
+                "authority" if fields.len() >= 4 => a.authority.push(fields[3].to_string()),
+                _ => {}
+            }
+        }
+    }
+    a.answers.sort();
+    a
 }

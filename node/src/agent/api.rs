@@ -1,0 +1,218 @@
+//! The agent's HTTP API: registration (`shoal register` / `deregister`), the local instances,
+//! the endpoint view, members, status and metrics. Errors use the App Mesh error shape.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use shoal_model::discovery::Instance;
+use shoal_model::ApiError;
+
+use super::AgentState;
+use crate::appmesh::error_response;
+
+/// A registration, as `shoal register` sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Register {
+    /// Cloud Map namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Cloud Map service.
+    #[serde(default)]
+    pub service: String,
+    /// Mesh of the virtual node.
+    #[serde(default)]
+    pub mesh: String,
+    /// Virtual node.
+    #[serde(default)]
+    pub virtual_node: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Custom attributes.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Which instance a deregistration means.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Deregister {
+    /// Cloud Map namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Cloud Map service.
+    #[serde(default)]
+    pub service: String,
+    /// Mesh of the virtual node.
+    #[serde(default)]
+    pub mesh: String,
+    /// Virtual node.
+    #[serde(default)]
+    pub virtual_node: String,
+    /// Instance id.
+    pub instance_id: String,
+}
+
+impl Deregister {
+    fn key(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("@{}/{}/{}", self.mesh, self.virtual_node, self.instance_id)
+        } else {
+            format!(
+                "{}/{}/{}",
+                self.namespace.to_ascii_lowercase(),
+                self.service.to_ascii_lowercase(),
+                self.instance_id
+            )
+        }
+    }
+}
+
+/// The agent's routes. `standalone`: also `/v1/status`, `/v1/members` and `/metrics`, which a
+/// server embedding the agent serves itself.
+pub fn routes(state: AgentState, standalone: bool) -> Router {
+    let mut r = Router::new()
+        .route(
+            "/v1/agent/instances",
+            get(list_local).put(register).post(register).delete(deregister),
+        )
+        .route("/v1/agent/status", get(status))
+        .route("/v1/agent/metrics", get(metrics))
+        .route("/v1/endpoints", get(endpoints));
+    if standalone {
+        r = r
+            .route("/v1/status", get(status))
+            .route("/v1/members", get(members))
+            .route("/metrics", get(metrics))
+            .fallback(|| async { error_response(&ApiError::not_found("No such operation")) });
+    }
+    r.with_state(state)
+}
+
+fn bad(msg: impl Into<String>) -> Response {
+    let msg = msg.into();
+    tracing::info!(error = %msg, "bad agent API request");
+    error_response(&ApiError::bad_request(msg))
+}
+
+async fn register(State(s): State<AgentState>, body: axum::body::Bytes) -> Response {
+    let req: Register = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("invalid registration: {e}")),
+    };
+    let inst = Instance {
+        namespace: req.namespace,
+        service: req.service,
+        mesh: req.mesh,
+        virtual_node: req.virtual_node,
+        id: req.instance_id,
+        address: req.address,
+        port: req.port,
+        attributes: req.attributes,
+    };
+    let inst = match inst.normalize() {
+        Ok(i) => i,
+        Err(e) => return bad(e.0),
+    };
+    let key = inst.key();
+    match s.local.register(inst.clone()) {
+        Ok(()) => {
+            tracing::info!(instance = %key, address = %inst.address, port = inst.port, "registered");
+            (StatusCode::OK, Json(json!({"key": key, "instance": inst}))).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot persist a registration");
+            error_response(&ApiError::new(
+                shoal_model::ErrorKind::InternalServerError,
+                format!("cannot persist the registration: {e}"),
+            ))
+        }
+    }
+}
+
+async fn deregister(State(s): State<AgentState>, q: Query<Deregister>) -> Response {
+    let key = q.key();
+    match s.local.deregister(&key) {
+        Ok(true) => {
+            tracing::info!(instance = %key, "deregistered");
+            (StatusCode::OK, Json(json!({"key": key}))).into_response()
+        }
+        Ok(false) => error_response(&ApiError::not_found(format!(
+            "No instance {key} is registered on this agent"
+        ))),
+        Err(e) => error_response(&ApiError::new(
+            shoal_model::ErrorKind::InternalServerError,
+            format!("cannot persist the deregistration: {e}"),
+        )),
+    }
+}
+
+async fn list_local(State(s): State<AgentState>) -> Response {
+    Json(json!({ "instances": s.local.list() })).into_response()
+}
+
+async fn endpoints(State(s): State<AgentState>) -> Response {
+    let eps: Vec<_> = s
+        .view
+        .endpoints()
+        .iter()
+        .map(|e| {
+            json!({
+                "host": e.host,
+                "healthy": e.healthy,
+                "key": e.instance.key(),
+                "instance": e.instance,
+            })
+        })
+        .collect();
+    Json(json!({ "revision": s.view.revision(), "endpoints": eps })).into_response()
+}
+
+async fn members(State(s): State<AgentState>) -> Response {
+    Json(json!({ "members": crate::members_json(&s.gossip) })).into_response()
+}
+
+async fn status(State(s): State<AgentState>) -> Response {
+    let follow = s.follow.lock().map(|f| f.clone()).unwrap_or_default();
+    let model = s.model.borrow().clone();
+    let eps = s.view.endpoints();
+    Json(json!({
+        "role": "agent",
+        "name": s.gossip.local_name(),
+        "revision": model.revision(),
+        "server": follow.server,
+        "from_cache": follow.from_cache,
+        "last_error": follow.last_error,
+        "streams_opened": follow.streams_opened,
+        "members": s.gossip.members().len(),
+        "local_instances": s.local.list().len(),
+        "endpoints": eps.len(),
+        "healthy_endpoints": eps.iter().filter(|e| e.healthy).count(),
+        "bound": *s.bound,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(s): State<AgentState>) -> Response {
+    let body = super::metrics::render(&s);
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

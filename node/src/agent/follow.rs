@@ -1,0 +1,125 @@
+//! Following the model: one watch stream from a server at a time, the model in memory, and the
+//! local cache on disk.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_model::Model;
+use tokio::sync::watch;
+
+use super::store::ModelCache;
+use crate::watch::{WatchUpdate, Watcher};
+
+/// Where the agent's model comes from right now.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FollowStatus {
+    /// The server (gRPC URL) whose watch stream is open, if any.
+    pub server: Option<String>,
+    /// True while the model is the one read from the local cache and no server has been
+    /// reached since the agent started.
+    pub from_cache: bool,
+    /// The last error reaching a server.
+    pub last_error: Option<String>,
+    /// Watch streams opened since start.
+    pub streams_opened: u64,
+}
+
+/// Runs until `stop` turns true: keeps `model` equal to the servers' model, reconnecting to the
+/// next of `servers()` (gRPC URLs, re-read before every attempt) when a stream fails, with a
+/// backoff of 100 ms doubling to 2 s. The stream resumes from the revision the agent has, so a
+/// reconnect usually costs only the changes it missed.
+pub async fn run(
+    servers: impl Fn() -> Vec<String>,
+    model: watch::Sender<Arc<Model>>,
+    status: Arc<Mutex<FollowStatus>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    let mut current: Model = (**model.borrow()).clone();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let list = servers();
+        if let Some(addr) = (!list.is_empty()).then(|| list[next % list.len()].clone()) {
+            next = next.wrapping_add(1);
+            match Watcher::connect(&addr, current.revision()).await {
+                Ok(mut w) => {
+                    {
+                        let mut st = status.lock().expect("status lock");
+                        st.server = Some(addr.clone());
+                        st.streams_opened += 1;
+                    }
+                    tracing::info!(server = %addr, revision = current.revision(), "following the model");
+                    backoff = Duration::from_millis(100);
+                    let ended = loop {
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            update = w.next() => match update {
+                                Ok(Some(WatchUpdate::Snapshot { revision, resources })) => {
+                                    current = Model::from_resources(revision, resources);
+                                }
+                                Ok(Some(WatchUpdate::Changes { revision, changes })) => {
+                                    current.apply_changes(revision, &changes);
+                                }
+                                Ok(Some(WatchUpdate::Progress { .. })) => {
+                                    status.lock().expect("status lock").from_cache = false;
+                                    continue;
+                                }
+                                Ok(None) => break "the server ended the stream".to_string(),
+                                Err(e) => break e.to_string(),
+                            }
+                        }
+                        status.lock().expect("status lock").from_cache = false;
+                        model.send_replace(Arc::new(current.clone()));
+                    };
+                    tracing::warn!(server = %addr, reason = %ended, "watch stream ended");
+                    let mut st = status.lock().expect("status lock");
+                    st.server = None;
+                    st.last_error = Some(ended);
+                }
+                Err(e) => {
+                    tracing::debug!(server = %addr, error = %e, "cannot open a watch stream");
+                    status.lock().expect("status lock").last_error = Some(e.to_string());
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Runs until `stop`: writes the model to `cache` whenever its revision changes, at most every
+/// 200 ms (a burst of commits costs one write).
+pub async fn persist(
+    cache: ModelCache,
+    mut model: watch::Receiver<Arc<Model>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut saved = model.borrow().revision();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = model.changed() => if r.is_err() { return },
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let m = model.borrow_and_update().clone();
+        if m.revision() == saved {
+            continue;
+        }
+        let revision = m.revision();
+        let c = cache.clone();
+        match tokio::task::spawn_blocking(move || c.save(&m)).await {
+            Ok(Ok(())) => {
+                saved = revision;
+                tracing::debug!(revision, "model cached");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the model cache"),
+            Err(e) => tracing::warn!(error = %e, "the model cache writer panicked"),
+        }
+    }
+}

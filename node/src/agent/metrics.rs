@@ -1,0 +1,73 @@
+//! The agent's Prometheus metrics. Every figure is read from the agent's state at scrape time
+//! (a fresh registry per scrape), so none can drift from what the agent actually holds.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::AgentState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabel {
+    health: &'static str,
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+/// The OpenMetrics text of `state`'s metrics.
+pub fn render(state: &AgentState) -> String {
+    let mut r = Registry::with_prefix("shoal_agent");
+    let model_revision = state.model.borrow().revision();
+    let follow = state.follow.lock().map(|f| f.clone()).unwrap_or_default();
+    gauge(&mut r, "model_revision", "Revision of the model the agent serves", model_revision as i64);
+    gauge(
+        &mut r,
+        "following",
+        "1 while a server's watch stream is open",
+        i64::from(follow.server.is_some()),
+    );
+    gauge(
+        &mut r,
+        "from_cache",
+        "1 while the model comes from the local cache and no server has answered",
+        i64::from(follow.from_cache),
+    );
+    counter(&mut r, "watch_streams_opened", "Watch streams opened since start", follow.streams_opened);
+    gauge(&mut r, "members", "Gossip members this agent sees", state.gossip.members().len() as i64);
+    gauge(&mut r, "local_instances", "Instances registered on this host", state.local.list().len() as i64);
+    let eps = state.view.endpoints();
+    let family = Family::<HealthLabel, Gauge>::default();
+    let healthy = eps.iter().filter(|e| e.healthy).count() as i64;
+    family.get_or_create(&HealthLabel { health: "healthy" }).set(healthy);
+    family
+        .get_or_create(&HealthLabel { health: "unhealthy" })
+        .set(eps.len() as i64 - healthy);
+    r.register("endpoints", "Endpoints in the view, by health", family);
+    if let Some(dns) = &state.dns {
+        let c = dns.counters();
+        counter(&mut r, "dns_queries", "DNS queries received", c.queries_udp() + c.queries_tcp());
+        counter(&mut r, "dns_malformed", "Malformed DNS queries dropped or refused", c.malformed());
+        counter(&mut r, "dns_nxdomain", "DNS answers with NXDOMAIN", c.nxdomain());
+        counter(&mut r, "dns_refused", "DNS queries refused", c.refused());
+        counter(&mut r, "dns_forwarded", "DNS queries forwarded to a recursor", c.forwarded());
+        counter(&mut r, "dns_forward_failures", "Forwarded DNS queries that failed", c.forward_failures());
+        counter(&mut r, "dns_truncated", "DNS answers truncated (TC) over UDP", c.truncated());
+    }
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
+        tracing::warn!(error = %e, "encoding agent metrics");
+    }
+    out
+}

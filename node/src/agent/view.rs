@@ -1,0 +1,103 @@
+//! The view: the model joined with the endpoints gossip reports, as DNS names. Rebuilt whenever
+//! either side changes; DNS answers read it under a read lock.
+
+use std::sync::{Arc, RwLock};
+
+use shoal_dns::{DnsConfig, DnsView, SharedView};
+use shoal_gossip::Gossip;
+use shoal_model::discovery::{dns_names, dns_zones, Endpoint};
+use shoal_model::Model;
+use tokio::sync::watch;
+
+use super::AgentConfig;
+
+/// The DNS settings of an agent's configuration.
+pub fn dns_config(cfg: &AgentConfig) -> DnsConfig {
+    DnsConfig {
+        ttl: cfg.dns_ttl,
+        recursors: cfg.recursors.clone(),
+        ..DnsConfig::default()
+    }
+}
+
+/// The agent's current view. Cheap to clone; clones share it.
+#[derive(Clone)]
+pub struct View {
+    dns: SharedView,
+    endpoints: Arc<RwLock<Arc<Vec<Endpoint>>>>,
+    revision: Arc<RwLock<u64>>,
+}
+
+impl View {
+    /// An empty view.
+    pub fn new(_ttl: u32) -> Self {
+        Self {
+            dns: SharedView::new(DnsView::new(Vec::new())),
+            endpoints: Arc::default(),
+            revision: Arc::default(),
+        }
+    }
+
+    /// The DNS view, for the DNS handler.
+    pub fn shared(&self) -> SharedView {
+        self.dns.clone()
+    }
+
+    /// Every endpoint gossip reports (all hosts), as of the last rebuild.
+    pub fn endpoints(&self) -> Arc<Vec<Endpoint>> {
+        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The model revision of the last rebuild.
+    pub fn revision(&self) -> u64 {
+        *self.revision.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds from `model` and `endpoints`.
+    pub fn rebuild(&self, model: &Model, endpoints: Vec<Endpoint>) {
+        let dns = build_dns(model, &endpoints);
+        self.dns.replace(dns);
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(endpoints);
+        *self.revision.write().unwrap_or_else(|e| e.into_inner()) = model.revision();
+    }
+}
+
+/// The DNS view of `model` and `endpoints` (pure).
+pub fn build_dns(model: &Model, endpoints: &[Endpoint]) -> DnsView {
+    let names = dns_names(model, endpoints);
+    let zones = dns_zones(model, endpoints, &names);
+    let mut view = DnsView::new(zones.into_iter().collect());
+    for (name, eps) in &names {
+        view.insert(
+            name,
+            eps.iter()
+                .map(|e| shoal_dns::Endpoint {
+                    address: e.instance.address,
+                    port: e.instance.port,
+                    healthy: e.healthy,
+                })
+                .collect(),
+        );
+    }
+    view
+}
+
+/// Runs until `stop`: rebuilds `view` when the model or the endpoints change.
+pub async fn run(
+    view: View,
+    gossip: Gossip,
+    mut model: watch::Receiver<Arc<Model>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut endpoints = gossip.subscribe_endpoints();
+    loop {
+        endpoints.borrow_and_update();
+        let m = model.borrow_and_update().clone();
+        view.rebuild(&m, gossip.endpoints());
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = model.changed() => if r.is_err() { return },
+            r = endpoints.changed() => if r.is_err() { return },
+        }
+    }
+}
