@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
+use crate::config::DnsConfig;
+
 /// One instance behind a DNS name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -15,19 +17,6 @@ pub struct Endpoint {
     pub port: u16,
     /// The instance's health status.
     pub healthy: bool,
-}
-
-/// Answer settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// TTL of every record, and the SOA minimum (negative caching TTL). Default 5 s.
-    pub ttl: u32,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self { ttl: 5 }
-    }
 }
 
 /// The names this server answers: lowercase fully qualified names with their endpoints, and the
@@ -376,7 +365,10 @@ mod tests {
     #[test]
     fn srv_targets_resolve() {
         let v = view();
-        let cfg = DnsConfig { ttl: 7 };
+        let cfg = DnsConfig {
+            ttl: 7,
+            ..DnsConfig::default()
+        };
         let Answer::Records {
             answers,
             additionals,
@@ -413,7 +405,10 @@ mod tests {
 
     #[test]
     fn other_types_are_nodata_with_soa() {
-        let cfg = DnsConfig { ttl: 9 };
+        let cfg = DnsConfig {
+            ttl: 9,
+            ..DnsConfig::default()
+        };
         for qt in [RecordType::ANY, RecordType::TXT, RecordType::MX] {
             let Answer::Records {
                 answers, authority, ..

@@ -2,13 +2,12 @@
 //! over raw sockets (no `dig`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rand::Rng as _;
 use shoal_dns::proto::op::{Edns, Message, Query, ResponseCode};
 use shoal_dns::proto::rr::{Name, RData, RecordType};
-use shoal_dns::{serve_with, DnsConfig, DnsHandler, DnsView, Endpoint};
+use shoal_dns::{serve_with, DnsConfig, DnsHandler, DnsView, Endpoint, SharedView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -30,7 +29,7 @@ async fn start() -> (SocketAddr, SocketAddr, DnsHandler) {
         .map(|i| ep(&format!("10.9.{}.{}", i / 200, i % 200 + 1), 80))
         .collect();
     view.insert("big.ns.local", big);
-    let handler = DnsHandler::new(Arc::new(RwLock::new(view)), DnsConfig::default());
+    let handler = DnsHandler::new(SharedView::new(view), DnsConfig::default());
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (ua, ta) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
