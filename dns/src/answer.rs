@@ -104,9 +104,26 @@ impl DnsView {
         removed
     }
 
-    /// The SOA serial: grows with every change.
+    /// The SOA serial: grows with every change (and across [`SharedView::replace`]).
+    ///
+    /// [`SharedView::replace`]: crate::SharedView::replace
     pub fn serial(&self) -> u32 {
         self.serial
+    }
+
+    /// Whether `other` answers every question the same way, serial aside.
+    pub(crate) fn same_content(&self, other: &DnsView) -> bool {
+        self.zones == other.zones && self.names == other.names && self.interior == other.interior
+    }
+
+    /// Makes this view's serial follow `previous`'s, so that the serial of a replacing view
+    /// still grows (secondaries and caches compare serials).
+    pub(crate) fn follow_serial(&mut self, previous: u32) {
+        let next = previous.wrapping_add(1);
+        // RFC 1982 serial arithmetic: `next` is "greater" when within half the range ahead.
+        if next.wrapping_sub(self.serial) < 1 << 31 {
+            self.serial = next;
+        }
     }
 
     /// The most specific zone containing `name` (lowercase).

@@ -48,15 +48,23 @@ impl SharedView {
     }
 
     /// Replaces the whole view (e.g. one rebuilt from a new model revision). Queries in flight
-    /// finish on the old view; later ones see the new one.
-    pub fn replace(&self, view: DnsView) {
+    /// finish on the old view; later ones see the new one. A view that answers everything as
+    /// the current one does is dropped, so that rebuilding on every event keeps the answer
+    /// cache warm; otherwise its SOA serial is moved past the current one so it keeps growing.
+    /// Returns whether the view changed.
+    pub fn replace(&self, mut view: DnsView) -> bool {
         let mut guard = self
             .inner
             .current
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        if guard.same_content(&view) {
+            return false;
+        }
+        view.follow_serial(guard.serial());
         *guard = Arc::new(view);
         self.inner.version.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     /// Edits the view in place (e.g. one name's endpoints after a health change) and returns
@@ -109,10 +117,20 @@ mod tests {
         // The reader's copy is untouched; the shared one changed.
         assert_eq!(held.serial() + 1, shared.load().serial());
         let v1 = shared.version();
-        shared.replace(DnsView::new(vec!["other.local".into()]));
+        let s1 = shared.load().serial();
+        assert!(shared.replace(DnsView::new(vec!["other.local".into()])));
         assert!(shared.version() > v1);
         let (v, view) = shared.load_versioned();
         assert_eq!(v, shared.version());
-        assert_eq!(view.serial(), 1);
+        assert_eq!(
+            view.serial(),
+            s1 + 1,
+            "the serial keeps growing across replace"
+        );
+
+        // The same content again: nothing changes, the cache stays valid.
+        assert!(!shared.replace(DnsView::new(vec!["other.local".into()])));
+        assert_eq!(shared.version(), v);
+        assert_eq!(shared.load().serial(), s1 + 1);
     }
 }
