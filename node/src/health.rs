@@ -1,1 +1,1013 @@
-//! Health checks of registered instances (being written).
+//! Health checks of the instances registered on an agent's host.
+//!
+//! App Mesh lets a virtual node's listener carry a `healthCheck` policy (protocol, path, port,
+//! interval, timeout and thresholds). Envoy runs those checks itself in App Mesh; shoal runs them
+//! in the agent instead, because the result has to reach every host (through gossip) and the DNS
+//! answers, not only the Envoys that route to the instance. This module is the checker:
+//!
+//! - [`CheckSpec`]: a policy turned into durations and counts the runner can use, with values
+//!   clamped into a sane range (see [`CheckSpec::from_policy`]).
+//! - [`Tracker`]: the pure threshold state machine that turns probe results into a
+//!   [`HealthState`], as Envoy's active health checking does.
+//! - [`probe`]: one probe of one target over TCP, HTTP/1.1, HTTP/2 with prior knowledge (h2c) or
+//!   the gRPC health protocol, bounded by the spec's timeout.
+//! - [`spawn_check`]: a task that probes every interval and publishes the state through a
+//!   [`tokio::sync::watch`] channel in a [`CheckHandle`]; dropping the handle stops it.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::header::{CONNECTION, HOST, USER_AGENT};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use shoal_model::api::{HealthCheckPolicy, PortProtocol};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// The shortest interval [`CheckSpec::from_policy`] accepts: probing faster than once a second
+/// only loads the instance (App Mesh itself requires at least 5 s).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest interval [`CheckSpec::from_policy`] accepts (App Mesh's own maximum, 300 s).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(300);
+/// The shortest timeout [`CheckSpec::from_policy`] accepts: below it a loaded but healthy
+/// instance on the same host would flap (App Mesh itself requires at least 2 s).
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest timeout [`CheckSpec::from_policy`] accepts (App Mesh's own maximum, 60 s).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest threshold [`CheckSpec::from_policy`] accepts (App Mesh's own maximum); the
+/// smallest is 1, since a threshold of 0 would never let a state change.
+pub const MAX_THRESHOLD: u32 = 10;
+
+/// The `User-Agent` of HTTP probes, so that an instance's logs tell checks from traffic.
+const USER_AGENT_VALUE: &str = "shoal-health-check";
+
+/// What the checker currently believes about one instance.
+///
+/// Serialized in lowercase (`"unknown"`, `"healthy"`, `"unhealthy"`) so that it can be
+/// published as is (gossip, status output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// No probe has finished yet.
+    Unknown,
+    /// The thresholds say the instance answers its checks.
+    Healthy,
+    /// The thresholds say the instance fails its checks.
+    Unhealthy,
+}
+
+impl HealthState {
+    /// The lowercase name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl fmt::Display for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One health check as the runner executes it: a listener's `healthCheck` policy in durations
+/// and counts, with silly values already clamped.
+///
+/// The fields are public so that tests (and callers with their own defaults) can build a spec
+/// with intervals shorter than a policy may carry; [`spawn_check`] and [`Tracker::new`] still
+/// treat a threshold of 0 as 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    /// How to probe: `tcp` connects; `http` sends an HTTP/1.1 `GET` of `path` and is healthy on
+    /// any 2xx status; `http2` does the same over HTTP/2 with prior knowledge (h2c); `grpc` asks
+    /// `grpc.health.v1.Health/Check` for service `""` and is healthy on `SERVING`.
+    pub protocol: PortProtocol,
+    /// The request path of `http` and `http2` checks (always starts with `/`); unused otherwise.
+    pub path: String,
+    /// The port to probe instead of the instance's own port (the policy's `port`).
+    pub port: Option<u16>,
+    /// The time between the starts of two probes (a probe that outlasts it delays the next).
+    pub interval: Duration,
+    /// How long one probe may take, connection included, before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive passes that turn an unhealthy instance healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that turn a healthy instance unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl CheckSpec {
+    /// Builds the spec of an App Mesh listener `healthCheck` policy.
+    ///
+    /// The API validates policies (interval 5–300 s, timeout 2–60 s, thresholds 2–10), but a
+    /// policy may also come from a file or an older version, so every value is clamped rather
+    /// than trusted: the interval into [`MIN_INTERVAL`]..=[`MAX_INTERVAL`], the timeout into
+    /// [`MIN_TIMEOUT`]..=[`MAX_TIMEOUT`], the thresholds into 1..=[`MAX_THRESHOLD`]. A port
+    /// outside 1–65535 is ignored (the instance's own port is probed). A missing or empty path
+    /// becomes `/`, and a path without a leading `/` gets one.
+    pub fn from_policy(policy: &HealthCheckPolicy) -> Self {
+        let path = match policy.path.as_deref().map(str::trim) {
+            None | Some("") => "/".to_string(),
+            Some(p) if p.starts_with('/') => p.to_string(),
+            Some(p) => format!("/{p}"),
+        };
+        CheckSpec {
+            protocol: policy.protocol,
+            path,
+            port: policy
+                .port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
+            interval: clamp_millis(policy.interval_millis, MIN_INTERVAL, MAX_INTERVAL),
+            timeout: clamp_millis(policy.timeout_millis, MIN_TIMEOUT, MAX_TIMEOUT),
+            healthy_threshold: clamp_threshold(policy.healthy_threshold),
+            unhealthy_threshold: clamp_threshold(policy.unhealthy_threshold),
+        }
+    }
+
+    /// The address a probe of an instance at `instance` goes to: the instance's IP with the
+    /// spec's port when it has one.
+    pub fn target_for(&self, instance: SocketAddr) -> SocketAddr {
+        match self.port {
+            Some(port) => SocketAddr::new(instance.ip(), port),
+            None => instance,
+        }
+    }
+}
+
+fn clamp_millis(millis: i64, min: Duration, max: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(millis).unwrap_or(0)).clamp(min, max)
+}
+
+fn clamp_threshold(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0).clamp(1, MAX_THRESHOLD)
+}
+
+/// The threshold state machine of one instance's checks; pure, so that its rules are tested
+/// without sockets or clocks.
+///
+/// The state starts [`HealthState::Unknown`]. The first result decides directly (a pass makes
+/// the instance healthy, a failure unhealthy), as Envoy does for a host it has just learned of,
+/// so that a new instance takes traffic after one probe and a dead one never does. After that
+/// it takes `healthy_threshold` consecutive passes to go from unhealthy to healthy and
+/// `unhealthy_threshold` consecutive failures to go from healthy to unhealthy; a result that
+/// agrees with the current state resets the count.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+    state: HealthState,
+    /// Consecutive results that disagree with `state`.
+    streak: u32,
+}
+
+impl Tracker {
+    /// A tracker in state `Unknown`. A threshold of 0 is taken as 1 (it could never be met).
+    pub fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Self {
+        Tracker {
+            healthy_threshold: healthy_threshold.max(1),
+            unhealthy_threshold: unhealthy_threshold.max(1),
+            state: HealthState::Unknown,
+            streak: 0,
+        }
+    }
+
+    /// A tracker with the thresholds of `spec`.
+    pub fn for_spec(spec: &CheckSpec) -> Self {
+        Tracker::new(spec.healthy_threshold, spec.unhealthy_threshold)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> HealthState {
+        self.state
+    }
+
+    /// Records one probe result; returns the new state when this result changed it, so that the
+    /// caller publishes and logs transitions only.
+    pub fn record(&mut self, passed: bool) -> Option<HealthState> {
+        let (target, threshold) = match (self.state, passed) {
+            (HealthState::Unknown, true) => (HealthState::Healthy, 1),
+            (HealthState::Unknown, false) => (HealthState::Unhealthy, 1),
+            (HealthState::Healthy, true) | (HealthState::Unhealthy, false) => {
+                self.streak = 0;
+                return None;
+            }
+            (HealthState::Healthy, false) => (HealthState::Unhealthy, self.unhealthy_threshold),
+            (HealthState::Unhealthy, true) => (HealthState::Healthy, self.healthy_threshold),
+        };
+        self.streak += 1;
+        if self.streak < threshold {
+            return None;
+        }
+        self.state = target;
+        self.streak = 0;
+        Some(target)
+    }
+}
+
+/// Why one probe failed; its `Display` is the human-readable reason [`probe`] returns.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("invalid request (path {path:?}): {reason}")]
+    Request { path: String, reason: String },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("HTTP status {0} (healthy is 2xx)")]
+    Status(StatusCode),
+    #[error("gRPC connect: {0}")]
+    GrpcConnect(String),
+    #[error("gRPC health check: {code:?}: {message}")]
+    Grpc { code: tonic::Code, message: String },
+    #[error("gRPC health status {0} (healthy is SERVING)")]
+    NotServing(String),
+}
+
+/// The message of an error followed by those of its sources: hyper's and tonic's top-level
+/// messages ("transport error") say little on their own.
+fn chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// Probes `target` once as `spec` says (its protocol, path and timeout; the port override is
+/// *not* applied here, see [`CheckSpec::target_for`]).
+///
+/// The whole probe, connection included, is bounded by `spec.timeout`. Every probe uses a new
+/// connection, so a probe also checks that the instance still accepts them. Returns the reason
+/// of a failure as one readable line.
+pub async fn probe(target: SocketAddr, spec: &CheckSpec) -> Result<(), String> {
+    let attempt = async {
+        match spec.protocol {
+            PortProtocol::Tcp => probe_tcp(target).await,
+            PortProtocol::Http => probe_http1(target, &spec.path).await,
+            PortProtocol::Http2 => probe_h2c(target, &spec.path).await,
+            PortProtocol::Grpc => probe_grpc(target).await,
+        }
+    };
+    match tokio::time::timeout(spec.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ProbeError::Timeout(spec.timeout)),
+    }
+    .map_err(|e| e.to_string())
+}
+
+async fn connect(target: SocketAddr) -> Result<TcpStream, ProbeError> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(ProbeError::Connect)?;
+    // Nagle only delays a probe's single small request.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn probe_tcp(target: SocketAddr) -> Result<(), ProbeError> {
+    connect(target).await.map(drop)
+}
+
+fn get_request(
+    uri: String,
+    path: &str,
+    authority: &str,
+) -> Result<Request<Empty<Bytes>>, ProbeError> {
+    Request::get(uri)
+        .header(HOST, authority)
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .body(Empty::new())
+        .map_err(|e| ProbeError::Request {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Drives `conn` (a hyper client connection) while `send` waits for the response head, so that
+/// the probe needs no spawned task and everything stops when the probe's timeout drops it.
+async fn exchange<C, S>(conn: C, send: S) -> Result<StatusCode, ProbeError>
+where
+    C: Future<Output = hyper::Result<()>>,
+    S: Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+{
+    tokio::pin!(conn);
+    tokio::pin!(send);
+    let response = tokio::select! {
+        r = &mut send => r,
+        r = &mut conn => {
+            // The connection can end first with the response already in (HTTP/1.1 with
+            // `connection: close`); if it ended without one, `send` says why.
+            r.map_err(|e| ProbeError::Http(chain(&e)))?;
+            send.await
+        }
+    }
+    .map_err(|e| ProbeError::Http(chain(&e)))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(status)
+    } else {
+        Err(ProbeError::Status(status))
+    }
+}
+
+async fn probe_http1(target: SocketAddr, path: &str) -> Result<(), ProbeError> {
+    let authority = target.to_string();
+    let mut req = get_request(path.to_string(), path, &authority)?;
+    // One request per connection: say so, and the server closes it without waiting.
+    req.headers_mut()
+        .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    let stream = connect(target).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProbeError::Http(chain(&e)))?;
+    exchange(conn, sender.send_request(req)).await.map(drop)
+}
+
+async fn probe_h2c(target: SocketAddr, path: &str) -> Result<(), ProbeError> {
+    let authority = target.to_string();
+    // HTTP/2 carries scheme and authority as pseudo-headers, taken from an absolute URI.
+    let req = get_request(format!("http://{authority}{path}"), path, &authority)?;
+    let stream = connect(target).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| ProbeError::Http(chain(&e)))?;
+    exchange(conn, sender.send_request(req)).await.map(drop)
+}
+
+async fn probe_grpc(target: SocketAddr) -> Result<(), ProbeError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| ProbeError::GrpcConnect(chain(&e)))?
+        .user_agent(USER_AGENT_VALUE)
+        .map_err(|e| ProbeError::GrpcConnect(chain(&e)))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ProbeError::GrpcConnect(chain(&e)))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(|s| ProbeError::Grpc {
+            code: s.code(),
+            message: s.message().to_string(),
+        })?;
+    let status = response.into_inner().status;
+    match ServingStatus::try_from(status) {
+        Ok(ServingStatus::Serving) => Ok(()),
+        Ok(other) => Err(ProbeError::NotServing(other.as_str_name().to_string())),
+        Err(_) => Err(ProbeError::NotServing(format!("unknown value {status}"))),
+    }
+}
+
+/// A running health check (see [`spawn_check`]). Dropping it stops the check.
+#[derive(Debug)]
+pub struct CheckHandle {
+    target: SocketAddr,
+    state: watch::Receiver<HealthState>,
+    last_failure: Arc<Mutex<Option<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl CheckHandle {
+    /// The address being probed (the instance's, with the spec's port override applied).
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// The current state.
+    pub fn state(&self) -> HealthState {
+        *self.state.borrow()
+    }
+
+    /// A receiver of the state, to wait for transitions (it sees the check end, as a closed
+    /// channel, when the handle is dropped).
+    pub fn subscribe(&self) -> watch::Receiver<HealthState> {
+        self.state.clone()
+    }
+
+    /// The reason the most recent failed probe gave, kept after later passes so that a flapping
+    /// instance can still be explained; `None` until a probe fails.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for CheckHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts checking the instance at `target` on the current tokio runtime (it panics outside
+/// one, like [`tokio::spawn`]).
+///
+/// The first probe runs at once, then one every `spec.interval` (a probe that outlasts the
+/// interval delays the next rather than overlapping it). Each result goes through a
+/// [`Tracker`]; transitions are published on the handle's watch channel and logged with the
+/// target and the reason.
+pub fn spawn_check(target: SocketAddr, spec: CheckSpec) -> CheckHandle {
+    let target = spec.target_for(target);
+    let (tx, rx) = watch::channel(HealthState::Unknown);
+    let last_failure = Arc::new(Mutex::new(None));
+    let task = tokio::spawn(run_check(target, spec, tx, last_failure.clone()));
+    CheckHandle {
+        target,
+        state: rx,
+        last_failure,
+        task,
+    }
+}
+
+async fn run_check(
+    target: SocketAddr,
+    spec: CheckSpec,
+    tx: watch::Sender<HealthState>,
+    last_failure: Arc<Mutex<Option<String>>>,
+) {
+    let mut tracker = Tracker::for_spec(&spec);
+    let mut ticker = tokio::time::interval(spec.interval.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let protocol = spec.protocol.as_str();
+    loop {
+        ticker.tick().await;
+        let result = probe(target, &spec).await;
+        if let Err(reason) = &result {
+            tracing::debug!(%target, protocol, %reason, "health probe failed");
+            *last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        }
+        let from = tracker.state();
+        let Some(to) = tracker.record(result.is_ok()) else {
+            continue;
+        };
+        match &result {
+            Err(reason) => {
+                tracing::warn!(%target, protocol, %from, %to, %reason, "instance health changed")
+            }
+            Ok(()) => tracing::info!(%target, protocol, %from, %to, "instance health changed"),
+        }
+        tx.send_replace(to);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use axum::extract::State;
+    use axum::routing::get;
+    use axum::Router;
+    use tokio::net::TcpListener;
+
+    fn spec(protocol: PortProtocol, path: &str) -> CheckSpec {
+        CheckSpec {
+            protocol,
+            path: path.to_string(),
+            port: None,
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
+
+    fn policy(protocol: PortProtocol) -> HealthCheckPolicy {
+        HealthCheckPolicy {
+            healthy_threshold: 3,
+            interval_millis: 10_000,
+            path: Some("/ping".into()),
+            port: Some(8081),
+            protocol,
+            timeout_millis: 2_000,
+            unhealthy_threshold: 4,
+        }
+    }
+
+    /// Waits (at most 10 s) until the check reports `want`.
+    async fn wait_state(handle: &CheckHandle, want: HealthState) {
+        let mut rx = handle.subscribe();
+        let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| *s == want))
+            .await
+            .map(|r| r.map(drop));
+        assert!(
+            matches!(waited, Ok(Ok(()))),
+            "{} never became {want} (now {}, last failure {:?}, wait: {waited:?})",
+            handle.target(),
+            handle.state(),
+            handle.last_failure()
+        );
+    }
+
+    // ---- Tracker ----
+
+    fn run(tracker: &mut Tracker, results: &str) -> Vec<HealthState> {
+        results
+            .chars()
+            .map(|c| {
+                tracker.record(c == '+');
+                tracker.state()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tracker_starts_unknown() {
+        assert_eq!(Tracker::new(2, 2).state(), HealthState::Unknown);
+    }
+
+    #[test]
+    fn tracker_first_pass_decides_healthy() {
+        let mut t = Tracker::new(5, 5);
+        assert_eq!(t.record(true), Some(HealthState::Healthy));
+        assert_eq!(t.state(), HealthState::Healthy);
+    }
+
+    #[test]
+    fn tracker_first_failure_decides_unhealthy() {
+        let mut t = Tracker::new(5, 5);
+        assert_eq!(t.record(false), Some(HealthState::Unhealthy));
+        assert_eq!(t.state(), HealthState::Unhealthy);
+    }
+
+    #[test]
+    fn tracker_needs_unhealthy_threshold_consecutive_failures() {
+        use HealthState::*;
+        let mut t = Tracker::new(2, 3);
+        assert_eq!(
+            run(&mut t, "+---"),
+            vec![Healthy, Healthy, Healthy, Unhealthy]
+        );
+    }
+
+    #[test]
+    fn tracker_needs_healthy_threshold_consecutive_passes() {
+        use HealthState::*;
+        let mut t = Tracker::new(3, 2);
+        assert_eq!(
+            run(&mut t, "-+++"),
+            vec![Unhealthy, Unhealthy, Unhealthy, Healthy]
+        );
+    }
+
+    #[test]
+    fn tracker_pass_resets_failure_streak() {
+        use HealthState::*;
+        let mut t = Tracker::new(2, 3);
+        // Two failures, a pass, two failures: never three in a row.
+        assert_eq!(run(&mut t, "+--+--"), vec![Healthy; 6]);
+        assert_eq!(t.record(false), Some(Unhealthy));
+    }
+
+    #[test]
+    fn tracker_failure_resets_pass_streak() {
+        use HealthState::*;
+        let mut t = Tracker::new(3, 2);
+        assert_eq!(run(&mut t, "-++-++"), vec![Unhealthy; 6]);
+        assert_eq!(t.record(true), Some(Healthy));
+    }
+
+    #[test]
+    fn tracker_reports_transitions_only() {
+        use HealthState::*;
+        let mut t = Tracker::new(2, 2);
+        let got: Vec<_> = "+++--+-++--".chars().map(|c| t.record(c == '+')).collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(Healthy),
+                None,
+                None,
+                None,
+                Some(Unhealthy),
+                None,
+                None,
+                None,
+                Some(Healthy),
+                None,
+                Some(Unhealthy),
+            ]
+        );
+    }
+
+    #[test]
+    fn tracker_streak_starts_over_after_a_transition() {
+        use HealthState::*;
+        let mut t = Tracker::new(2, 2);
+        // Becoming unhealthy at the 3rd result must not count its failures towards anything;
+        // becoming healthy again needs two fresh passes, then two fresh failures.
+        assert_eq!(
+            run(&mut t, "+--++--"),
+            vec![Healthy, Healthy, Unhealthy, Unhealthy, Healthy, Healthy, Unhealthy]
+        );
+    }
+
+    #[test]
+    fn tracker_threshold_one_flips_on_every_disagreeing_result() {
+        use HealthState::*;
+        let mut t = Tracker::new(1, 1);
+        assert_eq!(
+            run(&mut t, "+-+-"),
+            vec![Healthy, Unhealthy, Healthy, Unhealthy]
+        );
+    }
+
+    #[test]
+    fn tracker_zero_thresholds_act_as_one() {
+        use HealthState::*;
+        let mut t = Tracker::new(0, 0);
+        assert_eq!(run(&mut t, "+-+"), vec![Healthy, Unhealthy, Healthy]);
+    }
+
+    #[test]
+    fn tracker_for_spec_uses_its_thresholds() {
+        use HealthState::*;
+        let mut s = spec(PortProtocol::Tcp, "/");
+        s.healthy_threshold = 4;
+        s.unhealthy_threshold = 1;
+        let mut t = Tracker::for_spec(&s);
+        assert_eq!(
+            run(&mut t, "+-+++"),
+            vec![Healthy, Unhealthy, Unhealthy, Unhealthy, Unhealthy]
+        );
+        assert_eq!(t.record(true), Some(Healthy));
+    }
+
+    #[test]
+    fn health_state_names() {
+        assert_eq!(HealthState::Healthy.to_string(), "healthy");
+        assert_eq!(
+            serde_json::to_string(&HealthState::Unhealthy).unwrap(),
+            "\"unhealthy\""
+        );
+        assert_eq!(
+            serde_json::from_str::<HealthState>("\"unknown\"").unwrap(),
+            HealthState::Unknown
+        );
+    }
+
+    // ---- CheckSpec ----
+
+    #[test]
+    fn spec_from_valid_policy() {
+        let s = CheckSpec::from_policy(&policy(PortProtocol::Http));
+        assert_eq!(
+            s,
+            CheckSpec {
+                protocol: PortProtocol::Http,
+                path: "/ping".into(),
+                port: Some(8081),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(2),
+                healthy_threshold: 3,
+                unhealthy_threshold: 4,
+            }
+        );
+    }
+
+    #[test]
+    fn spec_clamps_silly_values() {
+        let mut p = policy(PortProtocol::Grpc);
+        p.interval_millis = 1;
+        p.timeout_millis = -5;
+        p.healthy_threshold = 0;
+        p.unhealthy_threshold = -3;
+        p.port = Some(0);
+        let s = CheckSpec::from_policy(&p);
+        assert_eq!(s.interval, MIN_INTERVAL);
+        assert_eq!(s.timeout, MIN_TIMEOUT);
+        assert_eq!((s.healthy_threshold, s.unhealthy_threshold), (1, 1));
+        assert_eq!(s.port, None);
+
+        p.interval_millis = i64::MAX;
+        p.timeout_millis = 10_000_000;
+        p.healthy_threshold = 1000;
+        p.unhealthy_threshold = i32::MAX;
+        p.port = Some(70_000);
+        let s = CheckSpec::from_policy(&p);
+        assert_eq!(s.interval, MAX_INTERVAL);
+        assert_eq!(s.timeout, MAX_TIMEOUT);
+        assert_eq!((s.healthy_threshold, s.unhealthy_threshold), (10, 10));
+        assert_eq!(s.port, None);
+    }
+
+    #[test]
+    fn spec_normalizes_the_path() {
+        let mut p = policy(PortProtocol::Http2);
+        for (given, want) in [
+            (None, "/"),
+            (Some(""), "/"),
+            (Some("  "), "/"),
+            (Some("health"), "/health"),
+            (Some("/a/b?x=1"), "/a/b?x=1"),
+        ] {
+            p.path = given.map(str::to_string);
+            assert_eq!(CheckSpec::from_policy(&p).path, want, "{given:?}");
+        }
+    }
+
+    #[test]
+    fn spec_port_override_applies_to_the_target() {
+        let s = CheckSpec::from_policy(&policy(PortProtocol::Tcp));
+        let instance: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        assert_eq!(s.target_for(instance), "10.0.0.7:8081".parse().unwrap());
+        let mut p = policy(PortProtocol::Tcp);
+        p.port = None;
+        assert_eq!(CheckSpec::from_policy(&p).target_for(instance), instance);
+    }
+
+    // ---- probes and the runner against real servers ----
+
+    /// An address nothing listens on: bound, then released.
+    async fn closed_addr() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }
+
+    /// A server that accepts connections and never answers (nor closes them).
+    async fn silent_server() -> (SocketAddr, JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+
+    /// An axum server (HTTP/1.1 and h2c) whose `/health` answers 200 while `ok` is set and 503
+    /// otherwise; `/h2only` answers 200 to HTTP/2 requests only.
+    async fn http_server(ok: Arc<AtomicBool>) -> (SocketAddr, JoinHandle<()>) {
+        async fn health(State(ok): State<Arc<AtomicBool>>) -> StatusCode {
+            if ok.load(Ordering::SeqCst) {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+        async fn h2only(req: axum::extract::Request) -> StatusCode {
+            if req.version() == hyper::Version::HTTP_2 {
+                StatusCode::NO_CONTENT
+            } else {
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED
+            }
+        }
+        let app = Router::new()
+            .route("/health", get(health))
+            .route("/h2only", get(h2only))
+            .with_state(ok);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(l, app).await.unwrap();
+        });
+        (addr, task)
+    }
+
+    /// A tonic server with the standard health service; the reporter toggles `""`.
+    async fn grpc_server() -> (
+        SocketAddr,
+        tonic_health::server::HealthReporter,
+        JoinHandle<()>,
+    ) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(l);
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        (addr, reporter, task)
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_passes_on_listener_and_fails_on_closed_port() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = spec(PortProtocol::Tcp, "/");
+        assert_eq!(probe(l.local_addr().unwrap(), &s).await, Ok(()));
+        let err = probe(closed_addr().await, &s).await.unwrap_err();
+        assert!(err.starts_with("connect:"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tcp_check_turns_unhealthy_when_the_listener_closes() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let handle = spawn_check(addr, spec(PortProtocol::Tcp, "/"));
+        assert_eq!(handle.target(), addr);
+        wait_state(&handle, HealthState::Healthy).await;
+        assert_eq!(handle.last_failure(), None);
+        drop(l);
+        wait_state(&handle, HealthState::Unhealthy).await;
+        let reason = handle.last_failure().expect("a failure reason");
+        assert!(reason.contains("connect"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn port_override_is_probed_instead_of_the_instance_port() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut s = spec(PortProtocol::Tcp, "/");
+        s.port = Some(l.local_addr().unwrap().port());
+        // The instance's own port is closed; only the override listens.
+        let handle = spawn_check(closed_addr().await, s);
+        assert_eq!(handle.target(), l.local_addr().unwrap());
+        wait_state(&handle, HealthState::Healthy).await;
+    }
+
+    #[tokio::test]
+    async fn http_check_follows_the_health_endpoint() {
+        let ok = Arc::new(AtomicBool::new(true));
+        let (addr, _server) = http_server(ok.clone()).await;
+        let handle = spawn_check(addr, spec(PortProtocol::Http, "/health"));
+        wait_state(&handle, HealthState::Healthy).await;
+
+        ok.store(false, Ordering::SeqCst);
+        wait_state(&handle, HealthState::Unhealthy).await;
+        let reason = handle.last_failure().expect("a failure reason");
+        assert!(reason.contains("503"), "{reason}");
+
+        ok.store(true, Ordering::SeqCst);
+        wait_state(&handle, HealthState::Healthy).await;
+    }
+
+    #[tokio::test]
+    async fn http_probe_fails_on_non_2xx_and_on_closed_port() {
+        let (addr, _server) = http_server(Arc::new(AtomicBool::new(true))).await;
+        let err = probe(addr, &spec(PortProtocol::Http, "/missing"))
+            .await
+            .unwrap_err();
+        assert!(err.contains("404"), "{err}");
+        let err = probe(closed_addr().await, &spec(PortProtocol::Http, "/"))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("connect:"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn http_probe_reports_an_invalid_path() {
+        let (addr, _server) = http_server(Arc::new(AtomicBool::new(true))).await;
+        let err = probe(addr, &spec(PortProtocol::Http, "/a b"))
+            .await
+            .unwrap_err();
+        assert!(err.contains("invalid request"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn h2c_probe_speaks_http2() {
+        let ok = Arc::new(AtomicBool::new(true));
+        let (addr, _server) = http_server(ok.clone()).await;
+        // 204 from /h2only proves the request arrived as HTTP/2 (and that any 2xx passes).
+        assert_eq!(
+            probe(addr, &spec(PortProtocol::Http2, "/h2only")).await,
+            Ok(())
+        );
+        let err = probe(addr, &spec(PortProtocol::Http, "/h2only"))
+            .await
+            .unwrap_err();
+        assert!(err.contains("505"), "{err}");
+
+        let handle = spawn_check(addr, spec(PortProtocol::Http2, "/health"));
+        wait_state(&handle, HealthState::Healthy).await;
+        ok.store(false, Ordering::SeqCst);
+        wait_state(&handle, HealthState::Unhealthy).await;
+        let reason = handle.last_failure().expect("a failure reason");
+        assert!(reason.contains("503"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn h2c_probe_fails_against_an_http1_only_server() {
+        // A server that answers every connection with an HTTP/1.1 response and closes it.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let err = probe(addr, &spec(PortProtocol::Http2, "/"))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("HTTP") || err.contains("closed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn grpc_check_follows_the_serving_status() {
+        let (addr, reporter, _server) = grpc_server().await;
+        let s = spec(PortProtocol::Grpc, "/ignored");
+        assert_eq!(probe(addr, &s).await, Ok(()));
+
+        let handle = spawn_check(addr, s.clone());
+        wait_state(&handle, HealthState::Healthy).await;
+
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let err = probe(addr, &s).await.unwrap_err();
+        assert!(err.contains("NOT_SERVING"), "{err}");
+        wait_state(&handle, HealthState::Unhealthy).await;
+
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        wait_state(&handle, HealthState::Healthy).await;
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_fails_on_closed_port_and_on_a_non_grpc_server() {
+        let s = spec(PortProtocol::Grpc, "/");
+        let err = probe(closed_addr().await, &s).await.unwrap_err();
+        assert!(err.starts_with("gRPC connect"), "{err}");
+        // An h2c server without the health service: the call itself fails.
+        let (addr, _server) = http_server(Arc::new(AtomicBool::new(true))).await;
+        let err = probe(addr, &s).await.unwrap_err();
+        assert!(err.starts_with("gRPC"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn probes_time_out_against_a_server_that_never_answers() {
+        let (addr, _server) = silent_server().await;
+        for protocol in [PortProtocol::Http, PortProtocol::Http2, PortProtocol::Grpc] {
+            let mut s = spec(protocol, "/health");
+            s.timeout = Duration::from_millis(300);
+            let started = Instant::now();
+            let err = probe(addr, &s).await.unwrap_err();
+            let took = started.elapsed();
+            assert!(
+                err.contains("within") || err.to_lowercase().contains("timed out"),
+                "{protocol:?}: {err}"
+            );
+            assert!(
+                took >= Duration::from_millis(250),
+                "{protocol:?} took {took:?}"
+            );
+            assert!(took < Duration::from_secs(3), "{protocol:?} took {took:?}");
+        }
+        // A TCP check only needs the connection, which the silent server accepts.
+        assert_eq!(probe(addr, &spec(PortProtocol::Tcp, "/")).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn check_against_a_silent_server_becomes_unhealthy() {
+        let (addr, _server) = silent_server().await;
+        let mut s = spec(PortProtocol::Http, "/health");
+        s.timeout = Duration::from_millis(100);
+        let handle = spawn_check(addr, s);
+        wait_state(&handle, HealthState::Unhealthy).await;
+        let reason = handle.last_failure().expect("a failure reason");
+        assert!(reason.contains("within"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_stops_the_check() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = spawn_check(l.local_addr().unwrap(), spec(PortProtocol::Tcp, "/"));
+        wait_state(&handle, HealthState::Healthy).await;
+        let mut rx = handle.subscribe();
+        drop(handle);
+        // The task owned the sender: once it is aborted the channel closes.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while rx.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the check task kept running");
+    }
+}
