@@ -104,7 +104,7 @@ fn agent_config(args: cli::AgentArgs) -> anyhow::Result<shoal::agent::AgentConfi
         cfg.join = args.join;
     }
     if let Some(v) = args.api {
-        cfg.api = v;
+        cfg.api = Some(v);
     }
     if let Some(v) = args.dns {
         cfg.dns = Some(v);
