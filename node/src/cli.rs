@@ -782,7 +782,12 @@ pub async fn deregister(args: DeregisterArgs) -> anyhow::Result<()> {
 pub async fn members(args: MembersArgs) -> anyhow::Result<()> {
     let c = Client::new(&args.target.addr)?;
     let v = c
-        .call(reqwest::Method::GET, &["v1".into(), "members".into()], &[], None)
+        .call(
+            reqwest::Method::GET,
+            &["v1".into(), "members".into()],
+            &[],
+            None,
+        )
         .await?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -811,7 +816,12 @@ pub async fn members(args: MembersArgs) -> anyhow::Result<()> {
 pub async fn endpoints(args: MembersArgs) -> anyhow::Result<()> {
     let c = Client::new(&args.target.addr)?;
     let v = c
-        .call(reqwest::Method::GET, &["v1".into(), "endpoints".into()], &[], None)
+        .call(
+            reqwest::Method::GET,
+            &["v1".into(), "endpoints".into()],
+            &[],
+            None,
+        )
         .await?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&v)?);

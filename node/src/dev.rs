@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cli::DevArgs;
 use crate::agent::{self, AgentConfig};
+use crate::cli::DevArgs;
 use crate::client::{Client, Doc};
 use crate::server::{self, ServerConfig};
 
@@ -65,6 +65,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     let dns = state.bound.dns;
+    let gossip = state.gossip.clone();
     let routes = agent::routes(state, false);
     server::run_with(cfg, crate::shutdown_signal(), move |running| {
         tokio::spawn(async move {
@@ -82,7 +83,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 println!("DNS on {d}  (try: dig @{} -p {} colorteller.colorapp.local)", d.ip(), d.port());
             }
         })
-    }, routes)
+    }, routes, Some(gossip))
     .await?;
     let _ = agent.await;
     Ok(())

@@ -169,8 +169,7 @@ fn main() -> ExitCode {
     {
         builder.worker_threads(n);
     }
-    let rt = match builder.enable_all().build()
-    {
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shoal: cannot start the runtime: {e}");

@@ -52,6 +52,8 @@ pub struct AppState {
     pub gossip: Option<shoal_gossip::Gossip>,
     /// Servers removed by an operator, kept out until they restart.
     pub removed: crate::cluster::Removed,
+    /// Whose gossip members `/v1/members` lists: the server's own, else an embedded agent's.
+    pub members: Option<shoal_gossip::Gossip>,
 }
 
 /// A server's configuration, from flags or a TOML file (`shoal server --config FILE`).
@@ -202,15 +204,17 @@ where
     F: Future<Output = ()> + Send + 'static,
     R: FnOnce(Running) -> tokio::task::JoinHandle<()>,
 {
-    run_with(cfg, shutdown, on_ready, Router::new()).await
+    run_with(cfg, shutdown, on_ready, Router::new(), None).await
 }
 
-/// [`run`], with `extra` routes served on the same API (an embedded agent's).
+/// [`run`], with an embedded agent: its `routes` are served on the same API, and its `gossip`
+/// members are listed when the server has no gossip of its own.
 pub async fn run_with<F, R>(
     cfg: ServerConfig,
     shutdown: F,
     on_ready: R,
     extra: Router,
+    agent_gossip: Option<shoal_gossip::Gossip>,
 ) -> anyhow::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
@@ -277,6 +281,7 @@ where
             .connect_timeout(Duration::from_secs(1))
             .build()
             .context("building the HTTP client")?,
+        members: gossip.clone().or(agent_gossip),
         gossip: gossip.clone(),
         removed: crate::cluster::Removed::default(),
     };
@@ -402,7 +407,11 @@ async fn status(State(s): State<AppState>) -> Response {
 }
 
 async fn members(State(s): State<AppState>) -> Response {
-    let members = s.gossip.as_ref().map(crate::members_json).unwrap_or_default();
+    let members = s
+        .members
+        .as_ref()
+        .map(crate::members_json)
+        .unwrap_or_default();
     axum::Json(json!({ "members": members })).into_response()
 }
 

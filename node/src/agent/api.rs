@@ -85,7 +85,10 @@ pub fn routes(state: AgentState, standalone: bool) -> Router {
     let mut r = Router::new()
         .route(
             "/v1/agent/instances",
-            get(list_local).put(register).post(register).delete(deregister),
+            get(list_local)
+                .put(register)
+                .post(register)
+                .delete(deregister),
         )
         .route("/v1/agent/status", get(status))
         .route("/v1/agent/metrics", get(metrics))

@@ -49,6 +49,7 @@ pub async fn run(
                     {
                         let mut st = status.lock().expect("status lock");
                         st.server = Some(addr.clone());
+                        st.last_error = None;
                         st.streams_opened += 1;
                     }
                     tracing::info!(server = %addr, revision = current.revision(), "following the model");

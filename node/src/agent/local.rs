@@ -60,7 +60,11 @@ pub struct LocalStatus {
 
 impl Local {
     /// A registry holding `registered` (from the store) and `configured` (config file).
-    pub fn new(store: Registrations, registered: BTreeMap<String, Instance>, configured: Vec<Instance>) -> Self {
+    pub fn new(
+        store: Registrations,
+        registered: BTreeMap<String, Instance>,
+        configured: Vec<Instance>,
+    ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 store,

@@ -31,7 +31,12 @@ pub fn render(state: &AgentState) -> String {
     let mut r = Registry::with_prefix("shoal_agent");
     let model_revision = state.model.borrow().revision();
     let follow = state.follow.lock().map(|f| f.clone()).unwrap_or_default();
-    gauge(&mut r, "model_revision", "Revision of the model the agent serves", model_revision as i64);
+    gauge(
+        &mut r,
+        "model_revision",
+        "Revision of the model the agent serves",
+        model_revision as i64,
+    );
     gauge(
         &mut r,
         "following",
@@ -44,26 +49,75 @@ pub fn render(state: &AgentState) -> String {
         "1 while the model comes from the local cache and no server has answered",
         i64::from(follow.from_cache),
     );
-    counter(&mut r, "watch_streams_opened", "Watch streams opened since start", follow.streams_opened);
-    gauge(&mut r, "members", "Gossip members this agent sees", state.gossip.members().len() as i64);
-    gauge(&mut r, "local_instances", "Instances registered on this host", state.local.list().len() as i64);
+    counter(
+        &mut r,
+        "watch_streams_opened",
+        "Watch streams opened since start",
+        follow.streams_opened,
+    );
+    gauge(
+        &mut r,
+        "members",
+        "Gossip members this agent sees",
+        state.gossip.members().len() as i64,
+    );
+    gauge(
+        &mut r,
+        "local_instances",
+        "Instances registered on this host",
+        state.local.list().len() as i64,
+    );
     let eps = state.view.endpoints();
     let family = Family::<HealthLabel, Gauge>::default();
     let healthy = eps.iter().filter(|e| e.healthy).count() as i64;
-    family.get_or_create(&HealthLabel { health: "healthy" }).set(healthy);
     family
-        .get_or_create(&HealthLabel { health: "unhealthy" })
+        .get_or_create(&HealthLabel { health: "healthy" })
+        .set(healthy);
+    family
+        .get_or_create(&HealthLabel {
+            health: "unhealthy",
+        })
         .set(eps.len() as i64 - healthy);
     r.register("endpoints", "Endpoints in the view, by health", family);
     if let Some(dns) = &state.dns {
         let c = dns.counters();
-        counter(&mut r, "dns_queries", "DNS queries received", c.queries_udp() + c.queries_tcp());
-        counter(&mut r, "dns_malformed", "Malformed DNS queries dropped or refused", c.malformed());
-        counter(&mut r, "dns_nxdomain", "DNS answers with NXDOMAIN", c.nxdomain());
+        counter(
+            &mut r,
+            "dns_queries",
+            "DNS queries received",
+            c.queries_udp() + c.queries_tcp(),
+        );
+        counter(
+            &mut r,
+            "dns_malformed",
+            "Malformed DNS queries dropped or refused",
+            c.malformed(),
+        );
+        counter(
+            &mut r,
+            "dns_nxdomain",
+            "DNS answers with NXDOMAIN",
+            c.nxdomain(),
+        );
         counter(&mut r, "dns_refused", "DNS queries refused", c.refused());
-        counter(&mut r, "dns_forwarded", "DNS queries forwarded to a recursor", c.forwarded());
-        counter(&mut r, "dns_forward_failures", "Forwarded DNS queries that failed", c.forward_failures());
-        counter(&mut r, "dns_truncated", "DNS answers truncated (TC) over UDP", c.truncated());
+        counter(
+            &mut r,
+            "dns_forwarded",
+            "DNS queries forwarded to a recursor",
+            c.forwarded(),
+        );
+        counter(
+            &mut r,
+            "dns_forward_failures",
+            "Forwarded DNS queries that failed",
+            c.forward_failures(),
+        );
+        counter(
+            &mut r,
+            "dns_truncated",
+            "DNS answers truncated (TC) over UDP",
+            c.truncated(),
+        );
     }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {

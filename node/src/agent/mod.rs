@@ -10,13 +10,13 @@
 //!
 //! Servers run the same parts in-process (`shoal dev`), following their own API's watch stream.
 
+mod api;
 pub mod checks;
 pub mod follow;
 pub mod local;
+mod metrics;
 pub mod store;
 pub mod view;
-mod api;
-mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -165,8 +165,7 @@ impl AgentConfig {
         if self.dns_ttl > 86_400 {
             bail!("--dns-ttl must be at most 86400 seconds");
         }
-        if !self.join.is_empty() && (self.gossip.ip().is_unspecified() || self.gossip.port() == 0)
-        {
+        if !self.join.is_empty() && (self.gossip.ip().is_unspecified() || self.gossip.port() == 0) {
             bail!(
                 "--gossip must be this host's own address and a fixed port to join others, not {}",
                 self.gossip
@@ -260,12 +259,13 @@ where
         .context("reading the model cache (delete it to start empty)")?;
     let from_cache = cached.is_some();
     if let Some(m) = &cached {
-        tracing::info!(revision = m.revision(), "serving the cached model until a server answers");
+        tracing::info!(
+            revision = m.revision(),
+            "serving the cached model until a server answers"
+        );
     }
     let registrations = store::Registrations::new(&cfg.data_dir);
-    let registered = registrations
-        .load()
-        .context("reading the registrations")?;
+    let registered = registrations.load().context("reading the registrations")?;
     let config_instances = cfg
         .instances
         .iter()
@@ -326,9 +326,9 @@ where
     }));
     let local = local::Local::new(registrations, registered, config_instances);
     let view = view::View::new(cfg.dns_ttl);
-    let dns_handler = dns_sockets.as_ref().map(|_| {
-        shoal_dns::DnsHandler::new(view.shared(), view::dns_config(&cfg))
-    });
+    let dns_handler = dns_sockets
+        .as_ref()
+        .map(|_| shoal_dns::DnsHandler::new(view.shared(), view::dns_config(&cfg)));
     let state = AgentState {
         cfg: cfg.clone(),
         gossip: gossip.clone(),

@@ -115,7 +115,10 @@ impl Registrations {
     }
 
     /// Replaces the stored registrations with `instances`.
-    pub fn save<'a>(&self, instances: impl Iterator<Item = &'a Instance>) -> Result<(), StoreError> {
+    pub fn save<'a>(
+        &self,
+        instances: impl Iterator<Item = &'a Instance>,
+    ) -> Result<(), StoreError> {
         let file = InstancesFile {
             format: FORMAT,
             instances: instances.cloned().collect(),
@@ -205,8 +208,11 @@ mod tests {
         let loaded = r.load().unwrap();
         assert_eq!(loaded.len(), 2);
         assert_eq!(loaded[&a.key()], a);
-        std::fs::write(dir.path().join("instances.json"), b"{\"format\":9,\"instances\":[]}")
-            .unwrap();
+        std::fs::write(
+            dir.path().join("instances.json"),
+            b"{\"format\":9,\"instances\":[]}",
+        )
+        .unwrap();
         assert!(matches!(r.load(), Err(StoreError::Format { .. })));
         std::fs::write(dir.path().join("instances.json"), b"garbage").unwrap();
         assert!(r.load().unwrap_err().to_string().contains("instances.json"));

@@ -45,7 +45,10 @@ impl View {
 
     /// Every endpoint gossip reports (all hosts), as of the last rebuild.
     pub fn endpoints(&self) -> Arc<Vec<Endpoint>> {
-        self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The model revision of the last rebuild.
