@@ -111,25 +111,25 @@ async fn dead_recursors_are_skipped_then_servfail() {
     let (_d1, dead1) = dead().await;
     let (_d2, dead2) = dead().await;
 
-    // The first recursor is dead: it gets half of the 1 s, then the live one answers.
-    let (front, h) = start(local_view(), forwarding(vec![dead1, up], 1000)).await;
+    // The first recursor is dead: it gets half of the 2 s, then the live one answers.
+    let (front, h) = start(local_view(), forwarding(vec![dead1, up], 2000)).await;
     let t = Instant::now();
     let r = udp_ask(front, &query("x.other.test.", RecordType::A, None)).await;
     assert_eq!(ips(&r).len(), 1);
     assert!(
-        t.elapsed() >= Duration::from_millis(400),
+        t.elapsed() >= Duration::from_millis(900),
         "{:?}",
         t.elapsed()
     );
     assert!(
-        t.elapsed() < Duration::from_millis(1000),
+        t.elapsed() < Duration::from_millis(2000),
         "{:?}",
         t.elapsed()
     );
     assert_eq!(h.counters().forward_failures(), 0);
 
     // All dead: SERVFAIL within the timeout, and meanwhile local answers are not held up.
-    let (front, h) = start(local_view(), forwarding(vec![dead1, dead2], 600)).await;
+    let (front, h) = start(local_view(), forwarding(vec![dead1, dead2], 1500)).await;
     let t = Instant::now();
     let pending = tokio::spawn(async move {
         udp_ask(front, &query("x.other.test.", RecordType::A, Some(1232))).await
@@ -138,19 +138,19 @@ async fn dead_recursors_are_skipped_then_servfail() {
     let r = udp_ask(front, &query("web.ns.local.", RecordType::A, None)).await;
     assert_eq!(ips(&r).len(), 1);
     assert!(
-        t.elapsed() < Duration::from_millis(400),
+        t.elapsed() < Duration::from_millis(1000),
         "local answer waited"
     );
     let r = pending.await.unwrap();
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     assert!(r.edns.is_some(), "EDNS answered with EDNS");
     assert!(
-        t.elapsed() >= Duration::from_millis(550),
+        t.elapsed() >= Duration::from_millis(1400),
         "{:?}",
         t.elapsed()
     );
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
+        t.elapsed() < Duration::from_millis(3000),
         "{:?}",
         t.elapsed()
     );
@@ -166,7 +166,7 @@ async fn forwards_in_flight_are_bounded() {
     let (_d, dead) = dead().await;
     let cfg = DnsConfig {
         max_forwards: 1,
-        ..forwarding(vec![dead], 1000)
+        ..forwarding(vec![dead], 2000)
     };
     let (front, h) = start(local_view(), cfg).await;
     let first =
@@ -178,7 +178,7 @@ async fn forwards_in_flight_are_bounded() {
     let r = udp_ask(front, &query("b.other.test.", RecordType::A, None)).await;
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_millis(1000),
         "turned away at once"
     );
     assert_eq!(
