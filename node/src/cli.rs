@@ -99,6 +99,9 @@ pub enum BenchCommand {
     Writes(crate::bench::WriteBenchArgs),
     /// Kill -9 the leader of a running cluster, time until writes succeed again, restart it.
     Failover(crate::bench::FailoverArgs),
+    /// Many gossip peers in this process against one running agent: convergence through the
+    /// agent's view, and the agent's memory.
+    Peers(crate::bench::peers::PeersArgs),
 }
 
 /// Where the client commands send their requests.

@@ -11,6 +11,8 @@
 //!   leader with SIGKILL, measures the time from the kill to the first write that succeeds
 //!   through the other members, restarts the killed process with its own command line, waits
 //!   until it has caught up, and repeats.
+//! - `shoal bench peers`: many gossip peers against one agent process: convergence and the
+//!   agent's memory (see [`peers`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -22,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
+
+pub mod peers;
 
 use crate::cli::BenchCommand;
 use crate::client::Client;
@@ -112,6 +116,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Writes(a) => writes(a).await,
         BenchCommand::Failover(a) => failover(a).await,
+        BenchCommand::Peers(a) => peers::run(a).await,
     }
 }
 
