@@ -307,3 +307,26 @@ fn registrations_are_checked() {
     assert!(Instance::decode("{\"ns\":1}").is_err());
     assert!(Instance::decode(&"x".repeat(5000)).is_err());
 }
+
+proptest::proptest! {
+    /// Whatever arrives as a gossiped or persisted instance record, decoding never panics, and
+    /// what it accepts is a valid registration that encodes back to itself.
+    #[test]
+    fn decoding_any_record_is_safe(raw in ".{0,300}") {
+        if let Ok(i) = Instance::decode(&raw) {
+            proptest::prop_assert_eq!(Instance::decode(&i.encode()).unwrap(), i);
+        }
+    }
+
+    #[test]
+    fn decoding_near_valid_records_is_safe(
+        ns in "[a-z.]{0,12}", id in "[ -~]{0,70}", port in proptest::num::u32::ANY,
+        key in "[ -~]{0,20}", value in "[ -~]{0,20}",
+    ) {
+        let raw = serde_json::json!({"ns": ns, "svc": "web", "id": id, "ip": "10.0.0.1",
+            "port": port, "attrs": {key: value}}).to_string();
+        if let Ok(i) = Instance::decode(&raw) {
+            proptest::prop_assert!(i.port > 0 && !i.id.contains('/'));
+        }
+    }
+}

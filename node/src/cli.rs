@@ -278,6 +278,12 @@ pub struct ServerArgs {
     /// Region written into ARNs.
     #[arg(long)]
     pub region: Option<String>,
+    /// DNS address of the agent role a clustered server runs (UDP and TCP); none: no DNS.
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
+    /// DNS server for names outside the mesh (repeatable).
+    #[arg(long)]
+    pub recursor: Vec<SocketAddr>,
 }
 
 /// `shoal apply`.

@@ -8,6 +8,7 @@
 //! that finds a formed cluster in gossip waits to be added instead of bootstrapping.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use shoal_gossip::{Gossip, Member, NodeMeta, Role};
@@ -194,7 +195,7 @@ fn raft_view(raft: &RaftNode) -> RaftView {
 }
 
 /// This server's gossip metadata.
-pub fn server_meta(raft: &RaftNode, initialized: bool) -> NodeMeta {
+pub fn server_meta(raft: &RaftNode, initialized: bool, dns: Option<SocketAddr>) -> NodeMeta {
     let info = raft.node_info();
     NodeMeta {
         role: Role::Server,
@@ -202,7 +203,7 @@ pub fn server_meta(raft: &RaftNode, initialized: bool) -> NodeMeta {
         api_addr: Some(info.api_addr.clone()),
         grpc_addr: Some(info.raft_addr.clone()),
         xds_addr: None,
-        dns_addr: None,
+        dns_addr: dns.map(|a| a.to_string()),
         zone: None,
         version: env!("CARGO_PKG_VERSION").to_string(),
         incarnation: Some(info.incarnation.clone()),
@@ -214,6 +215,7 @@ pub fn server_meta(raft: &RaftNode, initialized: bool) -> NodeMeta {
 pub async fn run(
     raft: RaftNode,
     gossip: Gossip,
+    dns: Option<SocketAddr>,
     expect: usize,
     removed: Removed,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -233,7 +235,9 @@ pub async fn run(
         }
         let view = raft_view(&raft);
         if announced != Some(view.initialized) {
-            gossip.set_meta(server_meta(&raft, view.initialized)).await;
+            gossip
+                .set_meta(server_meta(&raft, view.initialized, dns))
+                .await;
             announced = Some(view.initialized);
         }
         let mut peers = peers(&gossip.members());

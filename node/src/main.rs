@@ -67,6 +67,12 @@ fn server_config(args: cli::ServerArgs) -> anyhow::Result<server::ServerConfig> 
     if let Some(v) = args.region {
         cfg.region = v;
     }
+    if let Some(v) = args.dns {
+        cfg.dns = Some(v);
+    }
+    if !args.recursor.is_empty() {
+        cfg.recursors = args.recursor;
+    }
     cfg.validate()?;
     Ok(cfg)
 }

@@ -97,6 +97,13 @@ pub struct ServerConfig {
     /// Log entries between snapshots.
     #[serde(default = "default_snapshot")]
     pub snapshot_after_logs: u64,
+    /// DNS address of the agent a clustered server embeds (servers run the agent role too:
+    /// registration API, health checks, gossip of instances); `None`: no DNS.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+    /// Recursors of the embedded agent's DNS.
+    #[serde(default)]
+    pub recursors: Vec<SocketAddr>,
 }
 
 fn default_api() -> SocketAddr {
@@ -149,6 +156,8 @@ impl ServerConfig {
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
             snapshot_after_logs: default_snapshot(),
+            dns: None,
+            recursors: Vec::new(),
         }
     }
 
@@ -179,6 +188,9 @@ impl ServerConfig {
                     bail!("in a cluster {flag} must be this host's own address and a fixed port, not {addr}");
                 }
             }
+        }
+        if self.gossip.is_none() && self.dns.is_some() {
+            bail!("--dns needs --gossip: the agent a server embeds gossips its instances");
         }
         if self.gossip.is_none() && (self.bootstrap_expect > 1 || !self.join.is_empty()) {
             bail!("a multi-server cluster needs --gossip (servers find each other through gossip)");
@@ -262,12 +274,42 @@ where
                 .is_initialized()
                 .await
                 .context("reading the Raft store")?;
-            let g =
-                shoal_gossip::Gossip::start(gcfg, crate::cluster::server_meta(&raft, initialized))
-                    .await
-                    .with_context(|| format!("starting gossip on {addr}"))?;
+            let g = shoal_gossip::Gossip::start(
+                gcfg,
+                crate::cluster::server_meta(&raft, initialized, cfg.dns),
+            )
+            .await
+            .with_context(|| format!("starting gossip on {addr}"))?;
             Some(g)
         }
+    };
+    // One shutdown signal, two servers: broadcast it through a watch channel.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    // A clustered server runs the agent role too, on its own gossip member, following its own
+    // watch stream.
+    let embedded = match (&gossip, cfg.gossip) {
+        (Some(g), Some(gaddr)) => {
+            let mut acfg = crate::agent::AgentConfig::new(cfg.data_dir.join("agent"), gaddr);
+            acfg.name = Some(g.local_name().to_string());
+            acfg.api = None;
+            acfg.dns = cfg.dns;
+            acfg.recursors = cfg.recursors.clone();
+            acfg.servers = vec![format!("http://{grpc_addr}")];
+            let started =
+                crate::agent::start(acfg, Some(g.clone()), Some(api_addr), stop_rx.clone())
+                    .await
+                    .context("starting the embedded agent")?;
+            Some(started)
+        }
+        _ => None,
+    };
+    let extra = match &embedded {
+        Some(a) => extra.merge(crate::agent::routes(a.state.clone(), false)),
+        None => extra,
     };
     let state = AppState {
         raft: raft.clone(),
@@ -288,12 +330,6 @@ where
     let removed = state.removed.clone();
     let app = extra.merge(router(state));
     tracing::info!(node_id = cfg.node_id, api = %api_addr, data_dir = %cfg.data_dir.display(), "server ready");
-    // One shutdown signal, two servers: broadcast it through a watch channel.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -301,6 +337,7 @@ where
         tokio::spawn(crate::cluster::run(
             raft.clone(),
             g,
+            cfg.dns,
             cfg.bootstrap_expect as usize,
             removed.clone(),
             stop_rx.clone(),
@@ -344,6 +381,9 @@ where
     }
     if let Some(m) = manager {
         let _ = m.await;
+    }
+    if let Some(a) = embedded {
+        a.join().await;
     }
     if let Some(g) = gossip {
         if let Err(e) = g.shutdown().await {

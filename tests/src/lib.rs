@@ -674,6 +674,8 @@ pub struct ServerSpec {
     pub join: Vec<SocketAddr>,
     /// `--bootstrap-expect`.
     pub bootstrap_expect: u32,
+    /// More flags (such as `--dns ADDR`).
+    pub extra: Vec<String>,
     /// File that receives stdout and stderr (appended to, so restarts keep history).
     pub log: PathBuf,
 }
@@ -692,6 +694,7 @@ impl ServerSpec {
             gossip: SocketAddr::new(ip, GOSSIP_PORT),
             join: Vec::new(),
             bootstrap_expect: 3,
+            extra: Vec::new(),
             log: root.join(format!("n{node_id}.log")),
         }
     }
@@ -717,6 +720,7 @@ impl ServerSpec {
         }
         a.push("--bootstrap-expect".into());
         a.push(self.bootstrap_expect.to_string());
+        a.extend(self.extra.iter().cloned());
         a
     }
 }
@@ -1511,7 +1515,14 @@ pub struct DigAnswer {
 pub fn dig(server: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> DigAnswer {
     let out = Command::new(dig_bin())
         .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), name, qtype, "+tries=1", "+time=2"])
+        .args([
+            "-p",
+            &server.port().to_string(),
+            name,
+            qtype,
+            "+tries=1",
+            "+time=2",
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .output()
@@ -1524,7 +1535,12 @@ pub fn dig(server: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> DigAn
     let mut section = "";
     for line in raw.lines() {
         if let Some(rest) = line.split("status: ").nth(1) {
-            a.status = rest.split(',').next().unwrap_or_default().trim().to_string();
+            a.status = rest
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
         } else if let Some(rest) = line.strip_prefix(";; flags: ") {
             let flags = rest.split(';').next().unwrap_or_default();
             a.flags = flags.split_whitespace().map(String::from).collect();

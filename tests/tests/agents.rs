@@ -98,16 +98,16 @@ fn wait_answers(dns: &[SocketAddr], name: &str, want: &[&str], timeout: Duration
     }
 }
 
-fn register(agent: &AgentSpec, id: &str, addr: SocketAddr) {
+fn register(api_url: &str, service: &str, id: &str, addr: SocketAddr) {
     let out = run_shoal(
         &[
             "register",
             "--addr",
-            &agent.url(),
+            api_url,
             "--namespace",
             "apps.local",
             "--service",
-            "web",
+            service,
             "--instance-id",
             id,
             "--address",
@@ -134,8 +134,11 @@ fn agents_discover_track_health_and_survive_the_servers() {
         .unwrap();
     let root = dir.path();
 
+    // The server runs the agent role too (registration, health checks, DNS).
     let mut sspec = ServerSpec::on_loopback(root, BLOCK, 1);
     sspec.bootstrap_expect = 1;
+    let server_dns = SocketAddr::new(sspec.api.ip(), shoal_e2e::DNS_PORT);
+    sspec.extra = vec!["--dns".into(), server_dns.to_string()];
     let mut server = ServerProcess::spawn(&sspec);
     wait_for("the server to lead", secs(30), || {
         shoal_e2e::node_status(sspec.api)
@@ -177,7 +180,8 @@ fn agents_discover_track_health_and_survive_the_servers() {
     let dns: Vec<SocketAddr> = specs.iter().map(|s| s.dns).collect();
     for s in &specs {
         wait_for(&format!("{} to follow the model", s.name), secs(30), || {
-            let r = http_request(s.api, "GET", "/v1/status", None, secs(2)).map_err(|e| e.to_string())?;
+            let r = http_request(s.api, "GET", "/v1/status", None, secs(2))
+                .map_err(|e| e.to_string())?;
             let v = r.json().ok_or("not JSON")?;
             (v["server"].is_string() && v["revision"].as_u64() >= Some(3))
                 .then_some(())
@@ -185,11 +189,27 @@ fn agents_discover_track_health_and_survive_the_servers() {
         });
     }
 
-    register(&specs[0], "i1", b1.addr);
-    register(&specs[1], "i2", b2.addr);
+    register(&specs[0].url(), "web", "i1", b1.addr);
+    register(&specs[1].url(), "web", "i2", b2.addr);
+    let ops: SocketAddr = "127.0.42.40:9000".parse().unwrap();
+    register(&format!("http://{}", sspec.api), "ops", "o1", ops);
     let both = ["127.0.42.31", "127.0.42.32"];
     wait_answers(&dns, "web.apps.local", &both, secs(30), "registration");
+    wait_answers(
+        &[server_dns],
+        "web.apps.local",
+        &both,
+        secs(30),
+        "the server's DNS",
+    );
     wait_answers(&dns, "web.demo.local", &both, secs(5), "virtual service");
+    wait_answers(
+        &dns,
+        "ops.apps.local",
+        &["127.0.42.40"],
+        secs(30),
+        "an instance on the server",
+    );
 
     // SRV carries the ports; unknown names in a zone are NXDOMAIN with the SOA; names
     // outside the mesh are REFUSED without recursors.
@@ -234,7 +254,13 @@ fn agents_discover_track_health_and_survive_the_servers() {
 
     // A failing health check takes i1 out everywhere, then it comes back.
     b1.set_health(false);
-    wait_answers(&dns, "web.apps.local", &["127.0.42.32"], secs(40), "b1 unhealthy");
+    wait_answers(
+        &dns,
+        "web.apps.local",
+        &["127.0.42.32"],
+        secs(40),
+        "b1 unhealthy",
+    );
     b1.set_health(true);
     wait_answers(&dns, "web.apps.local", &both, secs(40), "b1 healthy again");
 
@@ -242,7 +268,13 @@ fn agents_discover_track_health_and_survive_the_servers() {
     // back from the persisted registration.
     agents[1].take().unwrap().kill9();
     let others = [dns[0], dns[2]];
-    wait_answers(&others, "web.apps.local", &["127.0.42.31"], secs(30), "agent 2 dead");
+    wait_answers(
+        &others,
+        "web.apps.local",
+        &["127.0.42.31"],
+        secs(30),
+        "agent 2 dead",
+    );
     agents[1] = Some(specs[1].spawn());
     wait_answers(&dns, "web.apps.local", &both, secs(40), "agent 2 back");
 
@@ -250,19 +282,42 @@ fn agents_discover_track_health_and_survive_the_servers() {
     server.kill9();
     std::thread::sleep(secs(1));
     wait_answers(&dns, "web.demo.local", &both, secs(5), "servers down");
+    wait_for("the server's instance to leave with it", secs(30), || {
+        let a = dig(dns[0], "ops.apps.local", "A", &[]);
+        // The name stays in its zone (the namespace is still known): NODATA or NXDOMAIN.
+        a.answers.is_empty().then_some(()).ok_or(a.raw)
+    });
     b2.set_health(false);
-    wait_answers(&dns, "web.apps.local", &["127.0.42.31"], secs(40), "b2 unhealthy, no server");
+    wait_answers(
+        &dns,
+        "web.apps.local",
+        &["127.0.42.31"],
+        secs(40),
+        "b2 unhealthy, no server",
+    );
 
     // An agent restarted while the servers are down answers from its cache.
     agents[2].take().unwrap().kill9();
     agents[2] = Some(specs[2].spawn());
-    wait_answers(&[dns[2]], "web.demo.local", &["127.0.42.31"], secs(30), "agent 3 from cache");
+    wait_answers(
+        &[dns[2]],
+        "web.demo.local",
+        &["127.0.42.31"],
+        secs(30),
+        "agent 3 from cache",
+    );
     let st = http_request(specs[2].api, "GET", "/v1/status", None, secs(2)).unwrap();
     let st = st.json().unwrap();
     assert_eq!(st["from_cache"], true, "{st}");
     assert!(st["server"].is_null(), "{st}");
     b2.set_health(true);
-    wait_answers(&dns, "web.apps.local", &both, secs(40), "b2 healthy, no server");
+    wait_answers(
+        &dns,
+        "web.apps.local",
+        &both,
+        secs(40),
+        "b2 healthy, no server",
+    );
 
     // Deregistration goes through the same path.
     let out = run_shoal(
@@ -279,16 +334,29 @@ fn agents_discover_track_health_and_survive_the_servers() {
         ],
         secs(10),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_answers(&dns, "web.apps.local", &["127.0.42.32"], secs(30), "i1 deregistered");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_answers(
+        &dns,
+        "web.apps.local",
+        &["127.0.42.32"],
+        secs(30),
+        "i1 deregistered",
+    );
 
     // A registration the agent cannot accept gets the API's error shape.
     let bad = http_request(
         specs[0].api,
         "PUT",
         "/v1/agent/instances",
-        Some(&json!({"namespace": "apps.local", "service": "web", "instanceId": "x/y",
-            "address": "10.0.0.1", "port": 80}).to_string()),
+        Some(
+            &json!({"namespace": "apps.local", "service": "web", "instanceId": "x/y",
+            "address": "10.0.0.1", "port": 80})
+            .to_string(),
+        ),
         secs(2),
     )
     .unwrap();
@@ -297,7 +365,12 @@ fn agents_discover_track_health_and_survive_the_servers() {
 
     for (s, a) in specs.iter().zip(&agents) {
         let log = a.as_ref().map(|p| p.log()).unwrap_or_default();
-        assert!(!log.contains("panicked"), "{} panicked:\n{}", s.name, tail(&log, 40));
+        assert!(
+            !log.contains("panicked"),
+            "{} panicked:\n{}",
+            s.name,
+            tail(&log, 40)
+        );
     }
     drop(agents);
     drop(server);

@@ -240,16 +240,32 @@ fn servers(cfg: &AgentConfig, gossip: &Gossip) -> Vec<String> {
     out
 }
 
-/// Runs an agent until `shutdown` resolves. `on_ready` gets the shared state once every port
-/// is bound (tests and `shoal dev` use it).
-pub async fn run<F>(
+/// A started agent: its state and the tasks that run until the stop signal.
+pub struct Started {
+    /// The shared state (for the API routes).
+    pub state: AgentState,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Started {
+    /// Waits (at most 5 s each) for the agent's tasks after the stop signal.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// Starts the agent's parts until `stop` turns true: the model follower and its cache, the
+/// local instances with their checks, the view, and DNS. On `gossip` when given (a server
+/// embedding the agent publishes through its own member); otherwise the agent joins gossip
+/// itself as an agent member. The API is not served here (see [`run`] and [`routes`]).
+pub async fn start(
     cfg: AgentConfig,
-    shutdown: F,
-    on_ready: impl FnOnce(AgentState),
-) -> anyhow::Result<()>
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
+    gossip: Option<Gossip>,
+    api_addr: Option<SocketAddr>,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<Started> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -271,16 +287,6 @@ where
         .iter()
         .map(|i| i.to_instance())
         .collect::<anyhow::Result<Vec<_>>>()?;
-
-    let listener = match cfg.api {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the agent API to {addr}"))?,
-        ),
-        None => None,
-    };
-    let api_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let dns_sockets = match cfg.dns {
         Some(addr) => {
             let udp = tokio::net::UdpSocket::bind(addr)
@@ -294,29 +300,26 @@ where
         }
         None => None,
     };
-
-    let name = cfg.node_name();
-    let mut meta = NodeMeta::new(Role::Agent, env!("CARGO_PKG_VERSION"));
-    meta.api_addr = api_addr.map(|a| a.to_string());
-    meta.dns_addr = dns_sockets.as_ref().map(|(_, _, a)| a.to_string());
-    meta.xds_addr = cfg.xds.map(|a| a.to_string());
-    meta.zone = cfg.zone.clone();
-    let mut gcfg = GossipConfig::new(name.clone(), cfg.gossip);
-    gcfg.seeds = cfg.join.clone();
-    let gossip = Gossip::start(gcfg, meta)
-        .await
-        .with_context(|| format!("starting gossip on {}", cfg.gossip))?;
+    let gossip = match gossip {
+        Some(g) => g,
+        None => {
+            let mut meta = NodeMeta::new(Role::Agent, env!("CARGO_PKG_VERSION"));
+            meta.api_addr = api_addr.map(|a| a.to_string());
+            meta.dns_addr = dns_sockets.as_ref().map(|(_, _, a)| a.to_string());
+            meta.xds_addr = cfg.xds.map(|a| a.to_string());
+            meta.zone = cfg.zone.clone();
+            let mut gcfg = GossipConfig::new(cfg.node_name(), cfg.gossip);
+            gcfg.seeds = cfg.join.clone();
+            Gossip::start(gcfg, meta)
+                .await
+                .with_context(|| format!("starting gossip on {}", cfg.gossip))?
+        }
+    };
     let gossip_addr = gossip
         .members()
         .into_iter()
         .find(|m| m.is_self)
         .map_or(cfg.gossip, |m| m.gossip_addr);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
 
     let cfg = Arc::new(cfg);
     let (model_tx, model_rx) = watch::channel(Arc::new(cached.unwrap_or_default()));
@@ -372,10 +375,9 @@ where
         stop_rx.clone(),
     )));
     if let (Some((udp, tcp, addr)), Some(handler)) = (dns_sockets, dns_handler) {
-        let stop = stop_rx.clone();
+        let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let stopped = async move {
-                let mut stop = stop;
                 let _ = stop.wait_for(|s| *s).await;
             };
             if let Err(e) = shoal_dns::serve_with(udp, tcp, handler, stopped).await {
@@ -384,15 +386,45 @@ where
         }));
         tracing::info!(dns = %addr, "DNS ready");
     }
+    tracing::info!(name = %gossip.local_name(), api = ?api_addr, gossip = %gossip_addr, "agent ready");
+    Ok(Started { state, tasks })
+}
 
-    tracing::info!(name = %name, api = ?api_addr, gossip = %gossip_addr, "agent ready");
+/// Runs an agent until `shutdown` resolves: [`start`] on its own gossip member, plus its HTTP
+/// API when configured. `on_ready` gets the shared state once every port is bound (tests and
+/// `shoal dev` use it).
+pub async fn run<F>(
+    cfg: AgentConfig,
+    shutdown: F,
+    on_ready: impl FnOnce(AgentState),
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    cfg.validate()?;
+    let listener = match cfg.api {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the agent API to {addr}"))?,
+        ),
+        None => None,
+    };
+    let api_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let started = start(cfg, None, api_addr, stop_rx.clone()).await?;
+    let state = started.state.clone();
     on_ready(state.clone());
     let mut stop = stop_rx.clone();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
     let served = match listener {
-        Some(l) => axum::serve(l, api::routes(state, true))
+        Some(l) => axum::serve(l, api::routes(state.clone(), true))
             .with_graceful_shutdown(stopped)
             .await
             .context("serving the agent API"),
@@ -401,11 +433,52 @@ where
             Ok(())
         }
     };
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
-    if let Err(e) = gossip.shutdown().await {
+    started.join().await;
+    if let Err(e) = state.gossip.shutdown().await {
         tracing::warn!(error = %e, "gossip did not stop cleanly");
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deployed_example_config_is_valid() {
+        let cfg: AgentConfig = toml::from_str(include_str!("../../../deploy/agent.toml.example"))
+            .expect("the example parses");
+        cfg.validate().unwrap();
+        assert_eq!(cfg.instances.len(), 1);
+        assert_eq!(
+            cfg.instances[0].to_instance().unwrap().key(),
+            "apps.local/colorteller/colorteller-red-1"
+        );
+        assert_eq!(cfg.dns, Some("127.0.0.1:8600".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_anything_starts() {
+        let mut c = AgentConfig::new("/tmp/x".into(), "0.0.0.0:7946".parse().unwrap());
+        c.validate().unwrap();
+        c.join = vec!["10.0.0.1:7946".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("--gossip"));
+        c.join.clear();
+        c.instances.push(ConfigInstance {
+            namespace: "apps.local".into(),
+            service: "web".into(),
+            mesh: String::new(),
+            virtual_node: String::new(),
+            id: "bad/id".into(),
+            address: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            attributes: Default::default(),
+        });
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("bad/id") && e.contains("instance id"), "{e}");
+        assert!(toml::from_str::<AgentConfig>(
+            "data_dir = \"/x\"\ngossip = \"1.2.3.4:1\"\nnope = 1"
+        )
+        .is_err());
+    }
 }
