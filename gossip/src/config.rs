@@ -32,8 +32,10 @@ pub struct GossipConfig {
     /// How long the state of a dead node is kept (half of it still gossiped) before it is
     /// forgotten.
     pub dead_node_grace: Duration,
-    /// How long a deleted key's tombstone is kept; a peer partitioned for longer gets that
-    /// node's state reset.
+    /// How long a deleted key's tombstone (e.g. a withdrawn instance) is kept and gossiped
+    /// after the deletion; a peer cut off for longer than this cannot replay the deletion and
+    /// gets that node's whole state again instead. Longer costs memory per deleted key, shorter
+    /// costs full-state transfers after partitions.
     pub marked_for_deletion_grace: Duration,
 }
 

@@ -1,21 +1,28 @@
-//! The running member: a chitchat instance plus a cached, typed view of the live members.
+//! The running member: a chitchat instance plus cached, typed views of the live members and of
+//! the endpoints they publish.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::UdpTransport;
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
-    NodeState, ProtocolVersion,
+    ListenerHandle, NodeState, ProtocolVersion,
 };
-use tokio::sync::watch;
+use shoal_model::discovery::{Endpoint, Instance};
+use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
 use crate::config::GossipConfig;
+use crate::endpoints::{newest_live, EndpointCache};
 use crate::keys;
 use crate::member::{diff, newest_per_name, parse_member, Member, MemberEvent, NodeMeta};
+
+/// Shortest time between two rebuilds of the endpoint view: changes that arrive closer together
+/// (a delta of many instance keys, a burst of local publications) are handled by one rebuild.
+const REFRESH_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why a gossip operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +55,27 @@ pub enum Error {
     /// The gossip loop ended with an error (its socket broke) or panicked.
     #[error("gossip shutdown: {0}")]
     Shutdown(String),
+    /// [`Gossip::publish_instance`] was given an instance that [`Instance::normalize`] refuses
+    /// or would change, or [`Gossip::withdraw_instance`] a key that cannot be an instance key.
+    #[error("invalid instance: {0}")]
+    InvalidInstance(String),
+    /// Publishing one more instance would exceed [`keys::MAX_INSTANCES_PER_NODE`].
+    #[error("this node already publishes {max} instances, the most one node may")]
+    TooManyInstances {
+        /// [`keys::MAX_INSTANCES_PER_NODE`].
+        max: usize,
+    },
+    /// Publishing this value would make this node's instance keys and values larger than
+    /// [`keys::MAX_INSTANCE_BYTES_PER_NODE`].
+    #[error("publishing {key:?} would take this node's instance records to {bytes} bytes, more than the {max} allowed")]
+    InstanceBytesExceeded {
+        /// The key that was to be written.
+        key: String,
+        /// The total the node's instance keys and values would have taken, in bytes.
+        bytes: usize,
+        /// [`keys::MAX_INSTANCE_BYTES_PER_NODE`].
+        max: usize,
+    },
 }
 
 /// A running gossip member. Cheap to clone: clones share one chitchat instance. Dropping the
@@ -61,6 +89,8 @@ struct Inner {
     shared: Arc<Shared>,
     handle: Mutex<Option<ChitchatHandle>>,
     watcher: AbortHandle,
+    /// Keeps chitchat's instance-key listener registered (dropping it unsubscribes).
+    _listener: ListenerHandle,
 }
 
 impl Drop for Inner {
@@ -77,6 +107,16 @@ struct Shared {
     /// chitchat's live nodes (including self), as of its last gossip round.
     live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
     members: watch::Sender<Vec<Member>>,
+    /// Decoded instance values per node; only used with the chitchat lock held.
+    endpoint_cache: Mutex<EndpointCache>,
+    /// The endpoint view.
+    endpoints: watch::Sender<Arc<Vec<Endpoint>>>,
+    /// Bumped after every change of `endpoints`.
+    endpoint_epoch: watch::Sender<u64>,
+    /// Instance values skipped because they could not be decoded (once per key version).
+    invalid_values: AtomicU64,
+    /// Wakes the view task: an instance key was written here or arrived from a peer.
+    wake: Arc<Notify>,
 }
 
 /// Last generation handed out in this process, so that two starts within one millisecond (or
@@ -135,24 +175,59 @@ impl Gossip {
                 reason: format!("{err:#}"),
             })?;
         let chitchat = handle.chitchat();
-        let live = chitchat.lock().await.live_nodes_watcher();
+        let wake = Arc::new(Notify::new());
+        let (live, listener) = {
+            let chitchat = chitchat.lock().await;
+            let wake = wake.clone();
+            // Called with the chitchat lock held, for every instance key set here or applied
+            // from a peer's delta (not for deletions: those change the node's max version,
+            // which the live-nodes watcher reports at the end of the gossip round).
+            let listener =
+                chitchat.subscribe_event(keys::INSTANCE_PREFIX, move |_| wake.notify_one());
+            (chitchat.live_nodes_watcher(), listener)
+        };
         let (members, _) = watch::channel(Vec::new());
+        let (endpoints, _) = watch::channel(Arc::new(Vec::new()));
+        let (endpoint_epoch, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             self_id,
             chitchat,
             live,
             members,
+            endpoint_cache: Mutex::new(EndpointCache::default()),
+            endpoints,
+            endpoint_epoch,
+            invalid_values: AtomicU64::new(0),
+            wake,
         });
         // The view holds at least this node from the start.
         shared.refresh(&*shared.chitchat.lock().await);
 
+        // One task keeps both views current: the live-nodes watcher fires at the end of a
+        // gossip round in which a node joined, died or changed any key (deletions included);
+        // the listener wakes it as soon as an instance key is written.
         let task_shared = shared.clone();
         let mut live_changes = shared.live.clone();
         let watcher = tokio::spawn(async move {
-            while live_changes.changed().await.is_ok() {
-                let chitchat = task_shared.chitchat.lock().await;
-                task_shared.refresh(&chitchat);
+            loop {
+                let membership = tokio::select! {
+                    changed = live_changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        true
+                    }
+                    () = task_shared.wake.notified() => false,
+                };
+                {
+                    let chitchat = task_shared.chitchat.lock().await;
+                    if membership {
+                        task_shared.refresh(&chitchat);
+                    }
+                    task_shared.refresh_endpoints(&chitchat);
+                }
+                tokio::time::sleep(REFRESH_PAUSE).await;
             }
         })
         .abort_handle();
@@ -171,6 +246,7 @@ impl Gossip {
                 shared,
                 handle: Mutex::new(Some(handle)),
                 watcher,
+                _listener: listener,
             }),
         })
     }
@@ -220,7 +296,9 @@ impl Gossip {
     /// Publishes `value` under `key` in this node's gossip state, for every node to read.
     /// `key` must start with a prefix of [`keys::APP_PREFIXES`] (node metadata is written only
     /// through [`Gossip::set_meta`]) and `value` be at most [`keys::MAX_VALUE_LEN`] bytes.
-    /// Setting the current value again sends nothing.
+    /// Setting the current value again sends nothing. Instance keys count against the
+    /// per-node instance limits, but their values are not checked: use
+    /// [`Gossip::publish_instance`].
     pub async fn set_key(&self, key: &str, value: &str) -> Result<(), Error> {
         if !keys::is_app_key(key) {
             return Err(Error::InvalidKey(key.to_string()));
@@ -232,8 +310,28 @@ impl Gossip {
                 max: keys::MAX_VALUE_LEN,
             });
         }
-        let mut chitchat = self.inner.shared.chitchat.lock().await;
-        chitchat.self_node_state().set(key, value);
+        self.write_app_key(key, value).await
+    }
+
+    /// Writes an application key after the checks of [`Gossip::set_key`], keeping instance keys
+    /// within the per-node budget.
+    async fn write_app_key(&self, key: &str, value: &str) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let mut chitchat = shared.chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        if key.starts_with(keys::INSTANCE_PREFIX) {
+            let published = state
+                .iter_prefix(keys::INSTANCE_PREFIX)
+                .map(|(k, v)| (k, v.value.as_str()));
+            keys::check_instance_budget(published, key, value)?;
+        }
+        let before = state.max_version();
+        state.set(key, value);
+        let changed = state.max_version() != before;
+        drop(chitchat);
+        if changed {
+            shared.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -244,12 +342,89 @@ impl Gossip {
         if !keys::is_app_key(key) {
             return Err(Error::InvalidKey(key.to_string()));
         }
-        let mut chitchat = self.inner.shared.chitchat.lock().await;
-        let state = chitchat.self_node_state();
-        if state.get(key).is_some() {
-            state.delete(key);
-        }
+        self.remove_app_key(key).await;
         Ok(())
+    }
+
+    /// Tombstones `key` if it holds a value; returns whether it did.
+    async fn remove_app_key(&self, key: &str) -> bool {
+        let shared = &self.inner.shared;
+        let mut chitchat = shared.chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        if state.get(key).is_none() {
+            return false;
+        }
+        state.delete(key);
+        drop(chitchat);
+        // chitchat's listeners are not told about deletions.
+        shared.wake.notify_one();
+        true
+    }
+
+    /// Publishes `instance`, registered on this host, with the result of its health checks,
+    /// under `inst:<instance.key()>` (the format is in [`keys`]). Every member's
+    /// [`Gossip::endpoints`] lists it within a few gossip rounds, this node's at once (after
+    /// the next view rebuild, a few milliseconds).
+    ///
+    /// Publishing an unchanged instance with unchanged health sends nothing, so the caller may
+    /// re-publish after every health check. `instance` must be normalized (returned by
+    /// [`Instance::normalize`]), so that its key is the one readers compute; a node publishes at
+    /// most [`keys::MAX_INSTANCES_PER_NODE`] instances taking at most
+    /// [`keys::MAX_INSTANCE_BYTES_PER_NODE`] bytes.
+    pub async fn publish_instance(&self, instance: &Instance, healthy: bool) -> Result<(), Error> {
+        match instance.clone().normalize() {
+            Ok(normalized) if normalized == *instance => {}
+            Ok(_) => {
+                return Err(Error::InvalidInstance(format!(
+                    "instance {} is not normalized (see Instance::normalize)",
+                    instance.key()
+                )))
+            }
+            Err(err) => return Err(Error::InvalidInstance(err.0)),
+        }
+        let key = keys::instance_key(&instance.key());
+        if !keys::is_app_key(&key) {
+            return Err(Error::InvalidKey(key));
+        }
+        self.write_app_key(&key, &keys::encode_instance(instance, healthy))
+            .await
+    }
+
+    /// Withdraws the instance whose [`Instance::key`] is `key` (a chitchat tombstone: every
+    /// member drops it from its view within a few gossip rounds; the tombstone itself is kept
+    /// for [`GossipConfig::marked_for_deletion_grace`]). Returns whether it was published.
+    pub async fn withdraw_instance(&self, key: &str) -> Result<bool, Error> {
+        let full = keys::instance_key(key);
+        if key.is_empty() || !keys::is_app_key(&full) {
+            return Err(Error::InvalidInstance(format!(
+                "{key:?} is not an instance key"
+            )));
+        }
+        Ok(self.remove_app_key(&full).await)
+    }
+
+    /// The endpoint view: every instance published by a live member (this node included),
+    /// with its health, sorted (by instance, then host). Only the newest generation of each
+    /// member name counts, so a restarted host's instances replace its previous process's as
+    /// soon as the new process is live, and a dead host's instances leave the view when the
+    /// failure detector declares it dead. Withdrawn instances and values that cannot be decoded
+    /// are left out. Reads a cached view; never waits.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.inner.shared.endpoints.borrow().as_ref().clone()
+    }
+
+    /// A counter that grows each time [`Gossip::endpoints`] changes (an instance published,
+    /// changed or withdrawn anywhere, a member dead, restarted or back). Changes are coalesced:
+    /// the view is rebuilt at most once per 20 ms, and a rebuild that changes nothing bumps
+    /// nothing. Wait with `changed()`, then read [`Gossip::endpoints`].
+    pub fn subscribe_endpoints(&self) -> watch::Receiver<u64> {
+        self.inner.shared.endpoint_epoch.subscribe()
+    }
+
+    /// How many instance values this node has skipped because they could not be decoded or
+    /// did not match their key (each key version counted once, on the live nodes' state only).
+    pub fn invalid_instance_values(&self) -> u64 {
+        self.inner.shared.invalid_values.load(Ordering::Relaxed)
     }
 
     /// Stops gossiping (for every clone) and waits for the UDP socket to close. Peers notice
@@ -277,6 +452,33 @@ impl Gossip {
 }
 
 impl Shared {
+    /// Rebuilds the endpoint view from the newest live generation of every node, and publishes
+    /// it (bumping the epoch) if it changed. Called with the chitchat lock held.
+    fn refresh_endpoints(&self, chitchat: &Chitchat) {
+        let chosen = newest_live(&self.self_id, chitchat.live_nodes());
+        let nodes = chosen
+            .into_iter()
+            .filter_map(|id| Some((id, chitchat.node_state(id)?)));
+        let (next, garbage) = self
+            .endpoint_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .view(nodes, |id| chitchat.node_state(id).is_some());
+        if garbage > 0 {
+            self.invalid_values.fetch_add(garbage, Ordering::Relaxed);
+        }
+        let changed = self.endpoints.send_if_modified(|current| {
+            if **current == next {
+                return false;
+            }
+            *current = Arc::new(next);
+            true
+        });
+        if changed {
+            self.endpoint_epoch.send_modify(|epoch| *epoch += 1);
+        }
+    }
+
     /// Recomputes the member view from chitchat's live nodes and this node's current state,
     /// and publishes it if it changed. Called with the chitchat lock held, which orders all
     /// refreshes: a view computed from older state can never overwrite a newer one.
@@ -321,5 +523,59 @@ impl Shared {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::member::Role;
+
+    fn instance(id: &str) -> Instance {
+        Instance {
+            namespace: "apps.local".into(),
+            service: "web".into(),
+            mesh: String::new(),
+            virtual_node: String::new(),
+            id: id.into(),
+            address: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    async fn max_version(gossip: &Gossip) -> u64 {
+        let mut chitchat = gossip.inner.shared.chitchat.lock().await;
+        chitchat.self_node_state().max_version()
+    }
+
+    #[tokio::test]
+    async fn republishing_an_unchanged_instance_does_not_bump_the_version() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr: SocketAddr = socket.local_addr().unwrap();
+        drop(socket);
+        let gossip = Gossip::start(
+            GossipConfig::new("n", addr),
+            NodeMeta::new(Role::Agent, "0"),
+        )
+        .await
+        .unwrap();
+        let web = instance("web-1");
+        gossip.publish_instance(&web, true).await.unwrap();
+        let published = max_version(&gossip).await;
+        for _ in 0..3 {
+            gossip.publish_instance(&web, true).await.unwrap();
+        }
+        assert_eq!(max_version(&gossip).await, published);
+        gossip.publish_instance(&web, false).await.unwrap();
+        assert_eq!(max_version(&gossip).await, published + 1);
+        // Withdrawing twice writes one tombstone.
+        assert!(gossip.withdraw_instance(&web.key()).await.unwrap());
+        assert!(!gossip.withdraw_instance(&web.key()).await.unwrap());
+        assert_eq!(max_version(&gossip).await, published + 2);
+        gossip.shutdown().await.unwrap();
     }
 }

@@ -7,11 +7,82 @@
 //! * **metadata keys** ([`SCHEMA`], [`ROLE`], …): bare words without a `:`, written only by
 //!   [`crate::Gossip::start`] and [`crate::Gossip::set_meta`] and read back by the member parser;
 //! * **application keys**: `<prefix><rest>` where the prefix is one of [`APP_PREFIXES`] (today
-//!   only [`INSTANCE_PREFIX`]); written through [`crate::Gossip::set_key`], which refuses any
-//!   other key so that an application key can never shadow or delete node metadata.
+//!   only [`INSTANCE_PREFIX`]); written through [`crate::Gossip::publish_instance`] /
+//!   [`crate::Gossip::withdraw_instance`] or the raw [`crate::Gossip::set_key`] /
+//!   [`crate::Gossip::delete_key`], which refuse any other key so that an application key can
+//!   never shadow or delete node metadata.
 //!
-//! Keys are short because every node's full state travels in gossip datagrams (chitchat caps a
-//! datagram at 65,507 bytes and sends digests unsplit).
+//! Keys are short because every node's full state travels in gossip datagrams (see
+//! [below](#how-large-a-nodes-state-may-be)).
+//!
+//! # Instance keys
+//!
+//! An agent publishes each service instance registered on its host, with the result of its
+//! health checks, as one key-value ([`crate::Gossip::publish_instance`]):
+//!
+//! ```text
+//! inst:<instance key>  =  <health><instance JSON>
+//! inst:apps.local/web/web-1  =  1{"ns":"apps.local","svc":"web","id":"web-1","ip":"10.0.1.5","port":8080}
+//! ```
+//!
+//! * `<instance key>` is [`Instance::key`] of the (normalized) instance: `<namespace>/<service>/<id>`
+//!   for a Cloud Map instance, `@<mesh>/<virtual node>/<id>` for one registered only for a
+//!   virtual node. At most 195 bytes, so the whole key stays under [`MAX_KEY_LEN`].
+//! * `<health>` is one ASCII byte: [`HEALTHY`] (`1`, checks pass) or [`UNHEALTHY`] (`0`).
+//! * `<instance JSON>` is [`Instance::encode`]: compact JSON with short member names, at most
+//!   [`shoal_model::discovery::MAX_RECORD`] bytes.
+//!
+//! Health and record share one key on purpose. chitchat versions and ships whole key-values, so
+//! a health flip re-sends this one key-value (key + value + 12 bytes of framing, about 150 bytes
+//! for a typical instance, zstd-compressed with the rest of the delta). A separate health key
+//! would make a flip a few dozen bytes cheaper but double the keys per instance and let a reader
+//! see an instance without its health. Publishing an unchanged value sends nothing (chitchat
+//! keeps the version of a key whose value does not change), so an agent may re-publish every
+//! instance after every health check round.
+//!
+//! A reader skips (and counts, see [`crate::Gossip::invalid_instance_values`]) a value that is
+//! empty, starts with another byte, holds JSON that [`Instance::decode`] refuses, or describes an
+//! instance whose key is not the one it is stored under. A future health state therefore needs a
+//! new leading byte and must be rolled out to readers before writers use it.
+//!
+//! Withdrawing an instance deletes its key ([`crate::Gossip::withdraw_instance`]): chitchat keeps
+//! a tombstone, gossiped like a write so that every reader drops the instance, for
+//! [`crate::GossipConfig::marked_for_deletion_grace`] (default 15 minutes) and then forgets it.
+//! A peer that was cut off for longer than that cannot replay the deletion; chitchat detects
+//! this (its digest is older than the tombstones collected since) and resends that node's
+//! whole state, so a withdrawn instance cannot come back.
+//!
+//! # How large a node's state may be
+//!
+//! What chitchat 0.13 does on the wire (read from its source, `server.rs`, `state.rs`,
+//! `delta.rs`):
+//!
+//! * Every message is one UDP datagram of at most [`MAX_DATAGRAM`] = 65,507 bytes. On a network
+//!   with a 1,500-byte MTU a full datagram travels as about 45 IP fragments and is lost if one
+//!   fragment is; on loopback it is one packet. chitchat does not set the socket buffer sizes.
+//! * A SYN carries the digest of every node the sender knows, never split: per node its id
+//!   (2 + name + 8 + 7 bytes for IPv4 or 19 for IPv6) plus 24 bytes of heartbeat and versions,
+//!   about 70 bytes with a 30-byte name. The digest therefore caps the cluster at roughly 900
+//!   nodes, and the reply (SYN-ACK: digest + delta) has less room for data as the cluster grows.
+//! * A delta is **not** limited to one datagram's worth of state: the sender puts in the
+//!   key-values the peer lacks in version order, nodes the peer does not know first, and stops
+//!   at the datagram budget; the peer asks for the rest in its next exchanges. Deltas are
+//!   zstd-compressed in 16 KiB blocks (the budget counts the open block uncompressed). Only a
+//!   single key-value must fit whole, which [`MAX_VALUE_LEN`] guarantees.
+//! * Each gossip round a node starts exchanges with 3 random live peers (plus sometimes a seed
+//!   and a dead node) and answers the exchanges others start; each exchange moves at most one
+//!   delta each way.
+//!
+//! So the size of a node's state is a matter of time and memory, not of packet size: a host
+//! with 1,000 typical instances (about 150 bytes per key-value, 150 KB raw, a few datagrams once
+//! compressed) reaches a new peer within a few exchanges, and every node keeps every node's
+//! instances in memory. shoal bounds both with [`MAX_INSTANCES_PER_NODE`] and
+//! [`MAX_INSTANCE_BYTES_PER_NODE`]: at most 1,000 instances and 1 MiB of instance keys and
+//! values per host; even incompressible, 1 MiB is 19 full datagrams in a 100-node cluster (a few
+//! rounds of exchanges), and 100 full hosts cost each node about 100 MiB. Publishing beyond either cap fails with
+//! [`crate::Error::TooManyInstances`] or [`crate::Error::InstanceBytesExceeded`].
+
+use shoal_model::discovery::{Instance, InvalidInstance};
 
 use crate::member::{NodeMeta, Role};
 
@@ -59,8 +130,20 @@ pub const METADATA_KEYS: [&str; 11] = [
 ];
 
 /// Prefix of the keys under which an agent publishes a registered service instance
-/// (`inst:<instance key>`, one key per instance); reserved for the instance issue.
+/// (`inst:<instance key>`, one key per instance; see the [module docs](self#instance-keys)).
 pub const INSTANCE_PREFIX: &str = "inst:";
+
+/// First byte of an instance value whose health checks pass.
+pub const HEALTHY: u8 = b'1';
+/// First byte of an instance value whose health checks fail.
+pub const UNHEALTHY: u8 = b'0';
+
+/// Most instances one node may publish (see the [module docs](self#how-large-a-nodes-state-may-be)).
+pub const MAX_INSTANCES_PER_NODE: usize = 1_000;
+/// Most bytes of instance keys and values (prefix included) one node may publish.
+pub const MAX_INSTANCE_BYTES_PER_NODE: usize = 1 << 20;
+/// Largest UDP payload chitchat 0.13 sends or receives (its `MAX_UDP_DATAGRAM_PAYLOAD_SIZE`).
+pub const MAX_DATAGRAM: usize = 65_507;
 
 /// Prefixes [`crate::Gossip::set_key`] accepts. A new family of application keys gets its
 /// prefix here, so that every key on the wire is listed in this module.
@@ -84,6 +167,80 @@ pub fn is_app_key(key: &str) -> bool {
         && APP_PREFIXES
             .iter()
             .any(|prefix| key.len() > prefix.len() && key.starts_with(prefix))
+}
+
+/// The chitchat key of the instance whose [`Instance::key`] is `instance_key`.
+pub fn instance_key(instance_key: &str) -> String {
+    format!("{INSTANCE_PREFIX}{instance_key}")
+}
+
+/// The value published for `instance`: the health byte, then [`Instance::encode`].
+pub fn encode_instance(instance: &Instance, healthy: bool) -> String {
+    let health = if healthy { HEALTHY } else { UNHEALTHY };
+    let json = instance.encode();
+    let mut value = String::with_capacity(1 + json.len());
+    value.push(char::from(health));
+    value.push_str(&json);
+    value
+}
+
+/// Reads an instance value back: the instance and whether it is healthy. `key` is the full
+/// chitchat key (with [`INSTANCE_PREFIX`]); the decoded instance must be the one that key names.
+pub fn decode_instance(key: &str, value: &str) -> Result<(Instance, bool), InvalidInstance> {
+    let Some(name) = key.strip_prefix(INSTANCE_PREFIX) else {
+        return Err(InvalidInstance(format!("{key:?} is not an instance key")));
+    };
+    let healthy = match value.as_bytes().first() {
+        Some(&HEALTHY) => true,
+        Some(&UNHEALTHY) => false,
+        Some(other) => {
+            return Err(InvalidInstance(format!(
+                "unknown health byte {:?}",
+                char::from(*other)
+            )))
+        }
+        None => return Err(InvalidInstance("empty instance value".into())),
+    };
+    // The first byte is ASCII, so slicing after it stays on a char boundary.
+    let instance = Instance::decode(&value[1..])?;
+    if instance.key() != name {
+        return Err(InvalidInstance(format!(
+            "instance {} published under key {name:?}",
+            instance.key()
+        )));
+    }
+    Ok((instance, healthy))
+}
+
+/// Checks that this node may store `value` under the instance key `key`, given the instance
+/// key-values it already publishes (`published`, which may include `key` itself): the count
+/// stays within [`MAX_INSTANCES_PER_NODE`] and the bytes within [`MAX_INSTANCE_BYTES_PER_NODE`].
+pub(crate) fn check_instance_budget<'a>(
+    published: impl IntoIterator<Item = (&'a str, &'a str)>,
+    key: &str,
+    value: &str,
+) -> Result<(), crate::Error> {
+    let mut count = 1;
+    let mut bytes = key.len() + value.len();
+    for (k, v) in published {
+        if k != key {
+            count += 1;
+            bytes += k.len() + v.len();
+        }
+    }
+    if count > MAX_INSTANCES_PER_NODE {
+        return Err(crate::Error::TooManyInstances {
+            max: MAX_INSTANCES_PER_NODE,
+        });
+    }
+    if bytes > MAX_INSTANCE_BYTES_PER_NODE {
+        return Err(crate::Error::InstanceBytesExceeded {
+            key: key.to_string(),
+            bytes,
+            max: MAX_INSTANCE_BYTES_PER_NODE,
+        });
+    }
+    Ok(())
 }
 
 /// The metadata key-values of `meta`; `None` means "the key must be absent" (an optional field
@@ -233,6 +390,175 @@ mod tests {
         assert!(!is_app_key(""));
         assert!(is_app_key(&format!("inst:{}", "a".repeat(MAX_KEY_LEN - 5))));
         assert!(!is_app_key(&format!("inst:{}", "a".repeat(MAX_KEY_LEN))));
+    }
+
+    fn web(id: &str) -> Instance {
+        Instance {
+            namespace: "apps.local".into(),
+            service: "web".into(),
+            mesh: String::new(),
+            virtual_node: String::new(),
+            id: id.into(),
+            address: "10.0.1.5".parse().unwrap(),
+            port: 8080,
+            attributes: BTreeMap::from([("AZ".to_string(), "eu-west-1a".to_string())]),
+        }
+    }
+
+    /// An instance with every name at its longest and the largest record allowed.
+    fn largest() -> Instance {
+        let name = |c: char| c.to_string().repeat(shoal_model::discovery::MAX_NAME);
+        let mut inst = Instance {
+            namespace: name('n'),
+            service: name('s'),
+            mesh: name('m'),
+            virtual_node: name('v'),
+            id: name('i'),
+            address: "2001:db8::1".parse().unwrap(),
+            port: 65535,
+            attributes: BTreeMap::new(),
+        };
+        let mut i = 0;
+        while inst.encode().len() + 170 < shoal_model::discovery::MAX_RECORD {
+            inst.attributes.insert(format!("k{i:02}"), "x".repeat(150));
+            i += 1;
+        }
+        inst.normalize().expect("largest instance is valid")
+    }
+
+    #[test]
+    fn instance_values_round_trip() {
+        let node_only = Instance {
+            namespace: String::new(),
+            service: String::new(),
+            mesh: "m1".into(),
+            virtual_node: "vn-a".into(),
+            attributes: BTreeMap::new(),
+            ..web("a-1")
+        };
+        for inst in [web("web-1"), node_only, largest()] {
+            let key = instance_key(&inst.key());
+            assert!(is_app_key(&key), "{key}");
+            for healthy in [true, false] {
+                let value = encode_instance(&inst, healthy);
+                assert!(value.len() <= MAX_VALUE_LEN);
+                assert_eq!(decode_instance(&key, &value), Ok((inst.clone(), healthy)));
+            }
+        }
+        assert_eq!(
+            encode_instance(&web("web-1"), true),
+            r#"1{"ns":"apps.local","svc":"web","id":"web-1","ip":"10.0.1.5","port":8080,"attrs":{"AZ":"eu-west-1a"}}"#
+        );
+        assert!(encode_instance(&web("web-1"), false).starts_with("0{"));
+    }
+
+    #[test]
+    fn garbage_instance_values_are_refused() {
+        let key = instance_key("apps.local/web/web-1");
+        let json = web("web-1").encode();
+        let garbage = [
+            String::new(),
+            "1".into(),
+            "2".to_string() + &json,
+            "h".to_string() + &json,
+            json.clone(),
+            "1not json".into(),
+            "1{}".into(),
+            "1[1,2]".into(),
+            "1".to_string() + &json.replace("8080", "0"),
+            "1".to_string() + &json.replace("web-1", "web 1"),
+            "1".to_string() + &json + "x",
+            "\u{e9}".to_string() + &json,
+            "1".to_string() + &"{".repeat(10_000),
+        ];
+        for value in &garbage {
+            assert!(decode_instance(&key, value).is_err(), "{value:?}");
+        }
+        // A valid record under another instance's key, or under a non-instance key.
+        let other = encode_instance(&web("web-2"), true);
+        assert!(decode_instance(&key, &other).is_err());
+        assert!(decode_instance("apps.local/web/web-1", &other).is_err());
+        assert!(decode_instance("role", "1{}").is_err());
+    }
+
+    #[test]
+    fn the_instance_budget_caps_count_and_bytes() {
+        let kvs: Vec<(String, String)> = (0..MAX_INSTANCES_PER_NODE)
+            .map(|i| {
+                let inst = web(&format!("web-{i}"));
+                (instance_key(&inst.key()), encode_instance(&inst, true))
+            })
+            .collect();
+        let published = || kvs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let (last_key, last_value) = kvs.last().unwrap();
+        // Publishing the 1,000th is fine, the 1,001st is refused; re-publishing one is fine.
+        let (first, rest) = kvs.split_last().unwrap();
+        let rest = || rest.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        assert!(check_instance_budget(rest(), &first.0, &first.1).is_ok());
+        let new = instance_key("apps.local/web/web-new");
+        assert!(matches!(
+            check_instance_budget(published(), &new, last_value),
+            Err(crate::Error::TooManyInstances {
+                max: MAX_INSTANCES_PER_NODE
+            })
+        ));
+        assert!(check_instance_budget(published(), last_key, "0{}").is_ok());
+        // Large records hit the byte cap first.
+        let big = encode_instance(&largest(), true);
+        let big_kvs: Vec<(String, String)> = (0..MAX_INSTANCE_BYTES_PER_NODE / big.len())
+            .map(|i| (instance_key(&format!("x/y/{i}")), big.clone()))
+            .collect();
+        let err = check_instance_budget(
+            big_kvs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &new,
+            &big,
+        );
+        assert!(
+            matches!(err, Err(crate::Error::InstanceBytesExceeded { bytes, .. }) if bytes > MAX_INSTANCE_BYTES_PER_NODE),
+            "{err:?}"
+        );
+    }
+
+    /// Bytes of one node's entry in a V0 digest: id (name, generation, address) + heartbeat,
+    /// last GC version and max version.
+    fn digest_entry_len(name_len: usize, ipv6: bool) -> usize {
+        2 + name_len + 8 + if ipv6 { 19 } else { 7 } + 24
+    }
+
+    #[test]
+    fn limits_of_a_node_state_on_the_wire() {
+        // The message header is 4 bytes; a SYN-ACK also carries the sender's digest.
+        let budget = |nodes: usize| MAX_DATAGRAM - 4 - 2 - nodes * digest_entry_len(30, true);
+
+        // The digest of the whole cluster travels unsplit: it caps the cluster size.
+        let max_nodes = (MAX_DATAGRAM - 4 - 2) / digest_entry_len(30, false);
+        assert!((800..1_000).contains(&max_nodes), "{max_nodes}");
+
+        // One key-value always fits one delta (chitchat never splits a key-value), even with
+        // the digest of a 500-node cluster in the same datagram and in one 16 KiB zstd block.
+        let inst = largest();
+        let key = instance_key(&inst.key());
+        let value = encode_instance(&inst, true);
+        assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_VALUE_LEN);
+        let node_op = 1 + digest_entry_len(MAX_KEY_LEN, true) - 8;
+        assert!(node_op + kv_wire_len(&key, &value) < 16 * 1024);
+        assert!(node_op + kv_wire_len(&key, &value) < budget(500));
+
+        // A host with the most instances of a typical size: about 150 KB raw, a handful of
+        // datagrams even before compression.
+        let typical: usize = (0..MAX_INSTANCES_PER_NODE)
+            .map(|i| {
+                let inst = web(&format!("web-{i:04}"));
+                kv_wire_len(&instance_key(&inst.key()), &encode_instance(&inst, true))
+            })
+            .sum();
+        assert!(typical < MAX_INSTANCE_BYTES_PER_NODE);
+        assert!(typical.div_ceil(budget(100)) <= 3, "{typical} bytes");
+
+        // The byte cap, incompressible, in a 100-node cluster: 19 full datagrams (each exchange
+        // moves one).
+        let worst = MAX_INSTANCE_BYTES_PER_NODE + MAX_INSTANCES_PER_NODE * 12;
+        assert_eq!(worst.div_ceil(budget(100)), 19, "{worst} bytes");
     }
 
     #[test]
