@@ -134,7 +134,11 @@ async fn register(State(s): State<AgentState>, body: axum::body::Bytes) -> Respo
             tracing::info!(instance = %key, address = %inst.address, port = inst.port, "registered");
             (StatusCode::OK, Json(json!({"key": key, "instance": inst}))).into_response()
         }
-        Err(e) => {
+        Err(e @ super::local::RegisterError::Full { .. }) => error_response(&ApiError::new(
+            shoal_model::ErrorKind::LimitExceeded,
+            e.to_string(),
+        )),
+        Err(super::local::RegisterError::Store(e)) => {
             tracing::error!(error = %e, "cannot persist a registration");
             error_response(&ApiError::new(
                 shoal_model::ErrorKind::InternalServerError,

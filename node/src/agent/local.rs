@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use shoal_gossip::keys::MAX_INSTANCES_PER_NODE;
 use shoal_gossip::Gossip;
 use shoal_model::api::HealthCheckPolicy;
 use shoal_model::discovery::Instance;
@@ -32,6 +33,20 @@ struct Inner {
     checks: BTreeMap<String, Running>,
     /// What was last published for each key: the instance and its health.
     published: BTreeMap<String, (Instance, bool)>,
+}
+
+/// Why a registration was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The host already holds as many instances as gossip carries per node.
+    #[error("this host already has {max} instances, the most one host may register")]
+    Full {
+        /// The limit.
+        max: usize,
+    },
+    /// The registrations file could not be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The registry of this host's instances. Cheap to clone; clones share it.
@@ -81,9 +96,16 @@ impl Local {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers (or replaces) `inst` and persists the registrations before returning.
-    pub fn register(&self, inst: Instance) -> Result<(), StoreError> {
+    /// Registers (or replaces) `inst` and persists the registrations before returning. A host
+    /// holds at most [`MAX_INSTANCES_PER_NODE`] instances (what gossip carries per node).
+    pub fn register(&self, inst: Instance) -> Result<(), RegisterError> {
         let mut inner = self.lock();
+        let key = inst.key();
+        if !all(&inner).contains_key(&key) && all(&inner).len() >= MAX_INSTANCES_PER_NODE {
+            return Err(RegisterError::Full {
+                max: MAX_INSTANCES_PER_NODE,
+            });
+        }
         let mut next = inner.registered.clone();
         next.insert(inst.key(), inst);
         inner.store.save(next.values())?;
@@ -160,6 +182,8 @@ pub async fn run(
         for (inst, healthy) in publish {
             if let Err(e) = gossip.publish_instance(&inst, healthy).await {
                 tracing::warn!(instance = %inst.key(), error = %e, "cannot publish an instance");
+                // Try again at the next pass.
+                local.lock().published.remove(&inst.key());
             }
         }
         for key in withdraw {
@@ -216,9 +240,14 @@ fn reconcile(local: &Local, model: &Model) -> (Vec<(Instance, bool)>, Vec<String
     }
     let mut publish = Vec::new();
     for (key, (inst, _)) in &want {
-        let healthy = match inner.checks.get(key) {
+        let healthy = match inner.checks.get(key).map(|r| r.handle.state()) {
             None => true,
-            Some(r) => r.handle.state() == HealthState::Healthy,
+            Some(HealthState::Healthy) => true,
+            Some(HealthState::Unhealthy) => false,
+            // No result yet (the first probe runs at once): keep what was published, and
+            // publish a new instance only once its first probe has answered, so that a
+            // restarting agent does not flap its instances to unhealthy.
+            Some(HealthState::Unknown) => continue,
         };
         let entry = (inst.clone(), healthy);
         if inner.published.get(key) != Some(&entry) {
