@@ -207,6 +207,10 @@ pub struct DevConfig {
     pub api: SocketAddr,
     /// `--raft`.
     pub raft: SocketAddr,
+    /// `--gossip` of the embedded agent (UDP).
+    pub gossip: SocketAddr,
+    /// `--dns` of the embedded agent (UDP and TCP).
+    pub dns: SocketAddr,
     /// Load the example mesh (`false` passes `--no-example`).
     pub example: bool,
     /// File that receives the process's stdout and stderr (appended to, so restarts keep history).
@@ -217,11 +221,13 @@ impl DevConfig {
     /// A configuration in `root` (data in `root/data`, log in `root/shoal.log`) on free ports,
     /// without the example mesh.
     pub fn in_dir(root: &Path) -> DevConfig {
-        let ports = free_ports(2);
+        let ports = free_ports(4);
         DevConfig {
             data_dir: root.join("data"),
             api: SocketAddr::from(([127, 0, 0, 1], ports[0])),
             raft: SocketAddr::from(([127, 0, 0, 1], ports[1])),
+            gossip: SocketAddr::from(([127, 0, 0, 1], ports[2])),
+            dns: SocketAddr::from(([127, 0, 0, 1], ports[3])),
             example: false,
             log: root.join("shoal.log"),
         }
@@ -251,7 +257,11 @@ impl DevServer {
             .arg("--api")
             .arg(config.api.to_string())
             .arg("--raft")
-            .arg(config.raft.to_string());
+            .arg(config.raft.to_string())
+            .arg("--gossip")
+            .arg(config.gossip.to_string())
+            .arg("--dns")
+            .arg(config.dns.to_string());
         if !config.example {
             cmd.arg("--no-example");
         }
