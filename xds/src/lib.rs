@@ -1,2 +1,17 @@
-//! shoal-xds: translation of the view into Envoy resources (a pure function) and the ADS
-//! server that pushes them to local Envoys (issue 5). Empty until then.
+//! shoal-xds: the App Mesh model as Envoy configuration, and the ADS server that pushes it.
+//!
+//! * [`proxy`]: who a connecting Envoy is (`mesh/<mesh>/virtualNode/<name>`, the gateway form,
+//!   or the App Mesh ARN form) and the options its bootstrap metadata carries.
+//! * [`snapshot`]: the resources one proxy is sent, per type, each encoded once with a content
+//!   version, shared between proxies that are sent the same resource.
+//! * `translate` (pure): model + endpoints + proxy → [`snapshot::Snapshot`].
+//! * `server`: Aggregated Discovery Service, state-of-the-world and incremental, over tonic.
+//!
+//! **Invariant:** this crate knows nothing about Raft or gossip; it sees the model and the
+//! endpoints (`shoal_model::discovery::Endpoint`) it is given.
+
+pub mod proxy;
+pub mod snapshot;
+
+pub use proxy::{ProxyId, ProxyKind, ProxyOptions};
+pub use snapshot::{Resource, ResourceType, Snapshot};
