@@ -11,7 +11,9 @@
 //! endpoints (`shoal_model::discovery::Endpoint`) it is given.
 
 pub mod proxy;
+pub mod server;
 pub mod snapshot;
+pub mod translate;
 
 pub use proxy::{ProxyId, ProxyKind, ProxyOptions};
 pub use snapshot::{Resource, ResourceType, Snapshot};

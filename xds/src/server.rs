@@ -1,0 +1,1 @@
+//! The ADS server (being written).

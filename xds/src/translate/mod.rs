@@ -1,0 +1,1 @@
+//! Model → Envoy resources (being written).
