@@ -156,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(a) => cli::get(a).await,
         Command::Delete(a) => cli::delete(a).await,
         Command::Status(a) => cli::status(a).await,
+        Command::Envoy(cli::EnvoyCommand::Bootstrap(a)) => cli::envoy_bootstrap(a),
         Command::Bench(b) => bench::run(b).await,
         Command::Operator(cli::OperatorCommand::RemoveServer(a)) => cli::remove_server(a).await,
         Command::Snapshot(cli::SnapshotCommand::Save(a)) => cli::snapshot_save(a).await,

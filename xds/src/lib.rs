@@ -5,11 +5,13 @@
 //! * [`snapshot`]: the resources one proxy is sent, per type, each encoded once with a content
 //!   version, shared between proxies that are sent the same resource.
 //! * `translate` (pure): model + endpoints + proxy → [`snapshot::Snapshot`].
+//! * [`bootstrap`]: the bootstrap a stock Envoy starts with (`shoal envoy bootstrap`).
 //! * `server`: Aggregated Discovery Service, state-of-the-world and incremental, over tonic.
 //!
 //! **Invariant:** this crate knows nothing about Raft or gossip; it sees the model and the
 //! endpoints (`shoal_model::discovery::Endpoint`) it is given.
 
+pub mod bootstrap;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
