@@ -286,9 +286,7 @@ impl DevServer {
             .arg("--gossip")
             .arg(config.gossip.to_string())
             .arg("--dns")
-            .arg(config.dns.to_string())
-            .arg("--xds")
-            .arg(config.xds.to_string());
+            .arg(config.dns.to_string());
         if !config.example {
             cmd.arg("--no-example");
         }
