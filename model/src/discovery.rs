@@ -105,6 +105,27 @@ fn valid_name(what: &str, value: &str, dns: bool) -> Result<(), InvalidInstance>
 }
 
 impl Instance {
+    /// A Cloud Map instance of `service` in `namespace` with no custom attributes (not yet
+    /// checked: see [`Instance::normalize`]).
+    pub fn cloud_map(
+        namespace: &str,
+        service: &str,
+        id: &str,
+        address: IpAddr,
+        port: u16,
+    ) -> Instance {
+        Instance {
+            namespace: namespace.into(),
+            service: service.into(),
+            mesh: String::new(),
+            virtual_node: String::new(),
+            id: id.into(),
+            address,
+            port,
+            attributes: BTreeMap::new(),
+        }
+    }
+
     /// Checks the registration: a service or virtual node (or both) named with valid names,
     /// a nonzero port, at most [`MAX_ATTRIBUTES`] custom attributes within Cloud Map's sizes,
     /// no reserved attribute that disagrees with the address or port, and an encoded size of at

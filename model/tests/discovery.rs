@@ -94,17 +94,11 @@ fn world() -> Model {
 
 fn inst(ns: &str, svc: &str, id: &str, ip: &str, attrs: &[(&str, &str)]) -> Instance {
     Instance {
-        namespace: ns.into(),
-        service: svc.into(),
-        mesh: String::new(),
-        virtual_node: String::new(),
-        id: id.into(),
-        address: ip.parse().unwrap(),
-        port: 8080,
         attributes: attrs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ..Instance::cloud_map(ns, svc, id, ip.parse().unwrap(), 8080)
     }
     .normalize()
     .unwrap()
