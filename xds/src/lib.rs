@@ -18,4 +18,5 @@ pub mod snapshot;
 pub mod translate;
 
 pub use proxy::{ProxyId, ProxyKind, ProxyOptions};
+pub use server::{AdsServer, SnapshotSource, SnapshotWatch};
 pub use snapshot::{Resource, ResourceType, Snapshot};
