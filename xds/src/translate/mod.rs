@@ -1,1 +1,261 @@
-//! Model → Envoy resources (being written).
+//! Model → Envoy resources: the pure translation of issue 5.
+//!
+//! [`translate`] turns the model, the endpoints the agent sees and one proxy's identity into
+//! the [`Snapshot`] that proxy is sent. It is a pure function (no I/O, no clock): the same
+//! inputs give the same resources, byte for byte, so the ADS server can compare versions to
+//! decide what to push. [`check_consistency`] checks what Envoy needs of a snapshot as a whole
+//! (every reference resolves), [`render`] prints one for humans and golden tests, and
+//! [`static_bootstrap`] inlines one into a bootstrap `envoy --mode validate` accepts.
+//!
+//! # A virtual node's sidecar
+//!
+//! * **Ingress** (`lds_ingress_<addr>_<ingress_port>`): one Envoy listener. With one model
+//!   listener, every connection goes to the local application at
+//!   `<app_address>:<listener port>` (no iptables needed); with several, one filter chain per
+//!   model listener, chosen by the original destination port (the `original_dst` listener
+//!   filter restores it after an iptables redirect). Per model listener: HTTP/HTTP2/gRPC
+//!   through an HTTP connection manager (RDS `rds_ingress_<proto>_<port>`, the listener's
+//!   per-request timeout — 15 s by default — and idle timeout), TCP through `tcp_proxy` (idle
+//!   timeout); TLS STRICT (TLS only), PERMISSIVE (TLS and plain text, told apart by the TLS
+//!   inspector) or off, with mutual TLS when the listener has a validation context. The local
+//!   cluster `cds_ingress_<mesh>_<node>_<proto>_<port>` carries the listener's connection
+//!   pool as circuit breakers and its health check as an active health check.
+//! * **Egress** (`lds_egress_<addr>_<egress_port>`): the node's backends only (default deny).
+//!   HTTP-like backends are virtual hosts named by the virtual service name, with and without
+//!   `:<port>`, in `rds_egress_http_<port>` for traffic whose original destination port is
+//!   `<port>`; traffic sent to the egress port itself (Envoy used as an HTTP proxy, no
+//!   iptables) is routed by `rds_egress_http_<egress_port>`, which holds every backend.
+//!   TCP backends get a `tcp_proxy` filter chain per destination port (told apart by the
+//!   addresses of their instances when a port is shared). A virtual node provider is one
+//!   route to its cluster; a virtual router provider is its routes, in [`routes::Order`]
+//!   order, with their matches, weighted targets, retry policies (App Mesh's default policy
+//!   when a route has none) and timeouts. ALLOW_ALL meshes add the original-destination
+//!   cluster `cds_egress_passthrough`, a catch-all virtual host and a TCP default filter
+//!   chain; DROP_ALL meshes (the default) do not, so unknown hosts get 404 and unknown
+//!   destinations a closed connection.
+//! * **Clusters** to virtual nodes: `cds_egress_<mesh>_<node>_<proto>_<port>`, EDS (or DNS
+//!   for a DNS-discovered node no registered instance backs), round robin, circuit breakers
+//!   effectively off, the target listener's outlier detection, HTTP/2 to http2 and gRPC
+//!   targets, client TLS from the backend's client policy or the backend defaults (SNI: the
+//!   target's discovery hostname). Endpoints: the instances `shoal_model::discovery` selects
+//!   (as DNS does), healthy ones or all when none is healthy.
+//! * **Access logs**: the node's file access log on every HTTP connection manager and TCP
+//!   proxy, with the model's text or JSON format.
+//!
+//! # A virtual gateway
+//!
+//! One listener per gateway listener (`lds_ingress_<addr>_<port>`, RDS
+//! `rds_ingress_<proto>_<port>`, TLS as above). Each gateway route becomes Envoy routes in
+//! priority order: its match (prefix, exact or regex path, hostname exact or suffix, headers,
+//! query parameters, method) and its rewrites (target hostname, on by default; matched prefix
+//! to `/` or to a value, on by default; exact path). A route to a virtual service provided by
+//! a virtual node goes to the node's cluster; one provided by a virtual router expands into
+//! one Envoy route per router route, whose conditions are added to the gateway route's (path
+//! conditions are composed with the prefix rewrite; a router route's *regex* path cannot be
+//! composed with a prefix rewrite and is then not checked) and whose targets, retries and
+//! timeouts it takes. Clusters carry the gateway's backend-default client TLS and the
+//! gateway listener's connection pool.
+//!
+//! # Not translated
+//!
+//! ACM certificates and ACM trust (no ACM outside AWS: [`TranslateError::Unsupported`]);
+//! secrets named by `sds` members are fetched from the local SDS provider through the
+//! bootstrap cluster [`SDS_CLUSTER`], never served as `Secret` resources; a virtual gateway
+//! listener's health check; TCP traffic sent to the egress port directly (it has no name).
+
+mod bootstrap;
+mod cluster;
+mod consistency;
+mod gateway;
+pub mod names;
+mod node;
+mod render;
+mod routes;
+mod util;
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use shoal_model::api;
+use shoal_model::discovery::Endpoint;
+use shoal_model::{Kind, Model, ResourceKey, Spec};
+
+use crate::proxy::{ProxyId, ProxyKind, ProxyOptions};
+use crate::snapshot::{ResourceType, Snapshot};
+
+pub use bootstrap::static_bootstrap;
+pub use cluster::UNLIMITED;
+pub use consistency::{check_consistency, ConsistencyError};
+pub use render::render;
+pub use routes::DEFAULT_REQUEST_TIMEOUT_SECS;
+
+/// The bootstrap cluster through which Envoy reaches the local SDS provider (a SPIRE agent's
+/// Unix socket, as App Mesh's Envoy did) for secrets the model names in `sds` members. The
+/// bootstrap that starts a proxy must define it when the proxy's configuration uses SDS.
+pub const SDS_CLUSTER: &str = "static_cluster_sds";
+
+/// Why a proxy's configuration could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// The proxy's mesh is not in the model.
+    #[error("mesh {0} does not exist")]
+    NoMesh(String),
+    /// The proxy's virtual node or virtual gateway is not in the model.
+    #[error("{0} does not exist")]
+    UnknownProxy(String),
+    /// The model uses something shoal cannot configure outside AWS.
+    #[error("{resource} uses {what}, which shoal cannot configure (no ACM outside AWS); use file or SDS certificates")]
+    Unsupported {
+        /// The resource (ARN path form).
+        resource: String,
+        /// What it uses.
+        what: String,
+    },
+    /// Two different resources would get the same name (a bug: names are meant to be
+    /// unambiguous).
+    #[error("two different resources would be named {0}")]
+    NameCollision(String),
+}
+
+/// What a translation builds, by type and name, before it is encoded.
+#[derive(Debug, Default)]
+pub(crate) struct Out {
+    pub clusters: BTreeMap<String, Cluster>,
+    pub loads: BTreeMap<String, ClusterLoadAssignment>,
+    pub listeners: BTreeMap<String, Listener>,
+    pub routes: BTreeMap<String, RouteConfiguration>,
+}
+
+/// The translation's state: its inputs and what it has built so far.
+pub(crate) struct Ctx<'a> {
+    pub model: &'a Model,
+    pub mesh: &'a str,
+    pub mesh_spec: &'a api::MeshSpec,
+    pub endpoints: &'a [Endpoint],
+    pub opts: &'a ProxyOptions,
+    pub out: Out,
+    pub egress: cluster::EgressClusters,
+    /// The proxy's access loggers (empty when its logging is off).
+    pub logs: Vec<AccessLog>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The spec of virtual node `name` in the proxy's mesh.
+    pub fn node_spec(&self, name: &str) -> Option<&'a api::VirtualNodeSpec> {
+        match self
+            .model
+            .get(&ResourceKey::in_mesh(self.mesh, Kind::VirtualNode, name))
+            .map(|r| &r.spec)
+        {
+            Some(Spec::VirtualNode(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The spec of virtual service `name` in the proxy's mesh.
+    pub fn service_spec(&self, name: &str) -> Option<&'a api::VirtualServiceSpec> {
+        match self
+            .model
+            .get(&ResourceKey::in_mesh(self.mesh, Kind::VirtualService, name))
+            .map(|r| &r.spec)
+        {
+            Some(Spec::VirtualService(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The spec of virtual router `name` in the proxy's mesh.
+    pub fn router_spec(&self, name: &str) -> Option<&'a api::VirtualRouterSpec> {
+        match self
+            .model
+            .get(&ResourceKey::in_mesh(self.mesh, Kind::VirtualRouter, name))
+            .map(|r| &r.spec)
+        {
+            Some(Spec::VirtualRouter(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The routes of virtual router `router`, with their names.
+    pub fn router_routes(&self, router: &str) -> Vec<(&'a str, &'a api::RouteSpec)> {
+        self.model
+            .in_mesh(self.mesh)
+            .filter(|r| r.key.kind == Kind::Route && r.key.parent == router)
+            .filter_map(|r| match &r.spec {
+                Spec::Route(s) => Some((r.key.name.as_str(), s)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether the mesh lets unknown destinations through (egress filter ALLOW_ALL; App
+    /// Mesh's default is DROP_ALL).
+    pub fn allow_all(&self) -> bool {
+        matches!(
+            self.mesh_spec.egress_filter.as_ref().map(|f| f.r#type),
+            Some(api::EgressFilterType::AllowAll)
+        )
+    }
+}
+
+/// The configuration of proxy `proxy`: what its Envoy is sent over ADS, computed from the
+/// model and the `endpoints` the agent sees (with their health). Pure and deterministic.
+///
+/// Fails when the proxy's mesh or resource is not in the model (the proxy then keeps what it
+/// has) or when the model uses ACM, which shoal cannot serve.
+pub fn translate(
+    model: &Model,
+    endpoints: &[Endpoint],
+    proxy: &ProxyId,
+    opts: &ProxyOptions,
+) -> Result<Snapshot, TranslateError> {
+    let mesh_spec = match model.get(&ResourceKey::mesh(&proxy.mesh)).map(|r| &r.spec) {
+        Some(Spec::Mesh(s)) => s,
+        _ => return Err(TranslateError::NoMesh(proxy.mesh.clone())),
+    };
+    let mut ctx = Ctx {
+        model,
+        mesh: &proxy.mesh,
+        mesh_spec,
+        endpoints,
+        opts,
+        out: Out::default(),
+        egress: Default::default(),
+        logs: Vec::new(),
+    };
+    let unknown = || TranslateError::UnknownProxy(proxy.to_string());
+    match proxy.kind {
+        ProxyKind::VirtualNode => {
+            let key = ResourceKey::in_mesh(&proxy.mesh, Kind::VirtualNode, &proxy.name);
+            let Some(Spec::VirtualNode(spec)) = model.get(&key).map(|r| &r.spec) else {
+                return Err(unknown());
+            };
+            node::virtual_node(&mut ctx, &proxy.name, spec)?;
+        }
+        ProxyKind::VirtualGateway => {
+            let key = ResourceKey::in_mesh(&proxy.mesh, Kind::VirtualGateway, &proxy.name);
+            let Some(Spec::VirtualGateway(spec)) = model.get(&key).map(|r| &r.spec) else {
+                return Err(unknown());
+            };
+            gateway::virtual_gateway(&mut ctx, &proxy.name, spec)?;
+        }
+    }
+    let mut snap = Snapshot::default();
+    for (name, c) in &ctx.out.clusters {
+        snap.add(ResourceType::Cluster, name, c);
+    }
+    for (name, c) in &ctx.out.loads {
+        snap.add(ResourceType::Endpoint, name, c);
+    }
+    for (name, l) in &ctx.out.listeners {
+        snap.add(ResourceType::Listener, name, l);
+    }
+    for (name, r) in &ctx.out.routes {
+        snap.add(ResourceType::Route, name, r);
+    }
+    Ok(snap)
+}
