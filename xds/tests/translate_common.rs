@@ -273,3 +273,303 @@ pub fn envoy_validate(s: &Snapshot, node_id: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// A mesh that uses most of what the translation covers. Certificate paths are under
+/// `certs` (the Envoy test points them at real files).
+pub fn shop_docs(certs: &str) -> Vec<Value> {
+    use serde_json::json;
+    let file_tls = |name: &str| {
+        json!({"mode": "STRICT",
+               "certificate": {"file": {"certificateChain": format!("{certs}/{name}.crt"),
+                                        "privateKey": format!("{certs}/{name}.key")}},
+               "validation": {"trust": {"file": {"certificateChain": format!("{certs}/ca.crt")}},
+                              "subjectAlternativeNames": {"match": {"exact": ["frontend.shop.local"]}}}})
+    };
+    let client_file = json!({"tls": {"validation": {"trust": {"file": {"certificateChain": format!("{certs}/ca.crt")}},
+                                                      "subjectAlternativeNames": {"match": {"exact": ["cart.shop.local"]}}},
+                                      "certificate": {"file": {"certificateChain": format!("{certs}/frontend.crt"),
+                                                               "privateKey": format!("{certs}/frontend.key")}}}});
+    let cm = |svc: &str, version: &str| {
+        json!({"awsCloudMap": {"namespaceName": "shop.local", "serviceName": svc,
+                               "attributes": [{"key": "version", "value": version}]}})
+    };
+    vec![
+        json!({"meshName": "shop", "spec": {"egressFilter": {"type": "ALLOW_ALL"}}}),
+        json!({"meshName": "shop", "virtualNodeName": "frontend", "spec": {
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                           "timeout": {"http": {"perRequest": {"value": 5, "unit": "s"}, "idle": {"value": 60, "unit": "s"}}},
+                           "connectionPool": {"http": {"maxConnections": 10, "maxPendingRequests": 5}},
+                           "healthCheck": {"protocol": "http", "path": "/health", "healthyThreshold": 2,
+                                           "unhealthyThreshold": 3, "timeoutMillis": 2000, "intervalMillis": 5000,
+                                           "port": 8081}}],
+            "serviceDiscovery": cm("frontend", "v1"),
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"json": [
+                {"key": "status", "value": "%RESPONSE_CODE%"}, {"key": "authority", "value": "%REQ(:AUTHORITY)%"}]}}}},
+            "backendDefaults": {"clientPolicy": client_file},
+            "backends": [
+                {"virtualService": {"virtualServiceName": "cart.shop.local"}},
+                {"virtualService": {"virtualServiceName": "catalog.shop.local",
+                                    "clientPolicy": {"tls": {"enforce": false, "validation": {"trust": {"file": {"certificateChain": format!("{certs}/ca.crt")}}}}}}},
+                {"virtualService": {"virtualServiceName": "payments.shop.local",
+                                    "clientPolicy": {"tls": {"ports": [50051],
+                                        "certificate": {"sds": {"secretName": "spiffe://shop/frontend"}},
+                                        "validation": {"trust": {"sds": {"secretName": "spiffe://shop"}},
+                                                       "subjectAlternativeNames": {"match": {"exact": ["spiffe://shop/payments"]}}}}}}},
+                {"virtualService": {"virtualServiceName": "db.shop.local"}},
+                {"virtualService": {"virtualServiceName": "legacy.shop.local"}}]}}),
+        json!({"meshName": "shop", "virtualNodeName": "cart-v1", "spec": {
+            "listeners": [{"portMapping": {"port": 9000, "protocol": "http"}, "tls": file_tls("cart"),
+                           "outlierDetection": {"maxServerErrors": 5, "interval": {"value": 10, "unit": "s"},
+                                                "baseEjectionDuration": {"value": 30, "unit": "s"}, "maxEjectionPercent": 50}}],
+            "serviceDiscovery": cm("cart", "v1")}}),
+        json!({"meshName": "shop", "virtualNodeName": "cart-v2", "spec": {
+            "listeners": [{"portMapping": {"port": 9000, "protocol": "http"}}],
+            "serviceDiscovery": cm("cart", "v2")}}),
+        json!({"meshName": "shop", "virtualNodeName": "catalog", "spec": {
+            "listeners": [{"portMapping": {"port": 7000, "protocol": "http2"},
+                           "tls": {"mode": "PERMISSIVE", "certificate": {"sds": {"secretName": "spiffe://shop/catalog"}}},
+                           "connectionPool": {"http2": {"maxRequests": 100}}},
+                          {"portMapping": {"port": 7001, "protocol": "grpc"},
+                           "healthCheck": {"protocol": "grpc", "healthyThreshold": 2, "unhealthyThreshold": 2,
+                                           "timeoutMillis": 2000, "intervalMillis": 5000}}],
+            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "shop.local", "serviceName": "catalog"}}}}),
+        json!({"meshName": "shop", "virtualNodeName": "payments", "spec": {
+            "listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"},
+                           "timeout": {"grpc": {"perRequest": {"value": 1500, "unit": "ms"}}}}],
+            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "shop.local", "serviceName": "payments",
+                                                 "ipPreference": "IPv4_ONLY"}}}}),
+        json!({"meshName": "shop", "virtualNodeName": "db", "spec": {
+            "listeners": [{"portMapping": {"port": 5432, "protocol": "tcp"},
+                           "timeout": {"tcp": {"idle": {"value": 600, "unit": "s"}}},
+                           "connectionPool": {"tcp": {"maxConnections": 50}}}],
+            "serviceDiscovery": {"dns": {"hostname": "db.shop.local"}}}}),
+        json!({"meshName": "shop", "virtualNodeName": "legacy", "spec": {
+            "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}],
+            "serviceDiscovery": {"dns": {"hostname": "legacy.example.com", "responseType": "LOADBALANCER"}}}}),
+        json!({"meshName": "shop", "virtualRouterName": "cart-router", "spec": {
+            "listeners": [{"portMapping": {"port": 9000, "protocol": "http"}}]}}),
+        json!({"meshName": "shop", "virtualRouterName": "cart-router", "routeName": "checkout", "spec": {
+            "priority": 5,
+            "httpRoute": {"match": {"path": {"exact": "/checkout"}, "method": "POST", "scheme": "http",
+                                    "headers": [{"name": "x-exact", "match": {"exact": "a"}},
+                                                {"name": "x-prefix", "match": {"prefix": "b"}},
+                                                {"name": "x-suffix", "match": {"suffix": "c"}},
+                                                {"name": "x-regex", "match": {"regex": "^d+$"}},
+                                                {"name": "x-range", "match": {"range": {"start": 1, "end": 10}}},
+                                                {"name": "x-present"},
+                                                {"name": "x-not", "invert": true, "match": {"exact": "no"}}],
+                                    "queryParameters": [{"name": "cart", "match": {"exact": "1"}}, {"name": "debug"}]},
+                          "action": {"weightedTargets": [{"virtualNode": "cart-v2", "weight": 1}]},
+                          "timeout": {"perRequest": {"value": 0, "unit": "s"}, "idle": {"value": 30, "unit": "s"}}}}}),
+        json!({"meshName": "shop", "virtualRouterName": "cart-router", "routeName": "items", "spec": {
+            "httpRoute": {"match": {"path": {"regex": "/items/[0-9]+"}},
+                          "action": {"weightedTargets": [{"virtualNode": "cart-v1", "weight": 1}]},
+                          "retryPolicy": {"maxRetries": 3, "perRetryTimeout": {"value": 250, "unit": "ms"},
+                                          "httpRetryEvents": ["client-error", "stream-error"]}}}}),
+        json!({"meshName": "shop", "virtualRouterName": "cart-router", "routeName": "split", "spec": {
+            "priority": 100,
+            "httpRoute": {"match": {"prefix": "/"},
+                          "action": {"weightedTargets": [{"virtualNode": "cart-v1", "weight": 90},
+                                                         {"virtualNode": "cart-v2", "weight": 10, "port": 9000},
+                                                         {"virtualNode": "legacy", "weight": 0}]},
+                          "retryPolicy": {"maxRetries": 2, "perRetryTimeout": {"value": 1, "unit": "s"},
+                                          "httpRetryEvents": ["server-error", "gateway-error"],
+                                          "tcpRetryEvents": ["connection-error"]}}}}),
+        json!({"meshName": "shop", "virtualRouterName": "payments-router", "spec": {
+            "listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}]}}),
+        json!({"meshName": "shop", "virtualRouterName": "payments-router", "routeName": "charge", "spec": {
+            "grpcRoute": {"match": {"serviceName": "shop.Payments", "methodName": "Charge",
+                                    "metadata": [{"name": "tenant", "match": {"prefix": "eu-"}}]},
+                          "action": {"weightedTargets": [{"virtualNode": "payments", "weight": 1}]},
+                          "retryPolicy": {"maxRetries": 1, "perRetryTimeout": {"value": 500, "unit": "ms"},
+                                          "grpcRetryEvents": ["unavailable", "resource-exhausted"]},
+                          "timeout": {"perRequest": {"value": 2, "unit": "s"}}}}}),
+        json!({"meshName": "shop", "virtualRouterName": "payments-router", "routeName": "any", "spec": {
+            "grpcRoute": {"match": {"serviceName": "shop.Payments"},
+                          "action": {"weightedTargets": [{"virtualNode": "payments", "weight": 1}]}}}}),
+        json!({"meshName": "shop", "virtualRouterName": "db-router", "spec": {
+            "listeners": [{"portMapping": {"port": 5432, "protocol": "tcp"}}]}}),
+        json!({"meshName": "shop", "virtualRouterName": "db-router", "routeName": "db", "spec": {
+            "tcpRoute": {"action": {"weightedTargets": [{"virtualNode": "db", "weight": 1}]},
+                         "timeout": {"idle": {"value": 120, "unit": "s"}}}}}),
+        json!({"meshName": "shop", "virtualServiceName": "cart.shop.local",
+               "spec": {"provider": {"virtualRouter": {"virtualRouterName": "cart-router"}}}}),
+        json!({"meshName": "shop", "virtualServiceName": "catalog.shop.local",
+               "spec": {"provider": {"virtualNode": {"virtualNodeName": "catalog"}}}}),
+        json!({"meshName": "shop", "virtualServiceName": "payments.shop.local",
+               "spec": {"provider": {"virtualRouter": {"virtualRouterName": "payments-router"}}}}),
+        json!({"meshName": "shop", "virtualServiceName": "db.shop.local",
+               "spec": {"provider": {"virtualRouter": {"virtualRouterName": "db-router"}}}}),
+        json!({"meshName": "shop", "virtualServiceName": "legacy.shop.local",
+               "spec": {"provider": {"virtualNode": {"virtualNodeName": "legacy"}}}}),
+        json!({"meshName": "shop", "virtualGatewayName": "edge", "spec": {
+            "listeners": [{"portMapping": {"port": 8443, "protocol": "http"},
+                           "tls": {"mode": "STRICT", "certificate": {"file": {
+                               "certificateChain": format!("{certs}/edge.crt"), "privateKey": format!("{certs}/edge.key")}}},
+                           "connectionPool": {"http": {"maxConnections": 100}}},
+                          {"portMapping": {"port": 8444, "protocol": "grpc"}}],
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"text": "%REQ(:AUTHORITY)% %RESPONSE_CODE%"}}}},
+            "backendDefaults": {"clientPolicy": {"tls": {"validation": {"trust": {"file": {"certificateChain": format!("{certs}/ca.crt")}}}}}}}}),
+        json!({"meshName": "shop", "virtualGatewayName": "edge", "gatewayRouteName": "cart", "spec": {
+            "httpRoute": {"match": {"prefix": "/cart"},
+                          "action": {"target": {"virtualService": {"virtualServiceName": "cart.shop.local"}}}}}}),
+        json!({"meshName": "shop", "virtualGatewayName": "edge", "gatewayRouteName": "catalog-v2", "spec": {
+            "priority": 1,
+            "httpRoute": {"match": {"prefix": "/catalog/", "hostname": {"exact": "api.shop.example"},
+                                    "headers": [{"name": "x-beta", "match": {"exact": "1"}}], "method": "GET",
+                                    "queryParameters": [{"name": "v2"}]},
+                          "action": {"target": {"virtualService": {"virtualServiceName": "catalog.shop.local"}, "port": 7000},
+                                     "rewrite": {"prefix": {"value": "/v2/"}, "hostname": {"defaultTargetHostname": "DISABLED"}}}}}}),
+        json!({"meshName": "shop", "virtualGatewayName": "edge", "gatewayRouteName": "health", "spec": {
+            "httpRoute": {"match": {"path": {"exact": "/healthz"}, "hostname": {"suffix": ".shop.example"}},
+                          "action": {"target": {"virtualService": {"virtualServiceName": "cart.shop.local"}},
+                                     "rewrite": {"path": {"exact": "/checkout"}}}}}}),
+        json!({"meshName": "shop", "virtualGatewayName": "edge", "gatewayRouteName": "raw", "spec": {
+            "httpRoute": {"match": {"prefix": "/raw"},
+                          "action": {"target": {"virtualService": {"virtualServiceName": "cart.shop.local"}},
+                                     "rewrite": {"prefix": {"defaultPrefix": "DISABLED"}}}}}}),
+        json!({"meshName": "shop", "virtualGatewayName": "edge", "gatewayRouteName": "pay", "spec": {
+            "grpcRoute": {"match": {"serviceName": "shop.Payments", "metadata": [{"name": "tenant", "invert": true, "match": {"exact": "blocked"}}]},
+                          "action": {"target": {"virtualService": {"virtualServiceName": "payments.shop.local"}}}}}}),
+    ]
+}
+
+/// Instances of the shop mesh.
+pub fn shop_endpoints() -> Vec<Endpoint> {
+    vec![
+        cloud_map(
+            "shop.local",
+            "frontend",
+            "fe-1",
+            "10.1.0.1",
+            8080,
+            &[("version", "v1")],
+            true,
+        ),
+        cloud_map(
+            "shop.local",
+            "cart",
+            "cart-1",
+            "10.1.1.1",
+            9000,
+            &[("version", "v1")],
+            true,
+        ),
+        cloud_map(
+            "shop.local",
+            "cart",
+            "cart-2",
+            "10.1.1.2",
+            9000,
+            &[("version", "v1")],
+            false,
+        ),
+        cloud_map(
+            "shop.local",
+            "cart",
+            "cart-3",
+            "10.1.2.1",
+            9000,
+            &[("version", "v2")],
+            false,
+        ),
+        cloud_map(
+            "shop.local",
+            "catalog",
+            "cat-1",
+            "10.1.3.1",
+            7000,
+            &[],
+            true,
+        ),
+        cloud_map(
+            "shop.local",
+            "payments",
+            "pay-1",
+            "10.1.4.1",
+            50051,
+            &[],
+            true,
+        ),
+        cloud_map(
+            "shop.local",
+            "payments",
+            "pay-6",
+            "fd00::1",
+            50051,
+            &[],
+            true,
+        ),
+        cloud_map("shop.local", "db", "db-1", "10.1.5.1", 5432, &[], true),
+    ]
+}
+
+/// Writes a CA (`ca.crt`) and leaf certificates with keys (`<name>.crt`, `<name>.key`) into
+/// `dir` with the openssl command line tool (Envoy reads certificate files while it
+/// validates a configuration).
+pub fn write_certs(dir: &Path, names: &[&str]) {
+    let run = |args: &[&str]| {
+        let out = Process::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command line tool is needed to make test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=shoal test CA",
+    ]);
+    for n in names {
+        let key = format!("{n}.key");
+        let csr = format!("{n}.csr");
+        let crt = format!("{n}.crt");
+        let subj = format!("/CN={n}");
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subj,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "30",
+        ]);
+    }
+}
