@@ -906,3 +906,77 @@ fn colorapp_gateway_routes_to_the_router_weights() {
     };
     assert_eq!(w.clusters.len(), 3);
 }
+
+#[test]
+fn grpc_health_checks_of_http1_apps_become_tcp_checks() {
+    let model = model_of(&[
+        json!({"meshName": "m", "spec": {}}),
+        json!({"meshName": "m", "virtualNodeName": "a", "spec": {"listeners": [{
+            "portMapping": {"port": 80, "protocol": "http"},
+            "healthCheck": {"protocol": "grpc", "healthyThreshold": 2, "unhealthyThreshold": 2,
+                            "timeoutMillis": 2000, "intervalMillis": 5000}}]}}),
+    ]);
+    let s = snapshot(&model, &[], "mesh/m/virtualNode/a");
+    let c = cluster(&s, "cds_ingress_m_a_http_80");
+    assert!(matches!(
+        c.health_checks[0].health_checker,
+        Some(health_check::HealthChecker::TcpHealthCheck(_))
+    ));
+}
+
+#[test]
+fn tcp_backends_sharing_a_port_are_told_apart_by_address() {
+    let model = model_of(&[
+        json!({"meshName": "m", "spec": {}}),
+        json!({"meshName": "m", "virtualNodeName": "client", "spec": {"backends": [
+            {"virtualService": {"virtualServiceName": "x.m"}},
+            {"virtualService": {"virtualServiceName": "y.m"}},
+            {"virtualService": {"virtualServiceName": "web.m"}}]}}),
+        json!({"meshName": "m", "virtualNodeName": "x", "spec": {"listeners": [{"portMapping": {"port": 5000, "protocol": "tcp"}}]}}),
+        json!({"meshName": "m", "virtualNodeName": "y", "spec": {"listeners": [{"portMapping": {"port": 5000, "protocol": "tcp"}}]}}),
+        json!({"meshName": "m", "virtualNodeName": "web", "spec": {"listeners": [{"portMapping": {"port": 5000, "protocol": "http"}}]}}),
+        json!({"meshName": "m", "virtualServiceName": "x.m", "spec": {"provider": {"virtualNode": {"virtualNodeName": "x"}}}}),
+        json!({"meshName": "m", "virtualServiceName": "y.m", "spec": {"provider": {"virtualNode": {"virtualNodeName": "y"}}}}),
+        json!({"meshName": "m", "virtualServiceName": "web.m", "spec": {"provider": {"virtualNode": {"virtualNodeName": "web"}}}}),
+    ]);
+    let eps = vec![
+        for_node("m", "x", "x1", "10.0.0.1", 5000, true),
+        for_node("m", "y", "y1", "10.0.0.2", 5000, false),
+        for_node("m", "y", "y2", "10.0.0.1", 5000, true),
+    ];
+    let s = snapshot(&model, &eps, "mesh/m/virtualNode/client");
+    let l = listener(&s, "lds_egress_0.0.0.0_15001");
+    let chains: Vec<(String, Vec<String>)> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.filter_chain_match
+                    .as_ref()
+                    .unwrap()
+                    .prefix_ranges
+                    .iter()
+                    .map(|r| r.address_prefix.clone())
+                    .collect(),
+            )
+        })
+        .collect();
+    // The HTTP chain takes the port; each TCP backend its own addresses (10.0.0.1 is x's,
+    // the first by name); a TCP backend with no address left gets no chain.
+    assert_eq!(
+        chains,
+        [
+            ("egress_http_5000".to_string(), vec![]),
+            ("egress_http_direct".to_string(), vec![]),
+            (
+                "egress_tcp_x.m_5000".to_string(),
+                vec!["10.0.0.1".to_string()]
+            ),
+            (
+                "egress_tcp_y.m_5000".to_string(),
+                vec!["10.0.0.2".to_string()]
+            ),
+        ]
+    );
+}

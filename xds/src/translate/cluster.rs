@@ -154,8 +154,16 @@ pub(crate) fn client_alpn(p: PortProtocol) -> &'static [&'static str] {
     }
 }
 
-fn health_check(hc: &api::HealthCheckPolicy) -> HealthCheck {
-    let checker = match hc.protocol {
+/// An active health check of the local application. Envoy checks gRPC health only over
+/// HTTP/2, so a gRPC health check of an application the listener reaches over HTTP/1.1 or
+/// TCP becomes a TCP connect check (Envoy would refuse the configuration otherwise).
+fn health_check(hc: &api::HealthCheckPolicy, listener: PortProtocol) -> HealthCheck {
+    let grpc_ok = matches!(listener, PortProtocol::Http2 | PortProtocol::Grpc);
+    let protocol = match hc.protocol {
+        PortProtocol::Grpc if !grpc_ok => PortProtocol::Tcp,
+        p => p,
+    };
+    let checker = match protocol {
         PortProtocol::Http | PortProtocol::Http2 => {
             health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
                 path: hc.path.clone().unwrap_or_else(|| "/".into()),
@@ -242,7 +250,11 @@ pub(crate) fn ingress_cluster(ctx: &mut Ctx<'_>, node: &str, l: &api::Listener) 
             ..Default::default()
         }),
         circuit_breakers: Some(Limits::of_node(l.connection_pool.as_ref()).breakers()),
-        health_checks: l.health_check.iter().map(health_check).collect(),
+        health_checks: l
+            .health_check
+            .iter()
+            .map(|hc| health_check(hc, proto))
+            .collect(),
         ..Default::default()
     };
     protocol_options(&mut c, proto);

@@ -19,7 +19,9 @@
 //!   timeout); TLS STRICT (TLS only), PERMISSIVE (TLS and plain text, told apart by the TLS
 //!   inspector) or off, with mutual TLS when the listener has a validation context. The local
 //!   cluster `cds_ingress_<mesh>_<node>_<proto>_<port>` carries the listener's connection
-//!   pool as circuit breakers and its health check as an active health check.
+//!   pool as circuit breakers and its health check as an active health check (a gRPC health
+//!   check of an application reached over HTTP/1.1 or TCP becomes a TCP connect check: Envoy
+//!   checks gRPC health only over HTTP/2).
 //! * **Egress** (`lds_egress_<addr>_<egress_port>`): the node's backends only (default deny).
 //!   HTTP-like backends are virtual hosts named by the virtual service name, with and without
 //!   `:<port>`, in `rds_egress_http_<port>` for traffic whose original destination port is
