@@ -20,3 +20,4 @@ pub mod translate;
 pub use proxy::{ProxyId, ProxyKind, ProxyOptions};
 pub use server::{AdsServer, SnapshotSource, SnapshotWatch};
 pub use snapshot::{Resource, ResourceType, Snapshot};
+pub use translate::{check_consistency, translate, TranslateError};
