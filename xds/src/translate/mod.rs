@@ -89,7 +89,7 @@ use shoal_model::{Kind, Model, ResourceKey, Spec};
 use crate::proxy::{ProxyId, ProxyKind, ProxyOptions};
 use crate::snapshot::{ResourceType, Snapshot};
 
-pub use bootstrap::static_bootstrap;
+pub use bootstrap::{static_bootstrap, SDS_SOCKET};
 pub use cluster::UNLIMITED;
 pub use consistency::{check_consistency, ConsistencyError};
 pub use render::render;
