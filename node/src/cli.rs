@@ -227,9 +227,12 @@ pub struct AgentArgs {
     /// Do not serve DNS.
     #[arg(long)]
     pub no_dns: bool,
-    /// xDS address advertised to others.
+    /// xDS (ADS) address for the local Envoys [default: 127.0.0.1:18000].
     #[arg(long)]
     pub xds: Option<SocketAddr>,
+    /// Do not serve xDS.
+    #[arg(long)]
+    pub no_xds: bool,
     /// DNS server for names outside the mesh, `ip:port` (repeatable); none: REFUSED.
     #[arg(long)]
     pub recursor: Vec<SocketAddr>,
@@ -325,6 +328,9 @@ pub struct DevArgs {
     /// DNS address of the embedded agent (UDP and TCP).
     #[arg(long, default_value = "127.0.0.1:8600")]
     pub dns: SocketAddr,
+    /// xDS (ADS) address of the embedded agent, for local Envoys.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds: SocketAddr,
     /// DNS server for names outside the mesh (repeatable).
     #[arg(long)]
     pub recursor: Vec<SocketAddr>,
@@ -369,6 +375,9 @@ pub struct ServerArgs {
     /// DNS address of the agent role a clustered server runs (UDP and TCP); none: no DNS.
     #[arg(long)]
     pub dns: Option<SocketAddr>,
+    /// xDS address of the agent role a clustered server runs; none: no xDS.
+    #[arg(long)]
+    pub xds: Option<SocketAddr>,
     /// DNS server for names outside the mesh (repeatable).
     #[arg(long)]
     pub recursor: Vec<SocketAddr>,

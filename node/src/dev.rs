@@ -49,6 +49,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     acfg.name = Some("dev".into());
     acfg.api = None;
     acfg.dns = Some(args.dns);
+    acfg.xds = Some(args.xds);
     acfg.recursors = args.recursor.clone();
     acfg.servers = vec![format!("http://{}", args.raft)];
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -70,6 +70,9 @@ fn server_config(args: cli::ServerArgs) -> anyhow::Result<server::ServerConfig> 
     if let Some(v) = args.dns {
         cfg.dns = Some(v);
     }
+    if let Some(v) = args.xds {
+        cfg.xds = Some(v);
+    }
     if !args.recursor.is_empty() {
         cfg.recursors = args.recursor;
     }
@@ -120,6 +123,9 @@ fn agent_config(args: cli::AgentArgs) -> anyhow::Result<shoal::agent::AgentConfi
     }
     if let Some(v) = args.xds {
         cfg.xds = Some(v);
+    }
+    if args.no_xds {
+        cfg.xds = None;
     }
     if !args.recursor.is_empty() {
         cfg.recursors = args.recursor;

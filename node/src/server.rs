@@ -104,6 +104,9 @@ pub struct ServerConfig {
     /// Recursors of the embedded agent's DNS.
     #[serde(default)]
     pub recursors: Vec<SocketAddr>,
+    /// xDS address of the embedded agent, for Envoys on the server's host; `None`: no xDS.
+    #[serde(default)]
+    pub xds: Option<SocketAddr>,
 }
 
 fn default_api() -> SocketAddr {
@@ -158,6 +161,7 @@ impl ServerConfig {
             snapshot_after_logs: default_snapshot(),
             dns: None,
             recursors: Vec::new(),
+            xds: None,
         }
     }
 
@@ -189,8 +193,8 @@ impl ServerConfig {
                 }
             }
         }
-        if self.gossip.is_none() && self.dns.is_some() {
-            bail!("--dns needs --gossip: the agent a server embeds gossips its instances");
+        if self.gossip.is_none() && (self.dns.is_some() || self.xds.is_some()) {
+            bail!("--dns and --xds need --gossip: the agent a server embeds gossips its instances");
         }
         if self.gossip.is_none() && (self.bootstrap_expect > 1 || !self.join.is_empty()) {
             bail!("a multi-server cluster needs --gossip (servers find each other through gossip)");
@@ -297,6 +301,7 @@ where
             acfg.name = Some(g.local_name().to_string());
             acfg.api = None;
             acfg.dns = cfg.dns;
+            acfg.xds = cfg.xds;
             acfg.recursors = cfg.recursors.clone();
             acfg.servers = vec![format!("http://{grpc_addr}")];
             let started =

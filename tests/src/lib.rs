@@ -286,7 +286,9 @@ impl DevServer {
             .arg("--gossip")
             .arg(config.gossip.to_string())
             .arg("--dns")
-            .arg(config.dns.to_string());
+            .arg(config.dns.to_string())
+            .arg("--xds")
+            .arg(config.xds.to_string());
         if !config.example {
             cmd.arg("--no-example");
         }
@@ -1671,6 +1673,8 @@ impl Envoy {
             "info".into(),
             "--drain-time-s".into(),
             "1".into(),
+            // No shared memory between Envoys: a restart after kill -9 starts clean.
+            "--disable-hot-restart".into(),
         ];
         let proc = Process::spawn(name, &envoy_bin(), &args, &dir.join(format!("{name}.log")));
         Envoy {

@@ -92,7 +92,9 @@ pub fn routes(state: AgentState, standalone: bool) -> Router {
         )
         .route("/v1/agent/status", get(status))
         .route("/v1/agent/metrics", get(metrics))
-        .route("/v1/endpoints", get(endpoints));
+        .route("/v1/endpoints", get(endpoints))
+        .route("/v1/agent/xds", get(xds_status))
+        .route("/v1/agent/xds/config", get(xds_config));
     if standalone {
         r = r
             .route("/v1/status", get(status))
@@ -184,6 +186,63 @@ async fn endpoints(State(s): State<AgentState>) -> Response {
         })
         .collect();
     Json(json!({ "revision": s.view.revision(), "endpoints": eps })).into_response()
+}
+
+async fn xds_status(State(s): State<AgentState>) -> Response {
+    let Some(ads) = &s.ads else {
+        return Json(json!({"enabled": false})).into_response();
+    };
+    let st = ads.stats();
+    let last_nack = st.last_nack.as_ref().map(|n| {
+        json!({
+            "proxy": n.proxy.to_string(),
+            "type": n.ty.type_url(),
+            "version": n.version,
+            "message": n.message,
+        })
+    });
+    Json(json!({
+        "enabled": true,
+        "address": s.bound.xds,
+        "proxies": s.proxies.count(),
+        "streams_open": st.streams_open,
+        "streams_total": st.streams_total,
+        "streams_refused": st.streams_refused,
+        "responses": st.responses.total(),
+        "acks": st.acks.total(),
+        "nacks": st.nacks.total(),
+        "last_nack": last_nack,
+    }))
+    .into_response()
+}
+
+/// `?proxy=<node id>`.
+#[derive(Debug, Deserialize)]
+struct ProxyQuery {
+    proxy: String,
+}
+
+/// The configuration a proxy gets (or would get) from this agent, in the translation's text
+/// form: what to compare with Envoy's `/config_dump`.
+async fn xds_config(State(s): State<AgentState>, q: Query<ProxyQuery>) -> Response {
+    let proxy = match shoal_xds::ProxyId::parse(&q.proxy) {
+        Ok(p) => p,
+        Err(e) => return bad(e.to_string()),
+    };
+    match s
+        .proxies
+        .snapshot(&proxy, &shoal_xds::ProxyOptions::default())
+    {
+        Some(snap) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; charset=utf-8")],
+            shoal_xds::translate::render(&snap),
+        )
+            .into_response(),
+        None => error_response(&ApiError::not_found(format!(
+            "{proxy} cannot be translated (see the agent's log)"
+        ))),
+    }
 }
 
 async fn members(State(s): State<AgentState>) -> Response {

@@ -94,16 +94,7 @@ mod tests {
     }
 
     fn inst(port: u16) -> Instance {
-        Instance {
-            namespace: "apps.local".into(),
-            service: "web".into(),
-            mesh: String::new(),
-            virtual_node: String::new(),
-            id: "i1".into(),
-            address: "10.0.0.5".parse().unwrap(),
-            port,
-            attributes: Default::default(),
-        }
+        Instance::cloud_map("apps.local", "web", "i1", "10.0.0.5".parse().unwrap(), port)
     }
 
     fn cloud_map() -> serde_json::Value {

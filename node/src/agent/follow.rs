@@ -28,8 +28,13 @@ pub struct FollowStatus {
 /// next of `servers()` (gRPC URLs, re-read before every attempt) when a stream fails, with a
 /// backoff of 100 ms doubling to 2 s. The stream resumes from the revision the agent has, so a
 /// reconnect usually costs only the changes it missed.
+///
+/// Every model is written to `cache` before anything sees it (write-through): an Envoy is
+/// never sent a configuration newer than what the agent would serve after a crash, so a
+/// restarted agent never takes its proxies back in time.
 pub async fn run(
     servers: impl Fn() -> Vec<String>,
+    cache: ModelCache,
     model: watch::Sender<Arc<Model>>,
     status: Arc<Mutex<FollowStatus>>,
     mut stop: watch::Receiver<bool>,
@@ -73,7 +78,16 @@ pub async fn run(
                             }
                         }
                         status.lock().expect("status lock").from_cache = false;
-                        model.send_replace(Arc::new(current.clone()));
+                        let next = Arc::new(current.clone());
+                        let (c, m) = (cache.clone(), next.clone());
+                        match tokio::task::spawn_blocking(move || c.save(&m)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "cannot write the model cache")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "the model cache writer panicked"),
+                        }
+                        model.send_replace(next);
                     };
                     tracing::warn!(server = %addr, reason = %ended, "watch stream ended");
                     let mut st = status.lock().expect("status lock");
@@ -91,36 +105,5 @@ pub async fn run(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// Runs until `stop`: writes the model to `cache` whenever its revision changes, at most every
-/// 200 ms (a burst of commits costs one write).
-pub async fn persist(
-    cache: ModelCache,
-    mut model: watch::Receiver<Arc<Model>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut saved = model.borrow().revision();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            r = model.changed() => if r.is_err() { return },
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let m = model.borrow_and_update().clone();
-        if m.revision() == saved {
-            continue;
-        }
-        let revision = m.revision();
-        let c = cache.clone();
-        match tokio::task::spawn_blocking(move || c.save(&m)).await {
-            Ok(Ok(())) => {
-                saved = revision;
-                tracing::debug!(revision, "model cached");
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the model cache"),
-            Err(e) => tracing::warn!(error = %e, "the model cache writer panicked"),
-        }
     }
 }

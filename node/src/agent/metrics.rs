@@ -10,6 +10,11 @@ use prometheus_client::registry::Registry;
 use super::AgentState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabel {
     health: &'static str,
 }
@@ -119,9 +124,70 @@ pub fn render(state: &AgentState) -> String {
             c.truncated(),
         );
     }
+    if let Some(ads) = &state.ads {
+        let st = ads.stats();
+        gauge(
+            &mut r,
+            "xds_streams_open",
+            "ADS streams open",
+            st.streams_open as i64,
+        );
+        counter(
+            &mut r,
+            "xds_streams",
+            "ADS streams accepted since start",
+            st.streams_total,
+        );
+        counter(
+            &mut r,
+            "xds_streams_refused",
+            "ADS streams refused (bad node id or metadata)",
+            st.streams_refused,
+        );
+        gauge(
+            &mut r,
+            "xds_proxies",
+            "Proxies with an open stream",
+            state.proxies.count() as i64,
+        );
+        for (name, help, counts) in [
+            (
+                "xds_responses",
+                "xDS responses sent, by type",
+                &st.responses,
+            ),
+            ("xds_acks", "xDS ACKs received, by type", &st.acks),
+            (
+                "xds_nacks",
+                "xDS NACKs received (Envoy rejected a config), by type",
+                &st.nacks,
+            ),
+        ] {
+            let family = Family::<TypeLabel, Counter>::default();
+            for ty in shoal_xds::ResourceType::ALL {
+                family
+                    .get_or_create(&TypeLabel {
+                        r#type: type_name(ty),
+                    })
+                    .inc_by(counts.get(ty));
+            }
+            r.register(name, help, family);
+        }
+    }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
         tracing::warn!(error = %e, "encoding agent metrics");
     }
     out
+}
+
+fn type_name(ty: shoal_xds::ResourceType) -> &'static str {
+    use shoal_xds::ResourceType as T;
+    match ty {
+        T::Cluster => "cluster",
+        T::Endpoint => "endpoint",
+        T::Listener => "listener",
+        T::Route => "route",
+        T::Secret => "secret",
+    }
 }

@@ -17,6 +17,7 @@ pub mod local;
 mod metrics;
 pub mod store;
 pub mod view;
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,8 +70,8 @@ pub struct AgentConfig {
     /// DNS address (UDP and TCP); `None` turns DNS off.
     #[serde(default = "default_dns_opt")]
     pub dns: Option<SocketAddr>,
-    /// xDS address, advertised in gossip (served from issue 5 on).
-    #[serde(default)]
+    /// xDS (ADS) address the local Envoys connect to; `None` turns xDS off.
+    #[serde(default = "default_xds_opt")]
     pub xds: Option<SocketAddr>,
     /// DNS servers for names outside the mesh; none: such names get REFUSED.
     #[serde(default)]
@@ -91,6 +92,15 @@ pub struct AgentConfig {
 
 fn default_api_opt() -> Option<SocketAddr> {
     Some(default_api())
+}
+
+/// Default xDS address of an agent.
+pub fn default_xds() -> SocketAddr {
+    "127.0.0.1:18000".parse().expect("literal")
+}
+
+fn default_xds_opt() -> Option<SocketAddr> {
+    Some(default_xds())
 }
 
 fn default_dns_opt() -> Option<SocketAddr> {
@@ -151,7 +161,7 @@ impl AgentConfig {
             join: Vec::new(),
             api: Some(default_api()),
             dns: Some(default_dns()),
-            xds: None,
+            xds: Some(default_xds()),
             recursors: Vec::new(),
             dns_ttl: default_ttl(),
             zone: None,
@@ -208,6 +218,10 @@ pub struct AgentState {
     pub view: view::View,
     /// The DNS handler's counters, when DNS is on.
     pub dns: Option<shoal_dns::DnsHandler>,
+    /// The connected Envoys and their snapshots.
+    pub proxies: xds::Proxies,
+    /// The ADS server's counters, when xDS is on.
+    pub ads: Option<shoal_xds::server::AdsServer>,
     /// Addresses actually bound (for `:0`).
     pub bound: Arc<Bound>,
 }
@@ -219,6 +233,8 @@ pub struct Bound {
     pub api: Option<SocketAddr>,
     /// DNS (UDP and TCP), if on.
     pub dns: Option<SocketAddr>,
+    /// xDS, if on.
+    pub xds: Option<SocketAddr>,
     /// Gossip.
     pub gossip: SocketAddr,
 }
@@ -300,13 +316,22 @@ pub async fn start(
         }
         None => None,
     };
+    let xds_listener = match cfg.xds {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding xDS to {addr}"))?,
+        ),
+        None => None,
+    };
+    let xds_addr = xds_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let gossip = match gossip {
         Some(g) => g,
         None => {
             let mut meta = NodeMeta::new(Role::Agent, env!("CARGO_PKG_VERSION"));
             meta.api_addr = api_addr.map(|a| a.to_string());
             meta.dns_addr = dns_sockets.as_ref().map(|(_, _, a)| a.to_string());
-            meta.xds_addr = cfg.xds.map(|a| a.to_string());
+            meta.xds_addr = xds_addr.map(|a| a.to_string());
             meta.zone = cfg.zone.clone();
             let mut gcfg = GossipConfig::new(cfg.node_name(), cfg.gossip);
             gcfg.seeds = cfg.join.clone();
@@ -332,6 +357,10 @@ pub async fn start(
     let dns_handler = dns_sockets
         .as_ref()
         .map(|_| shoal_dns::DnsHandler::new(view.shared(), view::dns_config(&cfg)));
+    let proxies = xds::Proxies::new(view.subscribe_inputs());
+    let ads = xds_listener
+        .as_ref()
+        .map(|_| shoal_xds::server::AdsServer::new(proxies.clone()));
     let state = AgentState {
         cfg: cfg.clone(),
         gossip: gossip.clone(),
@@ -340,9 +369,12 @@ pub async fn start(
         local: local.clone(),
         view: view.clone(),
         dns: dns_handler.clone(),
+        proxies: proxies.clone(),
+        ads: ads.clone(),
         bound: Arc::new(Bound {
             api: api_addr,
             dns: dns_sockets.as_ref().map(|(_, _, a)| *a),
+            xds: xds_addr,
             gossip: gossip_addr,
         }),
     };
@@ -352,16 +384,12 @@ pub async fn start(
         let (cfg, g) = (cfg.clone(), gossip.clone());
         tasks.push(tokio::spawn(follow::run(
             move || servers(&cfg, &g),
+            cache,
             model_tx,
             follow_status,
             stop_rx.clone(),
         )));
     }
-    tasks.push(tokio::spawn(follow::persist(
-        cache,
-        model_rx.clone(),
-        stop_rx.clone(),
-    )));
     tasks.push(tokio::spawn(local::run(
         local.clone(),
         gossip.clone(),
@@ -385,6 +413,28 @@ pub async fn start(
             }
         }));
         tracing::info!(dns = %addr, "DNS ready");
+    }
+    tasks.push(tokio::spawn(xds::run(proxies, stop_rx.clone())));
+    if let (Some(listener), Some(ads)) = (xds_listener, ads) {
+        let mut stop = stop_rx.clone();
+        let addr = xds_addr;
+        tasks.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .add_service(ads.into_service())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the xDS server stopped");
+            }
+        }));
+        tracing::info!(xds = ?addr, "xDS ready");
     }
     tracing::info!(name = %gossip.local_name(), api = ?api_addr, gossip = %gossip_addr, "agent ready");
     Ok(Started { state, tasks })

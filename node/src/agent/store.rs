@@ -185,16 +185,7 @@ mod tests {
     use super::*;
 
     fn inst(id: &str) -> Instance {
-        Instance {
-            namespace: "apps.local".into(),
-            service: "web".into(),
-            mesh: String::new(),
-            virtual_node: String::new(),
-            id: id.into(),
-            address: "10.0.0.1".parse().unwrap(),
-            port: 80,
-            attributes: Default::default(),
-        }
+        Instance::cloud_map("apps.local", "web", id, "10.0.0.1".parse().unwrap(), 80)
     }
 
     #[test]

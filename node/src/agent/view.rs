@@ -9,6 +9,7 @@ use shoal_model::discovery::{dns_names, dns_zones, Endpoint};
 use shoal_model::Model;
 use tokio::sync::watch;
 
+use super::xds::Inputs;
 use super::AgentConfig;
 
 /// The DNS settings of an agent's configuration.
@@ -26,6 +27,7 @@ pub struct View {
     dns: SharedView,
     endpoints: Arc<RwLock<Arc<Vec<Endpoint>>>>,
     revision: Arc<RwLock<u64>>,
+    inputs: Arc<watch::Sender<Inputs>>,
 }
 
 impl View {
@@ -35,7 +37,13 @@ impl View {
             dns: SharedView::new(DnsView::new(Vec::new())),
             endpoints: Arc::default(),
             revision: Arc::default(),
+            inputs: Arc::new(watch::channel(Inputs::default()).0),
         }
+    }
+
+    /// The model and endpoints of every rebuild, for the xDS proxies.
+    pub fn subscribe_inputs(&self) -> watch::Receiver<Inputs> {
+        self.inputs.subscribe()
     }
 
     /// The DNS view, for the DNS handler.
@@ -57,11 +65,13 @@ impl View {
     }
 
     /// Rebuilds from `model` and `endpoints`.
-    pub fn rebuild(&self, model: &Model, endpoints: Vec<Endpoint>) {
-        let dns = build_dns(model, &endpoints);
+    pub fn rebuild(&self, model: Arc<Model>, endpoints: Vec<Endpoint>) {
+        let dns = build_dns(&model, &endpoints);
         self.dns.replace(dns);
-        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(endpoints);
+        let endpoints = Arc::new(endpoints);
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints.clone();
         *self.revision.write().unwrap_or_else(|e| e.into_inner()) = model.revision();
+        self.inputs.send_replace(Inputs { model, endpoints });
     }
 }
 
@@ -96,7 +106,7 @@ pub async fn run(
     loop {
         endpoints.borrow_and_update();
         let m = model.borrow_and_update().clone();
-        view.rebuild(&m, gossip.endpoints());
+        view.rebuild(m, gossip.endpoints());
         tokio::select! {
             _ = stop.changed() => return,
             r = model.changed() => if r.is_err() { return },

@@ -51,16 +51,13 @@ pub struct PeersArgs {
 }
 
 fn instance(peer: usize, n: usize) -> Instance {
-    Instance {
-        namespace: "peers.local".into(),
-        service: format!("peer-{peer}"),
-        mesh: String::new(),
-        virtual_node: String::new(),
-        id: format!("i{n}"),
-        address: IpAddr::from([10, 200, (peer % 256) as u8, (n % 250 + 1) as u8]),
-        port: 8080,
-        attributes: Default::default(),
-    }
+    Instance::cloud_map(
+        "peers.local",
+        &format!("peer-{peer}"),
+        &format!("i{n}"),
+        IpAddr::from([10, 200, (peer % 256) as u8, (n % 250 + 1) as u8]),
+        8080,
+    )
 }
 
 /// What the agent reports: (endpoints it sees, endpoints of `service`).

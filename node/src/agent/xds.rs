@@ -1,0 +1,199 @@
+//! The proxies (Envoys) connected to this agent: each one's snapshot, recomputed from the view
+//! whenever the model or the endpoints change, and the ADS server that streams them.
+//!
+//! Recomputing is per connected proxy and per change; the ADS server then sends only the types
+//! whose version changed, so a proxy whose resources did not change is sent nothing. Resources
+//! equal in content are shared between proxies (interned by type, name and version), so a
+//! thousand sidecars of one mesh hold one copy of each cluster they all use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use shoal_model::discovery::Endpoint;
+use shoal_model::Model;
+use shoal_xds::translate::translate;
+use shoal_xds::{ProxyId, ProxyOptions, Resource, ResourceType, Snapshot};
+use tokio::sync::watch;
+
+/// What snapshots are computed from.
+#[derive(Clone, Default)]
+pub struct Inputs {
+    /// The model.
+    pub model: Arc<Model>,
+    /// Every endpoint gossip reports.
+    pub endpoints: Arc<Vec<Endpoint>>,
+}
+
+type Key = (ProxyId, ProxyOptions);
+
+#[derive(Default)]
+struct Interner {
+    live: HashMap<(ResourceType, String, String), Weak<Resource>>,
+}
+
+impl Interner {
+    /// `snap` with every resource replaced by an equal one already held by another proxy.
+    fn intern(&mut self, snap: Snapshot) -> Snapshot {
+        let mut out = Snapshot::default();
+        for ty in ResourceType::ALL {
+            for r in snap.resources(ty).values() {
+                let key = (ty, r.name.clone(), r.version.clone());
+                let shared = match self.live.get(&key).and_then(Weak::upgrade) {
+                    Some(existing) => existing,
+                    None => {
+                        self.live.insert(key, Arc::downgrade(r));
+                        r.clone()
+                    }
+                };
+                out.insert(ty, shared);
+            }
+        }
+        if self.live.len() > 1024
+            && self.live.values().filter(|w| w.strong_count() == 0).count() > self.live.len() / 2
+        {
+            self.live.retain(|_, w| w.strong_count() > 0);
+        }
+        out
+    }
+}
+
+struct Inner {
+    proxies: HashMap<Key, watch::Sender<Arc<Snapshot>>>,
+    interner: Interner,
+}
+
+/// The connected proxies. Cheap to clone; clones share them.
+#[derive(Clone)]
+pub struct Proxies {
+    inner: Arc<Mutex<Inner>>,
+    inputs: watch::Receiver<Inputs>,
+}
+
+fn same(a: &Snapshot, b: &Snapshot) -> bool {
+    ResourceType::ALL
+        .iter()
+        .all(|t| a.version(*t) == b.version(*t))
+}
+
+impl Proxies {
+    /// Proxies whose snapshots follow `inputs`.
+    pub fn new(inputs: watch::Receiver<Inputs>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                proxies: HashMap::new(),
+                interner: Interner::default(),
+            })),
+            inputs,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Proxies with at least one open stream.
+    pub fn count(&self) -> usize {
+        self.lock()
+            .proxies
+            .values()
+            .filter(|tx| tx.receiver_count() > 0)
+            .count()
+    }
+
+    /// The current snapshot of `proxy` (computing it if it is not connected), for the API.
+    pub fn snapshot(&self, proxy: &ProxyId, opts: &ProxyOptions) -> Option<Arc<Snapshot>> {
+        let inputs = self.inputs.borrow().clone();
+        let mut inner = self.lock();
+        if let Some(tx) = inner.proxies.get(&(proxy.clone(), opts.clone())) {
+            return Some(tx.borrow().clone());
+        }
+        compute(&inputs, proxy, opts, &mut inner.interner).map(Arc::new)
+    }
+
+    /// The snapshots of `proxy`, registering it if it is new.
+    pub fn subscribe(
+        &self,
+        proxy: &ProxyId,
+        opts: &ProxyOptions,
+    ) -> watch::Receiver<Arc<Snapshot>> {
+        let inputs = self.inputs.borrow().clone();
+        let mut inner = self.lock();
+        let key = (proxy.clone(), opts.clone());
+        if let Some(tx) = inner.proxies.get(&key) {
+            return tx.subscribe();
+        }
+        let snap = compute(&inputs, proxy, opts, &mut inner.interner).unwrap_or_default();
+        let (tx, rx) = watch::channel(Arc::new(snap));
+        tracing::info!(proxy = %proxy, "proxy connected");
+        inner.proxies.insert(key, tx);
+        rx
+    }
+
+    /// Recomputes every connected proxy's snapshot from the current inputs and forgets the
+    /// proxies nobody streams to any more. A proxy's channel is touched only when one of its
+    /// types changed.
+    pub fn refresh(&self) {
+        let inputs = self.inputs.borrow().clone();
+        let mut inner = self.lock();
+        let Inner { proxies, interner } = &mut *inner;
+        proxies.retain(|(proxy, _), tx| {
+            let keep = tx.receiver_count() > 0;
+            if !keep {
+                tracing::info!(proxy = %proxy, "proxy gone");
+            }
+            keep
+        });
+        for ((proxy, opts), tx) in proxies.iter() {
+            let Some(next) = compute(&inputs, proxy, opts, interner) else {
+                continue;
+            };
+            tx.send_if_modified(|cur| {
+                if same(cur, &next) {
+                    false
+                } else {
+                    *cur = Arc::new(next);
+                    true
+                }
+            });
+        }
+    }
+}
+
+/// The snapshot of `proxy`; `None` (keep what it has) when the model cannot be translated.
+fn compute(
+    inputs: &Inputs,
+    proxy: &ProxyId,
+    opts: &ProxyOptions,
+    interner: &mut Interner,
+) -> Option<Snapshot> {
+    match translate(&inputs.model, &inputs.endpoints, proxy, opts) {
+        Ok(s) => Some(interner.intern(s)),
+        Err(e) => {
+            tracing::warn!(proxy = %proxy, error = %e, "cannot translate the model for a proxy; it keeps its last configuration");
+            None
+        }
+    }
+}
+
+impl shoal_xds::server::SnapshotSource for Proxies {
+    fn subscribe(
+        &self,
+        proxy: &ProxyId,
+        opts: &ProxyOptions,
+        _node: &envoy_types::pb::envoy::config::core::v3::Node,
+    ) -> Result<watch::Receiver<Arc<Snapshot>>, tonic::Status> {
+        Ok(Proxies::subscribe(self, proxy, opts))
+    }
+}
+
+/// Runs until `stop`: refreshes the proxies whenever the inputs change.
+pub async fn run(proxies: Proxies, mut stop: watch::Receiver<bool>) {
+    let mut inputs = proxies.inputs.clone();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = inputs.changed() => if r.is_err() { return },
+        }
+        proxies.refresh();
+    }
+}
