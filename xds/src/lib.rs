@@ -6,12 +6,14 @@
 //!   version, shared between proxies that are sent the same resource.
 //! * `translate` (pure): model + endpoints + proxy → [`snapshot::Snapshot`].
 //! * [`bootstrap`]: the bootstrap a stock Envoy starts with (`shoal envoy bootstrap`).
-//! * `server`: Aggregated Discovery Service, state-of-the-world and incremental, over tonic.
+//! * [`server`]: Aggregated Discovery Service, state-of-the-world and incremental, over tonic.
+//! * [`loadgen`]: many simulated Envoys against an ADS server, for the fan-out benchmark.
 //!
 //! **Invariant:** this crate knows nothing about Raft or gossip; it sees the model and the
 //! endpoints (`shoal_model::discovery::Endpoint`) it is given.
 
 pub mod bootstrap;
+pub mod loadgen;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;

@@ -10,13 +10,13 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use super::stats::{idx, StreamGuard};
+use super::stats::{idx, Names, Protocol, StreamGuard};
+use super::wire::DeltaResponse;
 use super::{may_send, Nonces, Session, TypeView};
 use crate::snapshot::{Resource, ResourceType, Snapshot};
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// A resource the client holds, keyed by its name.
 #[derive(Debug, Clone)]
@@ -46,8 +46,8 @@ struct TypeState {
     requested: bool,
     /// Subscribed to every resource of the type (besides `names`).
     wildcard: bool,
-    /// Explicitly subscribed names.
-    names: BTreeSet<String>,
+    /// Explicitly subscribed names (interned: see `Names`).
+    names: BTreeSet<Arc<str>>,
     /// What the client holds.
     held: HashSet<Held>,
     /// What the client said it holds when it resumed, until a snapshot resolves it into `held`
@@ -80,7 +80,7 @@ impl TypeState {
         };
         let all = snap.resources(ty);
         for (name, version) in initial {
-            let wanted = self.wildcard || self.names.contains(&name);
+            let wanted = self.wildcard || self.names.contains(name.as_str());
             match all.get(&name) {
                 Some(r) if wanted && r.version == version => {
                     self.held.insert(Held(r.clone()));
@@ -103,7 +103,7 @@ impl TypeState {
         if self.wildcard {
             Box::new(all.values())
         } else {
-            Box::new(self.names.iter().filter_map(|n| all.get(n)))
+            Box::new(self.names.iter().filter_map(|n| all.get(&**n)))
         }
     }
 
@@ -120,19 +120,21 @@ impl TypeState {
         &'a self,
         snap: &'a Snapshot,
         ty: ResourceType,
-    ) -> impl Iterator<Item = &'a String> + 'a {
+    ) -> impl Iterator<Item = &'a str> + 'a {
         let all = snap.resources(ty);
         let held_gone = self
             .held
             .iter()
-            .map(|h| &h.0.name)
+            .map(|h| h.0.name.as_str())
             .filter(move |n| !all.contains_key(*n));
-        let absent = self.names.iter().filter(move |n| {
-            !all.contains_key(*n)
-                && !self.held.contains(n.as_str())
-                && !self.told_absent.contains(*n)
+        let absent = self.names.iter().map(|n| &**n).filter(move |n| {
+            !all.contains_key(*n) && !self.held.contains(*n) && !self.told_absent.contains(*n)
         });
-        self.removals.iter().chain(held_gone).chain(absent)
+        self.removals
+            .iter()
+            .map(String::as_str)
+            .chain(held_gone)
+            .chain(absent)
     }
 
     fn has_changes(&mut self, snap: &Snapshot, ty: ResourceType) -> bool {
@@ -155,15 +157,15 @@ impl TypeState {
         }
     }
 
-    fn subscribe(&mut self, ty: ResourceType, names: Vec<String>, first: bool) {
+    fn subscribe(&mut self, ty: ResourceType, names: Vec<String>, first: bool, interner: &Names) {
         if first && names.is_empty() && ty.is_wildcard() {
             self.wildcard = true;
         }
         for n in names {
             if n == "*" {
                 self.wildcard = true;
-            } else {
-                self.names.insert(n);
+            } else if !self.names.contains(n.as_str()) {
+                self.names.insert(interner.intern(&n));
             }
         }
     }
@@ -174,10 +176,10 @@ impl TypeState {
                 self.wildcard = false;
                 // The client drops what it held only through the wildcard.
                 let names = &self.names;
-                self.held.retain(|h| names.contains(&h.0.name));
+                self.held.retain(|h| names.contains(h.0.name.as_str()));
                 continue;
             }
-            self.names.remove(&n);
+            self.names.remove(n.as_str());
             self.told_absent.remove(&n);
             self.removals.remove(&n);
             if !self.wildcard {
@@ -194,19 +196,23 @@ pub(crate) struct DeltaSession {
     nonces: Nonces,
 }
 
-impl DeltaSession {
-    pub(crate) fn new(guard: StreamGuard) -> Self {
+impl Session for DeltaSession {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaResponse;
+
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn new(guard: StreamGuard) -> Self {
         DeltaSession {
             guard,
             types: Default::default(),
             nonces: Nonces::default(),
         }
     }
-}
 
-impl Session for DeltaSession {
-    type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest) {
         let proxy = &self.guard.proxy;
@@ -225,7 +231,12 @@ impl Session for DeltaSession {
                 st.initial = Some(req.initial_resource_versions);
             }
         }
-        st.subscribe(ty, req.resource_names_subscribe, first);
+        st.subscribe(
+            ty,
+            req.resource_names_subscribe,
+            first,
+            &self.guard.stats.names,
+        );
         st.unsubscribe(req.resource_names_unsubscribe);
         if req.response_nonce.is_empty() {
             return;
@@ -256,7 +267,7 @@ impl Session for DeltaSession {
         }
     }
 
-    fn push(&mut self, snap: &Snapshot, out: &mut VecDeque<DeltaDiscoveryResponse>) {
+    fn push(&mut self, snap: &Snapshot, out: &mut VecDeque<DeltaResponse>) {
         for ty in ResourceType::ALL {
             self.types[idx(ty)].resolve_initial(snap, ty);
         }
@@ -276,14 +287,14 @@ impl Session for DeltaSession {
                 .filter(|r| st.is_update(r))
                 .cloned()
                 .collect();
-            let removed: BTreeSet<String> = st.gone(snap, ty).cloned().collect();
+            let removed: BTreeSet<String> = st.gone(snap, ty).map(str::to_string).collect();
             for r in &updates {
                 st.told_absent.remove(&r.name);
                 st.held.replace(Held(r.clone()));
             }
             for n in &removed {
                 st.held.remove(n.as_str());
-                if st.names.contains(n) {
+                if st.names.contains(n.as_str()) {
                     st.told_absent.insert(n.clone());
                 }
             }
@@ -297,21 +308,12 @@ impl Session for DeltaSession {
             st.nacked = false;
             st.clean = true;
             self.guard.response(ty);
-            out.push_back(DeltaDiscoveryResponse {
+            out.push_back(DeltaResponse {
                 system_version_info: version,
-                resources: updates
-                    .iter()
-                    .map(|r| WireResource {
-                        name: r.name.clone(),
-                        version: r.version.clone(),
-                        resource: Some(r.any.clone()),
-                        ..Default::default()
-                    })
-                    .collect(),
+                resources: updates,
                 type_url: ty.type_url(),
                 removed_resources: removed.into_iter().collect(),
                 nonce,
-                ..Default::default()
             });
         }
     }

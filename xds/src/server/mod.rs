@@ -38,9 +38,11 @@
 //!   resent when they are current).
 
 mod delta;
+mod grpc;
 mod node;
 mod sotw;
 mod stats;
+mod wire;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -49,16 +51,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
+pub use self::grpc::AdsService;
 pub use self::node::{parse_node, NodeError};
 use self::stats::{lock, Stats, StreamGuard};
 pub use self::stats::{AdsStats, NackRecord, Protocol, ProxyStatus, TypeCounts};
@@ -70,8 +67,8 @@ pub type SnapshotWatch = watch::Receiver<Arc<Snapshot>>;
 
 /// Largest request the server decodes: Envoy's delta reconnect lists every resource it has.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
-/// Largest response the server encodes: a state-of-the-world CDS or EDS response carries every
-/// cluster or assignment of the proxy at once.
+/// Largest response a client should accept (the load generator's limit): a state-of-the-world
+/// CDS or EDS response carries every cluster or assignment of the proxy at once.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 /// What the ADS server needs from its embedder: each proxy's configuration, kept current.
@@ -148,14 +145,12 @@ impl AdsServer {
         }
     }
 
-    /// The tonic service, with message limits raised to [`MAX_REQUEST_BYTES`] and
-    /// [`MAX_RESPONSE_BYTES`] (tonic's 4 MiB default is too small for a large mesh's CDS).
-    /// Clone the server first to keep a handle for [`AdsServer::stats`] and
-    /// [`AdsServer::shutdown`].
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_RESPONSE_BYTES)
+    /// The gRPC service to add to a tonic server (`Server::builder().add_service(…)`): ADS,
+    /// both methods, requests up to [`MAX_REQUEST_BYTES`]. Clone the server first to keep a
+    /// handle for [`AdsServer::stats`] and [`AdsServer::shutdown`]. It is not tonic's generated
+    /// `AggregatedDiscoveryServiceServer`, only for memory (see [`AdsService`]).
+    pub fn into_service(self) -> AdsService {
+        AdsService { server: self }
     }
 
     /// Serves ADS on `listener` until `shutdown` completes, then ends every stream and waits for
@@ -260,55 +255,39 @@ fn shutting_down() -> Status {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
+impl AdsServer {
+    /// Opens one ADS stream: reads the first request, identifies and subscribes the proxy (or
+    /// refuses it), and returns the stream of responses.
+    async fn stream<S: Session>(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let mut requests = request.into_inner();
+        mut requests: Streaming<S::Req>,
+    ) -> Result<BoxStream<S::Resp>, Status> {
         let first = self.first(&mut requests).await?;
-        let (guard, watch) = self.open(first.node.as_ref(), Protocol::StateOfTheWorld)?;
-        let session = sotw::SotwSession::new(guard);
+        let (guard, watch) = self.open(S::node(&first), S::PROTOCOL)?;
         let driver = Driver::new(
-            session,
+            S::new(guard),
             requests,
             watch,
             self.inner.shutdown.subscribe(),
             first,
         );
-        Ok(Response::new(driver.into_stream()))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let mut requests = request.into_inner();
-        let first = self.first(&mut requests).await?;
-        let (guard, watch) = self.open(first.node.as_ref(), Protocol::Delta)?;
-        let session = delta::DeltaSession::new(guard);
-        let driver = Driver::new(
-            session,
-            requests,
-            watch,
-            self.inner.shutdown.subscribe(),
-            first,
-        );
-        Ok(Response::new(driver.into_stream()))
+        Ok(driver.into_stream())
     }
 }
 
 /// How one protocol variant keeps the state of one stream. The [`Driver`] feeds it requests and
 /// snapshot changes and asks it, after each, what to send.
-pub(crate) trait Session: Send + 'static {
+pub(crate) trait Session: Send + Sized + 'static {
     /// A request of the protocol.
     type Req: prost::Message + Default + Send + 'static;
     /// A response of the protocol.
-    type Resp: Send + 'static;
+    type Resp: prost::Message + Send + 'static;
+    /// Which protocol this is.
+    const PROTOCOL: Protocol;
+    /// A session for the stream `guard` counts.
+    fn new(guard: StreamGuard) -> Self;
+    /// The node of a request (the first one names the proxy).
+    fn node(req: &Self::Req) -> Option<&Node>;
     /// Records a request (subscription change, ACK, NACK, or resumption).
     fn on_request(&mut self, req: Self::Req);
     /// The snapshot was replaced: forget whatever was cached about the old one.

@@ -5,11 +5,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use super::stats::{idx, StreamGuard};
+use super::stats::{idx, Names, Protocol, StreamGuard};
+use super::wire::SotwResponse;
 use super::{may_send, Nonces, Session, TypeView};
 use crate::snapshot::{Resource, ResourceType, Snapshot};
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// What one stream knows about one type.
 #[derive(Debug, Default)]
@@ -18,8 +20,8 @@ struct TypeState {
     requested: bool,
     /// Every resource of the type, rather than `names`.
     wildcard: bool,
-    /// The named subscription, sorted and without duplicates.
-    names: Vec<String>,
+    /// The named subscription, sorted and without duplicates (interned: see `Names`).
+    names: Vec<Arc<str>>,
     /// `version_info` of the last response, or the version Envoy said it has when it resumed.
     sent: Option<String>,
     /// Nonce of the last response: requests carrying another one are stale.
@@ -37,18 +39,32 @@ struct TypeState {
 
 impl TypeState {
     /// Applies the `resource_names` of a request; tells whether the subscription changed.
-    fn subscribe(&mut self, ty: ResourceType, names: &[String], first: bool) -> bool {
+    fn subscribe(
+        &mut self,
+        ty: ResourceType,
+        names: &[String],
+        first: bool,
+        interner: &Names,
+    ) -> bool {
         let star = names.iter().any(|n| n == "*");
-        let mut named: Vec<String> = names.iter().filter(|n| *n != "*").cloned().collect();
+        let mut named: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*")
+            .collect();
         named.sort_unstable();
         named.dedup();
         // A first request without names is the legacy wildcard of LDS and CDS; later empty
         // requests keep a wildcard subscription (Envoy's LDS/CDS always send none) but mean
         // "nothing" for a named one.
         let wildcard = star || (names.is_empty() && ty.is_wildcard() && (first || self.wildcard));
-        let changed = wildcard != self.wildcard || named != self.names;
+        let same_names = named.len() == self.names.len()
+            && named.iter().zip(&self.names).all(|(a, b)| *a == &**b);
+        let changed = wildcard != self.wildcard || !same_names;
         self.wildcard = wildcard;
-        self.names = named;
+        if !same_names {
+            self.names = named.into_iter().map(|n| interner.intern(n)).collect();
+        }
         if changed {
             self.version = None;
         }
@@ -61,7 +77,7 @@ impl TypeState {
         if self.wildcard {
             all.values().collect()
         } else {
-            self.names.iter().filter_map(|n| all.get(n)).collect()
+            self.names.iter().filter_map(|n| all.get(&**n)).collect()
         }
     }
 
@@ -70,8 +86,10 @@ impl TypeState {
     fn version(&mut self, snap: &Snapshot, ty: ResourceType) -> &str {
         if self.version.is_none() {
             let all = snap.resources(ty);
-            let covers_all =
-                self.wildcard || all.keys().all(|k| self.names.binary_search(k).is_ok());
+            let covers_all = self.wildcard
+                || all
+                    .keys()
+                    .all(|k| self.names.binary_search_by(|n| (**n).cmp(k)).is_ok());
             let v = if covers_all {
                 snap.version(ty)
             } else {
@@ -106,14 +124,6 @@ pub(crate) struct SotwSession {
 }
 
 impl SotwSession {
-    pub(crate) fn new(guard: StreamGuard) -> Self {
-        SotwSession {
-            guard,
-            types: Default::default(),
-            nonces: Nonces::default(),
-        }
-    }
-
     fn views(&mut self, snap: &Snapshot) -> [TypeView; 5] {
         let mut views = [TypeView::default(); 5];
         for ty in ResourceType::ALL {
@@ -125,7 +135,21 @@ impl SotwSession {
 
 impl Session for SotwSession {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
+    type Resp = SotwResponse;
+
+    const PROTOCOL: Protocol = Protocol::StateOfTheWorld;
+
+    fn new(guard: StreamGuard) -> Self {
+        SotwSession {
+            guard,
+            types: Default::default(),
+            nonces: Nonces::default(),
+        }
+    }
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
 
     fn on_request(&mut self, req: DiscoveryRequest) {
         let proxy = &self.guard.proxy;
@@ -142,7 +166,7 @@ impl Session for SotwSession {
             st.nonce = None;
             st.in_flight = false;
             st.nacked = false;
-            st.subscribe(ty, &req.resource_names, first);
+            st.subscribe(ty, &req.resource_names, first, &self.guard.stats.names);
             if req.version_info.is_empty() {
                 st.sent = None;
                 st.must_answer = true;
@@ -177,7 +201,7 @@ impl Session for SotwSession {
             }
         }
         let st = &mut self.types[idx(ty)];
-        if st.subscribe(ty, &req.resource_names, false) {
+        if st.subscribe(ty, &req.resource_names, false, &self.guard.stats.names) {
             st.must_answer = true;
         }
     }
@@ -188,7 +212,7 @@ impl Session for SotwSession {
         }
     }
 
-    fn push(&mut self, snap: &Snapshot, out: &mut VecDeque<DiscoveryResponse>) {
+    fn push(&mut self, snap: &Snapshot, out: &mut VecDeque<SotwResponse>) {
         for ty in ResourceType::ALL {
             let views = self.views(snap);
             let v = views[idx(ty)];
@@ -198,11 +222,8 @@ impl Session for SotwSession {
             let nonce = self.nonces.next();
             let st = &mut self.types[idx(ty)];
             let version = st.version(snap, ty).to_string();
-            let resources: Vec<_> = st
-                .selected(snap, ty)
-                .into_iter()
-                .map(|r| r.any.clone())
-                .collect();
+            let resources: Vec<Arc<Resource>> =
+                st.selected(snap, ty).into_iter().cloned().collect();
             tracing::debug!(proxy = %self.guard.proxy, ?ty, %version, resources = resources.len(), %nonce, "push");
             st.sent = Some(version.clone());
             st.nonce = Some(nonce.clone());
@@ -210,12 +231,11 @@ impl Session for SotwSession {
             st.must_answer = false;
             st.nacked = false;
             self.guard.response(ty);
-            out.push_back(DiscoveryResponse {
+            out.push_back(SotwResponse {
                 version_info: version,
                 resources,
                 type_url: ty.type_url(),
                 nonce,
-                ..Default::default()
             });
         }
     }

@@ -4,7 +4,7 @@
 //! the per-proxy status sits behind a mutex that is only taken when an ACK or NACK arrives and
 //! when someone asks (`/v1/…`, tests), never while a response is being encoded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -119,6 +119,35 @@ pub(crate) struct Stats {
     pub(crate) last_nack: Mutex<Option<NackRecord>>,
     next_stream: AtomicU64,
     pub(crate) proxies: Mutex<HashMap<u64, Arc<Mutex<ProxyStatus>>>>,
+    /// Resource names the streams subscribe to, shared (see [`Names`]).
+    pub(crate) names: Names,
+}
+
+/// Interned resource names. Every sidecar of a mesh subscribes to the same cluster and route
+/// names, so each stream keeps pointers into one shared set instead of its own copies (for a
+/// 100-service mesh that is about 6 KiB per stream). Names nobody holds any more are dropped
+/// when the set has doubled since it was last pruned.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    set: Mutex<(HashSet<Arc<str>>, usize)>,
+}
+
+impl Names {
+    /// The shared copy of `name`.
+    pub(crate) fn intern(&self, name: &str) -> Arc<str> {
+        let mut guard = lock(&self.set);
+        let (set, prune_at) = &mut *guard;
+        if let Some(n) = set.get(name) {
+            return n.clone();
+        }
+        if set.len() >= *prune_at {
+            set.retain(|n| Arc::strong_count(n) > 1);
+            *prune_at = (set.len() * 2).max(1024);
+        }
+        let n: Arc<str> = Arc::from(name);
+        set.insert(n.clone());
+        n
+    }
 }
 
 impl Stats {
