@@ -442,6 +442,79 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
     let wrong_path = call(gw, "paint.example.com", "/other", &[]);
     assert!(wrong_path.starts_with("HTTP 404"), "{wrong_path}");
 
+    // A model that passes validation but that Envoy rejects on this host (a trust file that does
+    // not exist here): Envoy NACKs it, keeps its last good config and keeps serving; the agent
+    // counts the NACK, logs Envoy's message and does not resend it in a loop.
+    let nacks = || -> u64 {
+        http_request(aspec.api, "GET", "/v1/agent/xds", None, secs(2))
+            .ok()
+            .and_then(|r| r.json())
+            .and_then(|v| v["nacks"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = nacks();
+    let client = |tls: bool| {
+        let mut spec = json!({"serviceDiscovery": {"dns": {"hostname": "client.color.local"}},
+            "backends": [{"virtualService": {"virtualServiceName": VS}}]});
+        if tls {
+            spec["backendDefaults"] = json!({"clientPolicy": {"tls": {"validation": {"trust": {
+                "file": {"certificateChain": "/nonexistent/shoal-ca.pem"}}}}}});
+        }
+        json!({ "spec": spec })
+    };
+    put(
+        sspec.api,
+        "/v20190125/meshes/color/virtualNodes/client",
+        client(true),
+    );
+    let nacked = wait_for("Envoy's NACK", secs(20), || {
+        let n = nacks();
+        (n > before).then_some(n).ok_or(format!("{n} NACKs"))
+    });
+    let status = http_request(aspec.api, "GET", "/v1/agent/xds", None, secs(2))
+        .unwrap()
+        .json()
+        .unwrap();
+    let message = status["last_nack"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("/nonexistent/shoal-ca.pem"), "{status}");
+    std::thread::sleep(secs(2));
+    assert!(
+        nacks() <= nacked + 1,
+        "NACKs keep coming: {} then {}",
+        nacked,
+        nacks()
+    );
+    let dump = sotw.admin_get("/config_dump").unwrap();
+    assert!(
+        !dump.contains("/nonexistent/shoal-ca.pem"),
+        "Envoy applied the rejected config"
+    );
+    let still = split(egress_sotw, 100);
+    assert!(
+        still
+            .keys()
+            .all(|k| ["red", "blue", "green"].contains(&k.as_str())),
+        "{still:?}"
+    );
+    put(
+        sspec.api,
+        "/v20190125/meshes/color/virtualNodes/client",
+        client(false),
+    );
+    let acks = || -> u64 {
+        http_request(aspec.api, "GET", "/v1/agent/xds", None, secs(2))
+            .ok()
+            .and_then(|r| r.json())
+            .and_then(|v| v["acks"].as_u64())
+            .unwrap_or(0)
+    };
+    let acked = acks();
+    wait_for("the good config acknowledged again", secs(20), || {
+        (acks() > acked)
+            .then_some(())
+            .ok_or("no new ACK".to_string())
+    });
+
     // A dead instance leaves the endpoints (Envoy's /clusters) and gets no more requests.
     let red2 = backends.get_mut("red-2").unwrap();
     let red2_addr = red2.addr.to_string();
