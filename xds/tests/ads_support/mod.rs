@@ -95,9 +95,14 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A server on `addr` (e.g. the address of one that was stopped).
+    pub async fn start_on(addr: SocketAddr) -> Harness {
         let source = Arc::new(TestSource::default());
         let ads = AdsServer::new(source.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(ads.clone().serve(listener, async move {
