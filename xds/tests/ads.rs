@@ -263,6 +263,10 @@ async fn sotw_reconnect_with_current_versions_is_sent_nothing() {
     s.request(Secret, &["cert"], &last[&Secret].version, "");
     s.silence().await;
     assert_eq!(h.ads.stats().responses.total(), responses);
+    assert_eq!(
+        h.ads.proxies()[0].acked.get(&Cluster),
+        Some(&last[&Cluster].version)
+    );
     // A type resumed at an old version is sent the current one.
     s.request(Route, &["egress"], "some-old-version", "");
     let rds = s.recv().await;
@@ -615,5 +619,82 @@ async fn delta_first_wildcard_request_is_answered_even_when_empty() {
     h.source.set(NODE, mesh(1));
     let lds = d.recv().await;
     assert_eq!(delta_contents(&lds), ["egress=v1"]);
+    h.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator (what the fan-out benchmark drives the server with).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_subscribes_like_envoy_and_times_a_change() {
+    use shoal_xds::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
+    let h = Harness::start().await;
+    let nodes: Vec<String> = (0..20)
+        .map(|i| format!("mesh/m/virtualNode/n{i}"))
+        .collect();
+    for proto in [Protocol::StateOfTheWorld, Protocol::Delta] {
+        for n in &nodes {
+            h.source.set(n, eds_mesh(5, 1));
+        }
+        let gen = LoadGen::start(LoadConfig::new(
+            format!("http://{}", h.addr),
+            nodes.clone(),
+            proto,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(gen.len(), nodes.len());
+        let synced = gen.wait(&Marker::Any(Route), WAIT).await;
+        assert_eq!(synced.missing(), 0, "{:?}", gen.failures());
+        for i in 0..gen.len() {
+            let a = gen.arrivals(i);
+            let count = |ty| {
+                a.iter()
+                    .filter(|x| x.ty == ty)
+                    .map(|x| x.resources)
+                    .sum::<usize>()
+            };
+            assert_eq!(count(Cluster), 5, "{proto:?} {a:?}");
+            assert_eq!(count(Endpoint), 5, "{proto:?} {a:?}");
+            assert_eq!(count(Listener), 1, "{proto:?} {a:?}");
+            assert_eq!(count(Route), 1, "{proto:?} {a:?}");
+        }
+        h.until("every ACK", |s| s.acks.total() == s.responses.total())
+            .await;
+
+        let t0 = tokio::time::Instant::now();
+        for n in &nodes {
+            h.source.set(n, eds_mesh(5, 2));
+        }
+        let changed = gen.wait(&Marker::After(Route, t0), WAIT).await;
+        assert_eq!(changed.missing(), 0, "{:?}", gen.failures());
+        let summary = changed.summary(t0);
+        assert_eq!(summary.streams, nodes.len());
+        assert!(summary.p50 <= summary.p99 && summary.p99 <= summary.max && summary.max < WAIT);
+        // Only the route configuration went out.
+        for i in 0..gen.len() {
+            let after: Vec<_> = gen
+                .arrivals(i)
+                .into_iter()
+                .filter(|a| a.at >= t0)
+                .map(|a| a.ty)
+                .collect();
+            assert_eq!(after, [Route], "{proto:?}");
+        }
+        // A version marker finds the same responses.
+        let version = gen
+            .arrivals(0)
+            .into_iter()
+            .rfind(|a| a.ty == Route)
+            .unwrap()
+            .version;
+        let by_version = gen.wait(&Marker::Version(Route, version), WAIT).await;
+        assert_eq!(by_version.at, changed.at, "{proto:?}");
+        h.until("every ACK", |s| s.acks.total() == s.responses.total())
+            .await;
+        drop(gen);
+        h.until("the streams to close", |s| s.streams_open == 0)
+            .await;
+    }
     h.stop().await;
 }

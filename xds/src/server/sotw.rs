@@ -172,6 +172,7 @@ impl Session for SotwSession {
                 st.must_answer = true;
             } else {
                 tracing::debug!(%proxy, ?ty, version = %req.version_info, "resuming");
+                self.guard.resumed(ty, &req.version_info);
                 st.sent = Some(req.version_info);
                 st.must_answer = false;
             }

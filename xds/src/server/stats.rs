@@ -218,6 +218,12 @@ impl StreamGuard {
         }
     }
 
+    /// Envoy resumed a type at `version` (state of the world): that is what it has accepted,
+    /// though no ACK was exchanged on this stream.
+    pub(crate) fn resumed(&self, ty: ResourceType, version: &str) {
+        lock(&self.status).acked.insert(ty, version.to_string());
+    }
+
     pub(crate) fn nack(&self, ty: ResourceType, version: &str, message: &str) {
         self.stats.nacks.inc(ty);
         lock(&self.status).nacked.insert(ty, version.to_string());

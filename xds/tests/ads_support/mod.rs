@@ -493,3 +493,74 @@ pub fn delta_contents(resp: &DeltaDiscoveryResponse) -> Vec<String> {
     v.extend(removed);
     v
 }
+
+/// A mesh shaped like a translated one: `clusters` EDS clusters with their endpoints, an egress
+/// listener whose HTTP connection manager takes its routes from RDS ("egress"), and that route
+/// configuration; `v` changes only the route configuration.
+pub fn eds_mesh(clusters: usize, v: u32) -> Snapshot {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{
+        config_source::ConfigSourceSpecifier, AggregatedConfigSource, ConfigSource,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::RouteSpecifier, HttpConnectionManager, Rds,
+    };
+    let ads = || ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    };
+    let mut s = snap(&[(ResourceType::Route, "egress", v)]);
+    for i in 0..clusters {
+        let name = format!("c{i}");
+        s.add(
+            ResourceType::Cluster,
+            &name,
+            &Cluster {
+                name: name.clone(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                eds_cluster_config: Some(EdsClusterConfig {
+                    eds_config: Some(ads()),
+                    service_name: String::new(),
+                }),
+                ..Default::default()
+            },
+        );
+        s.add(
+            ResourceType::Endpoint,
+            &name,
+            &ClusterLoadAssignment {
+                cluster_name: name.clone(),
+                ..Default::default()
+            },
+        );
+    }
+    let hcm = HttpConnectionManager {
+        stat_prefix: "egress".into(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: "egress".into(),
+        })),
+        ..Default::default()
+    };
+    s.add(
+        ResourceType::Listener,
+        "egress",
+        &Listener {
+            name: "egress".into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(
+                        envoy_types::util::pack_any(hcm),
+                    )),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    s
+}
