@@ -94,7 +94,8 @@ pub fn routes(state: AgentState, standalone: bool) -> Router {
         .route("/v1/agent/metrics", get(metrics))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/agent/xds", get(xds_status))
-        .route("/v1/agent/xds/config", get(xds_config));
+        .route("/v1/agent/xds/config", get(xds_config))
+        .route("/v1/agent/xds/static-bootstrap", get(xds_static_bootstrap));
     if standalone {
         r = r
             .route("/v1/status", get(status))
@@ -243,6 +244,87 @@ async fn xds_config(State(s): State<AgentState>, q: Query<ProxyQuery>) -> Respon
             "{proxy} cannot be translated (see the agent's log)"
         ))),
     }
+}
+
+/// `?proxy=<node id>&listen_address=…&ingress_port=…&egress_port=…&admin_address=…&admin_port=…`.
+#[derive(Debug, Deserialize)]
+struct StaticQuery {
+    proxy: String,
+    #[serde(default)]
+    listen_address: Option<String>,
+    #[serde(default)]
+    ingress_port: Option<u16>,
+    #[serde(default)]
+    egress_port: Option<u16>,
+    #[serde(default = "localhost")]
+    admin_address: String,
+    #[serde(default = "admin_port")]
+    admin_port: u16,
+}
+
+fn localhost() -> String {
+    "127.0.0.1".into()
+}
+
+fn admin_port() -> u16 {
+    9901
+}
+
+/// The configuration a proxy gets, as a binary-protobuf Envoy bootstrap with only static
+/// resources (`envoy -c file.pb`): the "equivalent static config" the data-plane benchmark runs
+/// an Envoy with, and a way to run an Envoy with no control plane at all.
+async fn xds_static_bootstrap(State(s): State<AgentState>, q: Query<StaticQuery>) -> Response {
+    use envoy_types::pb::envoy::config::bootstrap::v3::Admin;
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address, Address, SocketAddress,
+    };
+    use prost::Message;
+    let proxy = match shoal_xds::ProxyId::parse(&q.proxy) {
+        Ok(p) => p,
+        Err(e) => return bad(e.to_string()),
+    };
+    let mut opts = shoal_xds::ProxyOptions::default();
+    if let Some(a) = &q.listen_address {
+        opts.listen_address = a.clone();
+    }
+    if let Some(p) = q.ingress_port {
+        opts.ingress_port = p;
+    }
+    if let Some(p) = q.egress_port {
+        opts.egress_port = p;
+    }
+    let Some(snap) = s.proxies.snapshot(&proxy, &opts) else {
+        return error_response(&ApiError::not_found(format!(
+            "{proxy} cannot be translated (see the agent's log)"
+        )));
+    };
+    let mut b = match shoal_xds::translate::static_bootstrap(&snap, &proxy.to_string()) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(&ApiError::new(
+                shoal_model::ErrorKind::InternalServerError,
+                format!("cannot build the bootstrap: {e}"),
+            ))
+        }
+    };
+    b.admin = Some(Admin {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: q.admin_address.clone(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    q.admin_port,
+                ))),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "application/octet-stream")],
+        b.encode_to_vec(),
+    )
+        .into_response()
 }
 
 async fn members(State(s): State<AgentState>) -> Response {
