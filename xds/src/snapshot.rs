@@ -152,10 +152,19 @@ mod tests {
         a.add(ResourceType::Cluster, "x", &c("x"));
         let mut b = Snapshot::default();
         b.add(ResourceType::Cluster, "x", &c("x"));
-        assert_eq!(a.version(ResourceType::Cluster), b.version(ResourceType::Cluster));
+        assert_eq!(
+            a.version(ResourceType::Cluster),
+            b.version(ResourceType::Cluster)
+        );
         b.add(ResourceType::Cluster, "y", &c("y"));
-        assert_ne!(a.version(ResourceType::Cluster), b.version(ResourceType::Cluster));
-        assert_eq!(a.version(ResourceType::Route), b.version(ResourceType::Route));
+        assert_ne!(
+            a.version(ResourceType::Cluster),
+            b.version(ResourceType::Cluster)
+        );
+        assert_eq!(
+            a.version(ResourceType::Route),
+            b.version(ResourceType::Route)
+        );
         assert_eq!(
             ResourceType::from_type_url(&ResourceType::Endpoint.type_url()),
             Some(ResourceType::Endpoint)
