@@ -190,6 +190,9 @@ pub enum BenchCommand {
     /// Many gossip peers in this process against one running agent: convergence through the
     /// agent's view, and the agent's memory.
     Peers(crate::bench::peers::PeersArgs),
+    /// One route change fanned out through one agent to many simulated ADS clients: time to
+    /// the last ACK, agent CPU and memory per proxy.
+    Xds(crate::bench::xds::XdsBenchArgs),
 }
 
 /// Where the client commands send their requests.

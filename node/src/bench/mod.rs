@@ -11,6 +11,8 @@
 //!   leader with SIGKILL, measures the time from the kill to the first write that succeeds
 //!   through the other members, restarts the killed process with its own command line, waits
 //!   until it has caught up, and repeats.
+//! - `shoal bench xds`: one route change fanned out to many simulated proxies through one
+//!   agent (see [`xds`]).
 //! - `shoal bench peers`: many gossip peers against one agent process: convergence and the
 //!   agent's memory (see [`peers`]).
 
@@ -26,6 +28,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 pub mod peers;
+pub mod xds;
 
 use crate::cli::BenchCommand;
 use crate::client::Client;
@@ -117,6 +120,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Writes(a) => writes(a).await,
         BenchCommand::Failover(a) => failover(a).await,
         BenchCommand::Peers(a) => peers::run(a).await,
+        BenchCommand::Xds(a) => xds::run(a).await,
     }
 }
 
