@@ -16,9 +16,9 @@
 //!   Envoy never queues up versions.
 //! * **Order.** Types are considered in [`ResourceType::ALL`] order (secrets, clusters,
 //!   endpoints, listeners, routes), and a type is held back until the types it depends on are
-//!   in place ([`may_send`]): clusters wait until secrets are sent, endpoints until clusters are
-//!   sent, and listeners and routes until secrets, clusters and endpoints are sent *and* secrets
-//!   and clusters are acknowledged. Envoy delays its CDS ACK until new clusters have warmed
+//!   in place: clusters wait until secrets are sent, endpoints until clusters are sent,
+//!   listeners until secrets, clusters and endpoints are sent *and* secrets and clusters are
+//!   acknowledged, and routes for the same plus listeners sent. Envoy delays its CDS ACK until new clusters have warmed
 //!   (received their endpoints), so waiting for that ACK means a listener or route is never
 //!   applied before the clusters it names exist. Endpoints do not wait for the CDS ACK: warming
 //!   clusters need them to finish warming.
@@ -26,7 +26,8 @@
 //!   not retried: the rejected version stays "sent", so it is not sent again; the next different
 //!   version is. While a cluster or secret version is rejected, listeners and routes are held
 //!   back (they could name the rejected clusters), so Envoy stays on its last consistent
-//!   configuration; endpoints keep flowing.
+//!   configuration; endpoints keep flowing. A rejection is remembered per stream only: an Envoy
+//!   that reconnects while the rejected version is still current is sent it once more.
 //! * **Missing snapshot.** The server always has a snapshot (the watch holds one); a source
 //!   that knows nothing for a proxy yet (its virtual node does not exist) hands over an empty
 //!   [`Snapshot`]: Envoy is answered with no resources and runs with no listeners until the
@@ -36,6 +37,11 @@
 //!   (also from [`AdsServer::serve`]'s shutdown), or when the source drops the proxy's watch
 //!   sender; Envoy reconnects with backoff, and resumes from the versions it has (nothing is
 //!   resent when they are current).
+//! * **Types shoal does not serve** (VHDS, SRDS, ECDS, …) are logged and ignored: Envoy only
+//!   asks for them when configured to, and shoal's configuration never does.
+//! * **Identity.** The first request of a stream must carry the node; its id is parsed with
+//!   [`ProxyId::parse`] and its metadata with [`parse_node`]; a bad one is refused with
+//!   `INVALID_ARGUMENT` and a message that says what to fix.
 
 mod delta;
 mod grpc;
