@@ -303,12 +303,10 @@ pub fn virtual_service_nodes(model: &Model, mesh: &str, name: &str) -> Vec<Strin
             nodes.insert(p.virtual_node_name.clone());
         }
         Some(api::VirtualServiceProvider::VirtualRouter(p)) => {
-            for route in model.in_mesh(mesh) {
-                if route.key.kind == Kind::Route && route.key.parent == p.virtual_router_name {
-                    for t in targets_of(&route.spec) {
-                        if t.weight > 0 {
-                            nodes.insert(t.virtual_node.clone());
-                        }
+            for route in model.children(mesh, Kind::Route, &p.virtual_router_name) {
+                for t in targets_of(&route.spec) {
+                    if t.weight > 0 {
+                        nodes.insert(t.virtual_node.clone());
                     }
                 }
             }

@@ -353,6 +353,23 @@ impl Model {
             .filter(|r| r.key.kind != Kind::Mesh)
     }
 
+    /// The resources of `kind` under `parent` in `mesh` (the routes of a router, the gateway
+    /// routes of a gateway), in name order. A range of the key order, so it costs only what it
+    /// returns: translation asks for every backend's routes, for every proxy.
+    pub fn children<'a>(
+        &'a self,
+        mesh: &str,
+        kind: Kind,
+        parent: &str,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
+        let start = ResourceKey::child(mesh, kind, parent, "");
+        let (mesh, parent) = (mesh.to_string(), parent.to_string());
+        self.resources
+            .range(start..)
+            .map(|(_, r)| r)
+            .take_while(move |r| r.key.mesh == mesh && r.key.kind == kind && r.key.parent == parent)
+    }
+
     /// Checks that `spec` may be put at `key` against the current state: the mesh and parent
     /// exist, the resource exists or not as `mode` requires, and every reference resolves.
     /// Run by the proposer before commit and again, deterministically, at apply.

@@ -419,16 +419,11 @@ pub async fn start(
         let mut stop = stop_rx.clone();
         let addr = xds_addr;
         tasks.push(tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-                .add_service(ads.into_service())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                )
+            // `serve` ends every ADS stream at shutdown (they never end by themselves).
+            let served = ads
+                .serve(listener, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "the xDS server stopped");

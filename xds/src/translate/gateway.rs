@@ -238,10 +238,10 @@ fn grpc_gateway_route<'a>(
 
 fn gateway_routes<'a>(ctx: &Ctx<'a>, gateway: &str) -> Vec<GatewayRoute<'a>> {
     let mut out = Vec::new();
-    for r in ctx.model.in_mesh(ctx.mesh) {
-        if r.key.kind != shoal_model::Kind::GatewayRoute || r.key.parent != gateway {
-            continue;
-        }
+    for r in ctx
+        .model
+        .children(ctx.mesh, shoal_model::Kind::GatewayRoute, gateway)
+    {
         let shoal_model::Spec::GatewayRoute(g) = &r.spec else {
             continue;
         };

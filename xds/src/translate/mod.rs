@@ -185,8 +185,7 @@ impl<'a> Ctx<'a> {
     /// The routes of virtual router `router`, with their names.
     pub fn router_routes(&self, router: &str) -> Vec<(&'a str, &'a api::RouteSpec)> {
         self.model
-            .in_mesh(self.mesh)
-            .filter(|r| r.key.kind == Kind::Route && r.key.parent == router)
+            .children(self.mesh, Kind::Route, router)
             .filter_map(|r| match &r.spec {
                 Spec::Route(s) => Some((r.key.name.as_str(), s)),
                 _ => None,
