@@ -272,6 +272,96 @@ pub fn selects(key: &ResourceKey, spec: &api::VirtualNodeSpec, inst: &Instance) 
     }
 }
 
+/// Endpoints grouped by what can select them, so that finding a virtual node's endpoints costs
+/// what it returns rather than a pass over every endpoint: translation asks once per cluster,
+/// per proxy. Holds indices into the endpoint slice it was built from; pass the same slice to
+/// [`EndpointIndex::for_node`].
+#[derive(Debug, Clone, Default)]
+pub struct EndpointIndex {
+    by_service: std::collections::HashMap<(String, String), Vec<usize>>,
+    by_node: std::collections::HashMap<(String, String), Vec<usize>>,
+    by_name: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl EndpointIndex {
+    /// The index of `endpoints`.
+    pub fn new(endpoints: &[Endpoint]) -> Self {
+        let mut ix = EndpointIndex::default();
+        for (i, e) in endpoints.iter().enumerate() {
+            let inst = &e.instance;
+            if !inst.namespace.is_empty() {
+                ix.by_service
+                    .entry((inst.namespace.clone(), inst.service.clone()))
+                    .or_default()
+                    .push(i);
+                if let Some(name) = inst.service_name() {
+                    ix.by_name.entry(name).or_default().push(i);
+                }
+            }
+            if !inst.mesh.is_empty() {
+                ix.by_node
+                    .entry((inst.mesh.clone(), inst.virtual_node.clone()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        ix
+    }
+
+    /// The endpoints of `endpoints` (the slice the index was built from) that virtual node
+    /// `key` with `spec` selects, in slice order: the same as filtering with [`selects`].
+    pub fn for_node<'e>(
+        &self,
+        endpoints: &'e [Endpoint],
+        key: &ResourceKey,
+        spec: &api::VirtualNodeSpec,
+    ) -> Vec<&'e Endpoint> {
+        self.indices_for_node(endpoints, key, spec)
+            .into_iter()
+            .map(|i| &endpoints[i])
+            .collect()
+    }
+
+    /// [`EndpointIndex::for_node`] as positions in the slice.
+    pub fn indices_for_node(
+        &self,
+        endpoints: &[Endpoint],
+        key: &ResourceKey,
+        spec: &api::VirtualNodeSpec,
+    ) -> Vec<usize> {
+        let mut idx: Vec<usize> = Vec::new();
+        if let Some(v) = self.by_node.get(&(key.mesh.clone(), key.name.clone())) {
+            idx.extend(v);
+        }
+        match &spec.service_discovery {
+            Some(api::ServiceDiscovery::AwsCloudMap(cm)) => {
+                let k = (
+                    cm.namespace_name.to_ascii_lowercase(),
+                    cm.service_name.to_ascii_lowercase(),
+                );
+                if let Some(v) = self.by_service.get(&k) {
+                    idx.extend(v);
+                }
+            }
+            Some(api::ServiceDiscovery::Dns(dns)) => {
+                let host = dns.hostname.trim_end_matches('.').to_ascii_lowercase();
+                if let Some(v) = self.by_name.get(&host) {
+                    idx.extend(v);
+                }
+            }
+            None => {}
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        idx.retain(|i| {
+            endpoints
+                .get(*i)
+                .is_some_and(|e| selects(key, spec, &e.instance))
+        });
+        idx
+    }
+}
+
 /// The endpoints behind virtual node `name` in `mesh`, in `endpoints`' order; empty when the
 /// node does not exist.
 pub fn virtual_node_endpoints<'a>(

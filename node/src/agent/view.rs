@@ -71,7 +71,12 @@ impl View {
         let endpoints = Arc::new(endpoints);
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints.clone();
         *self.revision.write().unwrap_or_else(|e| e.into_inner()) = model.revision();
-        self.inputs.send_replace(Inputs { model, endpoints });
+        let index = Arc::new(shoal_model::discovery::EndpointIndex::new(&endpoints));
+        self.inputs.send_replace(Inputs {
+            model,
+            endpoints,
+            index,
+        });
     }
 }
 

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use shoal_model::discovery::Endpoint;
+use shoal_model::discovery::{Endpoint, EndpointIndex};
 use shoal_model::Model;
-use shoal_xds::translate::translate;
+use shoal_xds::translate::translate_indexed;
 use shoal_xds::{ProxyId, ProxyOptions, Resource, ResourceType, Snapshot};
 use tokio::sync::watch;
 
@@ -22,6 +22,8 @@ pub struct Inputs {
     pub model: Arc<Model>,
     /// Every endpoint gossip reports.
     pub endpoints: Arc<Vec<Endpoint>>,
+    /// `endpoints` indexed for translation (built once per view, used for every proxy).
+    pub index: Arc<EndpointIndex>,
 }
 
 type Key = (ProxyId, ProxyOptions);
@@ -58,7 +60,7 @@ impl Interner {
 }
 
 struct Inner {
-    proxies: HashMap<Key, watch::Sender<Arc<Snapshot>>>,
+    proxies: HashMap<Key, Arc<watch::Sender<Arc<Snapshot>>>>,
     interner: Interner,
 }
 
@@ -125,28 +127,64 @@ impl Proxies {
         let snap = compute(&inputs, proxy, opts, &mut inner.interner).unwrap_or_default();
         let (tx, rx) = watch::channel(Arc::new(snap));
         tracing::info!(proxy = %proxy, "proxy connected");
-        inner.proxies.insert(key, tx);
+        inner.proxies.insert(key, Arc::new(tx));
         rx
     }
 
     /// Recomputes every connected proxy's snapshot from the current inputs and forgets the
     /// proxies nobody streams to any more. A proxy's channel is touched only when one of its
-    /// types changed.
+    /// types changed. Translation runs on every core (each proxy is independent); blocking, so
+    /// call it off the async workers.
     pub fn refresh(&self) {
         let inputs = self.inputs.borrow().clone();
+        // Translate without the lock, so that proxies connecting meanwhile are not held up.
+        let work: Vec<(Key, Arc<watch::Sender<Arc<Snapshot>>>)> = {
+            let mut inner = self.lock();
+            inner.proxies.retain(|(proxy, _), tx| {
+                let keep = tx.receiver_count() > 0;
+                if !keep {
+                    tracing::info!(proxy = %proxy, "proxy gone");
+                }
+                keep
+            });
+            inner
+                .proxies
+                .iter()
+                .map(|(k, tx)| (k.clone(), tx.clone()))
+                .collect()
+        };
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let translate_all =
+            |chunk: &[(Key, Arc<watch::Sender<Arc<Snapshot>>>)]| -> Vec<Option<Snapshot>> {
+                chunk
+                    .iter()
+                    .map(|((proxy, opts), _)| translate_one(&inputs, proxy, opts))
+                    .collect()
+            };
+        let results: Vec<Option<Snapshot>> = if threads == 1 || work.len() < 16 {
+            translate_all(&work)
+        } else {
+            let size = work.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .chunks(size)
+                    .map(|chunk| scope.spawn(move || translate_all(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
         let mut inner = self.lock();
-        let Inner { proxies, interner } = &mut *inner;
-        proxies.retain(|(proxy, _), tx| {
-            let keep = tx.receiver_count() > 0;
-            if !keep {
-                tracing::info!(proxy = %proxy, "proxy gone");
-            }
-            keep
-        });
-        for ((proxy, opts), tx) in proxies.iter() {
-            let Some(next) = compute(&inputs, proxy, opts, interner) else {
+        for ((_, tx), next) in work.iter().zip(results) {
+            let Some(next) = next else {
                 continue;
             };
+            let next = inner.interner.intern(next);
             tx.send_if_modified(|cur| {
                 if same(cur, &next) {
                     false
@@ -159,6 +197,17 @@ impl Proxies {
     }
 }
 
+/// The snapshot of `proxy`, not interned; `None` when the model cannot be translated.
+fn translate_one(inputs: &Inputs, proxy: &ProxyId, opts: &ProxyOptions) -> Option<Snapshot> {
+    match translate_indexed(&inputs.model, &inputs.endpoints, &inputs.index, proxy, opts) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(proxy = %proxy, error = %e, "cannot translate the model for a proxy; it keeps its last configuration");
+            None
+        }
+    }
+}
+
 /// The snapshot of `proxy`; `None` (keep what it has) when the model cannot be translated.
 fn compute(
     inputs: &Inputs,
@@ -166,13 +215,7 @@ fn compute(
     opts: &ProxyOptions,
     interner: &mut Interner,
 ) -> Option<Snapshot> {
-    match translate(&inputs.model, &inputs.endpoints, proxy, opts) {
-        Ok(s) => Some(interner.intern(s)),
-        Err(e) => {
-            tracing::warn!(proxy = %proxy, error = %e, "cannot translate the model for a proxy; it keeps its last configuration");
-            None
-        }
-    }
+    translate_one(inputs, proxy, opts).map(|s| interner.intern(s))
 }
 
 impl shoal_xds::server::SnapshotSource for Proxies {
@@ -194,6 +237,12 @@ pub async fn run(proxies: Proxies, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             r = inputs.changed() => if r.is_err() { return },
         }
-        proxies.refresh();
+        let p = proxies.clone();
+        if tokio::task::spawn_blocking(move || p.refresh())
+            .await
+            .is_err()
+        {
+            tracing::error!("refreshing the proxies panicked");
+        }
     }
 }

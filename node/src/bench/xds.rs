@@ -79,15 +79,19 @@ async fn build_mesh(args: &XdsBenchArgs, clients: usize) -> anyhow::Result<()> {
         docs.push(doc(json!({"meshName": MESH, "virtualNodeName": format!("svc-{i}"), "spec": {
             "serviceDiscovery": {"awsCloudMap": {"namespaceName": "fanout.local", "serviceName": format!("svc-{i}")}},
             "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}}))?);
-        docs.push(doc(json!({"meshName": MESH, "virtualRouterName": format!("vr-{i}"), "spec": {
-            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}}))?);
+        docs.push(doc(
+            json!({"meshName": MESH, "virtualRouterName": format!("vr-{i}"), "spec": {
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}}),
+        )?);
     }
     apply_all(&c, docs, 16).await?;
     let mut docs = Vec::new();
     for i in 0..args.services {
         docs.push(doc(route(i, "/"))?);
-        docs.push(doc(json!({"meshName": MESH, "virtualServiceName": format!("svc-{i}.fanout.local"),
-            "spec": {"provider": {"virtualRouter": {"virtualRouterName": format!("vr-{i}")}}}}))?);
+        docs.push(doc(
+            json!({"meshName": MESH, "virtualServiceName": format!("svc-{i}.fanout.local"),
+            "spec": {"provider": {"virtualRouter": {"virtualRouterName": format!("vr-{i}")}}}}),
+        )?);
     }
     apply_all(&c, docs, 16).await?;
     let backends: Vec<Value> = (0..args.services)
@@ -95,8 +99,10 @@ async fn build_mesh(args: &XdsBenchArgs, clients: usize) -> anyhow::Result<()> {
         .collect();
     let mut docs = Vec::new();
     for j in 0..clients {
-        docs.push(doc(json!({"meshName": MESH, "virtualNodeName": format!("proxy-{j}"),
-            "spec": {"backends": backends}}))?);
+        docs.push(doc(
+            json!({"meshName": MESH, "virtualNodeName": format!("proxy-{j}"),
+            "spec": {"backends": backends}}),
+        )?);
     }
     apply_all(&c, docs, 16).await?;
     let agent = Client::new(&args.agent_api)?;
@@ -178,14 +184,20 @@ pub async fn run(args: XdsBenchArgs) -> anyhow::Result<()> {
         for round in 0..args.rounds {
             let cpu0 = args.agent_pid.and_then(usage);
             let t0 = Instant::now();
-            c.apply(&doc(route(0, &format!("/v{}", round + 1)))?).await?;
+            c.apply(&doc(route(0, &format!("/v{}", round + 1)))?)
+                .await?;
             let got = load
-                .wait(&Marker::After(ResourceType::Route, t0), Duration::from_secs(120))
+                .wait(
+                    &Marker::After(ResourceType::Route, t0),
+                    Duration::from_secs(120),
+                )
                 .await;
             let s = got.summary(t0);
             let cpu1 = args.agent_pid.and_then(usage);
             let cpu = match (cpu0, cpu1) {
-                (Some((_, a)), Some((_, b))) => format!("{:.3}", (b - a) as f64 * 1000.0 / tick / n as f64),
+                (Some((_, a)), Some((_, b))) => {
+                    format!("{:.3}", (b - a) as f64 * 1000.0 / tick / n as f64)
+                }
                 _ => "-".into(),
             };
             let mem = match (before, loaded) {

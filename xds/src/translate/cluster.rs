@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
 use shoal_model::api::{self, PortProtocol};
-use shoal_model::discovery::{virtual_node_endpoints, Endpoint};
+use shoal_model::discovery::Endpoint;
 
 use super::util::{self, ClientTls};
 use super::{names, Ctx, TranslateError};
@@ -338,7 +338,8 @@ pub(crate) fn node_instances<'e>(
     spec: &api::VirtualNodeSpec,
 ) -> Vec<&'e Endpoint> {
     let family = ip_preference(ctx, spec);
-    let mut all: Vec<&Endpoint> = virtual_node_endpoints(ctx.model, ctx.mesh, node, ctx.endpoints)
+    let mut all: Vec<&Endpoint> = ctx
+        .node_endpoints(node)
         .into_iter()
         .filter(|e| match family {
             Some(api::IpPreference::IPv4Only) => e.instance.address.is_ipv4(),
@@ -365,7 +366,7 @@ pub(crate) fn node_instances<'e>(
 /// Every address an instance of virtual node `node` has, healthy or not (what a client may
 /// have been told by DNS).
 pub(crate) fn node_addresses(ctx: &Ctx<'_>, node: &str) -> BTreeSet<IpAddr> {
-    virtual_node_endpoints(ctx.model, ctx.mesh, node, ctx.endpoints)
+    ctx.node_endpoints(node)
         .into_iter()
         .map(|e| e.instance.address)
         .collect()

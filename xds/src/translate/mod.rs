@@ -138,6 +138,8 @@ pub(crate) struct Ctx<'a> {
     pub mesh: &'a str,
     pub mesh_spec: &'a api::MeshSpec,
     pub endpoints: &'a [Endpoint],
+    /// `endpoints` grouped by what selects them.
+    pub index: &'a shoal_model::discovery::EndpointIndex,
     pub opts: &'a ProxyOptions,
     pub out: Out,
     pub egress: cluster::EgressClusters,
@@ -146,6 +148,16 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// The endpoints virtual node `name` selects (see `shoal_model::discovery`), in the order
+    /// of `endpoints`; empty when the node does not exist.
+    pub fn node_endpoints(&self, name: &str) -> Vec<&'a Endpoint> {
+        let key = ResourceKey::in_mesh(self.mesh, Kind::VirtualNode, name);
+        match self.node_spec(name) {
+            Some(spec) => self.index.for_node(self.endpoints, &key, spec),
+            None => Vec::new(),
+        }
+    }
+
     /// The spec of virtual node `name` in the proxy's mesh.
     pub fn node_spec(&self, name: &str) -> Option<&'a api::VirtualNodeSpec> {
         match self
@@ -214,6 +226,19 @@ pub fn translate(
     proxy: &ProxyId,
     opts: &ProxyOptions,
 ) -> Result<Snapshot, TranslateError> {
+    let index = shoal_model::discovery::EndpointIndex::new(endpoints);
+    translate_indexed(model, endpoints, &index, proxy, opts)
+}
+
+/// [`translate`] with the endpoints already indexed ([`shoal_model::discovery::EndpointIndex`]
+/// of `endpoints`): the agent builds the index once per view and translates every proxy with it.
+pub fn translate_indexed(
+    model: &Model,
+    endpoints: &[Endpoint],
+    index: &shoal_model::discovery::EndpointIndex,
+    proxy: &ProxyId,
+    opts: &ProxyOptions,
+) -> Result<Snapshot, TranslateError> {
     let mesh_spec = match model.get(&ResourceKey::mesh(&proxy.mesh)).map(|r| &r.spec) {
         Some(Spec::Mesh(s)) => s,
         _ => return Err(TranslateError::NoMesh(proxy.mesh.clone())),
@@ -223,6 +248,7 @@ pub fn translate(
         mesh: &proxy.mesh,
         mesh_spec,
         endpoints,
+        index,
         opts,
         out: Out::default(),
         egress: Default::default(),
