@@ -1,6 +1,9 @@
 //! The rules beyond the botocore constraints: what App Mesh rejected, or what Envoy would
 //! reject once the spec is translated. A spec that passes [`spec`] and [`references`] never
-//! makes a proxy fail to load its configuration.
+//! makes a proxy fail to load its configuration, as far as one spec decides it: regexes are
+//! checked against Envoy's RE2 ([`crate::re2`]) and access log formats against its command
+//! operators ([`crate::accesslog`]). What depends on the proxy's host (certificate files) is
+//! out of reach here.
 
 use std::collections::BTreeSet;
 
@@ -9,6 +12,7 @@ use crate::error::ApiError;
 use crate::resource::{Kind, ResourceKey, Spec};
 use crate::store::{describe, Model};
 use crate::validate::{FieldError, Validate, Validator};
+use crate::{accesslog, re2};
 
 /// Retry events App Mesh accepts in `httpRetryEvents`.
 pub const HTTP_RETRY_EVENTS: [&str; 4] = [
@@ -124,14 +128,126 @@ fn grpc_timeout(v: &mut Validator, member: &str, t: &api::GrpcTimeout) {
     });
 }
 
+/// Checks a regular expression Envoy compiles with RE2: RE2's syntax (the Rust `regex` crate
+/// accepts more, such as `(?x)`), Envoy's limit on the size of the compiled program, and the
+/// Rust engine too, which the translation uses to evaluate rewrites.
 fn regex(v: &mut Validator, member: &str, re: &str) {
-    // Envoy uses RE2; the regex crate accepts the same syntax (no lookaround, no
-    // backreferences), so what compiles here compiles in Envoy.
-    if let Err(e) = regex::Regex::new(re) {
+    let _ = regex_fits(v, member, re, "");
+}
+
+/// [`regex`] for a pattern that reaches Envoy as `sent` (the pattern itself, or a larger one
+/// the translation builds around it), described by `how` in messages. Whether it passed.
+fn regex_fits(v: &mut Validator, member: &str, sent: &str, how: &str) -> bool {
+    match re2::program_size(sent) {
+        Err(e) => {
+            v.error(member, format!("invalid regular expression: {e}"));
+            false
+        }
+        Ok(size) if !size.fits_envoy() => {
+            v.error(
+                member,
+                format!(
+                    "regular expression is too complex for Envoy: RE2 compiles it{how} to a \
+                     program of {size} instructions, and Envoy accepts at most {}",
+                    re2::ENVOY_MAX_PROGRAM_SIZE
+                ),
+            );
+            false
+        }
+        Ok(_) => match regex::Regex::new(sent) {
+            Err(e) => {
+                v.error(
+                    member,
+                    format!("invalid regular expression: {}", one_line(&e.to_string())),
+                );
+                false
+            }
+            Ok(_) => true,
+        },
+    }
+}
+
+/// A route's path regex. Besides the route's own path match, a virtual gateway whose route
+/// targets the route's service matches the same regex on the `:path` header, followed by an
+/// optional query string; that larger pattern has to fit Envoy's limit too. (Mirrors
+/// `PathCond::header` in `xds/src/translate/routes.rs`.)
+fn route_path_regex(v: &mut Validator, member: &str, re: &str) {
+    if regex_fits(v, member, re, "") {
+        let sent = format!(r"^(?:{re})(\?.*)?$");
+        regex_fits(
+            v,
+            member,
+            &sent,
+            " (as a virtual gateway matches it on the :path header with the query string)",
+        );
+    }
+}
+
+/// The regex a gateway route's hostname match becomes: the Host header, any case, with an
+/// optional port. (Mirrors `hostname_match` in `xds/src/translate/gateway.rs`.)
+fn hostname_regex(v: &mut Validator, h: &api::GatewayRouteHostnameMatch) {
+    let (member, sent) = match (&h.exact, &h.suffix) {
+        (Some(e), None) => ("exact", format!("(?i)^{}(:[0-9]+)?$", regex::escape(e))),
+        (None, Some(s)) => (
+            "suffix",
+            format!("(?i)^[^:]*{}(:[0-9]+)?$", regex::escape(s)),
+        ),
+        _ => return,
+    };
+    if let Ok(size) = re2::program_size(&sent) {
+        if !size.fits_envoy() {
+            v.error(
+                member,
+                format!(
+                    "hostname is too long for Envoy: shoal matches it with a regular expression \
+                     that RE2 compiles to {size} instructions, and Envoy accepts at most {}; \
+                     use a shorter hostname",
+                    re2::ENVOY_MAX_PROGRAM_SIZE
+                ),
+            );
+        }
+    }
+}
+
+/// A header (or gRPC metadata) name to match on: an HTTP token, optionally after a `:` for
+/// pseudo-headers. Envoy refuses names with NUL, CR or LF; other characters outside a token
+/// can never appear in a request's header names, so a match on them could never hold.
+fn header_name(v: &mut Validator, member: &str, name: &str) {
+    if !accesslog::is_header_name(name) {
         v.error(
             member,
-            format!("invalid regular expression: {}", one_line(&e.to_string())),
+            format!(
+                "{name:?} is not an HTTP header name: use letters, digits and \
+                 !#$%&'*+-.^_`|~, after an optional leading ':'"
+            ),
         );
+    }
+}
+
+/// A path a gateway route rewrites to. Envoy refuses NUL, CR and LF in it (it becomes a
+/// header value), and no control character belongs in a request path.
+fn rewrite_path(v: &mut Validator, member: &str, path: &str) {
+    if path.chars().any(|c| c.is_ascii_control()) {
+        v.error(member, "must not contain control characters");
+    }
+}
+
+/// An access log format: Envoy parses its command operators when it builds the listener.
+fn access_log_format(v: &mut Validator, format: &Option<api::LoggingFormat>) {
+    match format {
+        Some(api::LoggingFormat::Text(t)) => {
+            if let Err(e) = accesslog::check_format(t) {
+                v.error("format.text", e);
+            }
+        }
+        Some(api::LoggingFormat::Json(pairs)) => {
+            for (i, p) in pairs.iter().enumerate() {
+                if let Err(e) = accesslog::check_format(&p.value) {
+                    v.error(&format!("format.json[{i}].value"), e);
+                }
+            }
+        }
+        None => {}
     }
 }
 
@@ -164,16 +280,24 @@ fn header_match(v: &mut Validator, m: &api::HeaderMatchMethod) {
     });
 }
 
-fn path_match(v: &mut Validator, p: &api::HttpPathMatch) {
+/// A path match; `gateway` when it is a gateway route's own (Envoy gets its regex as is),
+/// otherwise a route's (whose regex a virtual gateway may also wrap).
+fn path_match(v: &mut Validator, p: &api::HttpPathMatch, gateway: bool) {
     v.within("path", |v| match (&p.exact, &p.regex) {
         (Some(_), Some(_)) | (None, None) => v.error("", "set exactly one of exact and regex"),
         (Some(e), None) if !e.starts_with('/') => v.error("exact", "must start with '/'"),
-        (None, Some(re)) => regex(v, "regex", re),
+        (None, Some(re)) if gateway => regex(v, "regex", re),
+        (None, Some(re)) => route_path_regex(v, "regex", re),
         _ => {}
     });
 }
 
 fn virtual_node(s: &api::VirtualNodeSpec, v: &mut Validator) {
+    if let Some(api::AccessLog::File(f)) = s.logging.as_ref().and_then(|l| l.access_log.as_ref()) {
+        v.within("logging.accessLog.file", |v| {
+            access_log_format(v, &f.format)
+        });
+    }
     let listeners = s.listeners.as_deref().unwrap_or_default();
     unique_ports(v, listeners.iter().map(|l| l.port_mapping.port));
     v.within("listeners", |v| {
@@ -317,14 +441,17 @@ fn http_route(v: &mut Validator, r: &api::HttpRoute) {
             (Some(_), Some(_)) => v.error("", "set either prefix or path, not both"),
             // Neither: the route matches every path (App Mesh accepts a port-only match).
             (Some(p), None) if !p.starts_with('/') => v.error("prefix", "must start with '/'"),
-            (None, Some(p)) => path_match(v, p),
+            (None, Some(p)) => path_match(v, p, false),
             _ => {}
         }
         if let Some(headers) = &m.headers {
             for (i, h) in headers.iter().enumerate() {
-                if let Some(hm) = &h.r#match {
-                    v.within(&format!("headers[{i}]"), |v| header_match(v, hm));
-                }
+                v.within(&format!("headers[{i}]"), |v| {
+                    header_name(v, "name", &h.name);
+                    if let Some(hm) = &h.r#match {
+                        header_match(v, hm);
+                    }
+                });
             }
         }
     });
@@ -372,6 +499,9 @@ fn route(s: &api::RouteSpec, v: &mut Validator) {
                     v.error("methodName", "a method name needs a service name");
                 }
                 for (i, md) in m.metadata.iter().flatten().enumerate() {
+                    v.within(&format!("metadata[{i}]"), |v| {
+                        header_name(v, "name", &md.name)
+                    });
                     if let Some(mm) = &md.r#match {
                         v.within(&format!("metadata[{i}].match"), |v| match mm {
                             api::GrpcRouteMetadataMatchMethod::Regex(re) => regex(v, "regex", re),
@@ -414,6 +544,13 @@ fn route(s: &api::RouteSpec, v: &mut Validator) {
 }
 
 fn virtual_gateway(s: &api::VirtualGatewaySpec, v: &mut Validator) {
+    if let Some(api::VirtualGatewayAccessLog::File(f)) =
+        s.logging.as_ref().and_then(|l| l.access_log.as_ref())
+    {
+        v.within("logging.accessLog.file", |v| {
+            access_log_format(v, &f.format)
+        });
+    }
     if s.listeners.is_empty() {
         v.error("listeners", "a virtual gateway needs at least one listener");
     }
@@ -452,7 +589,7 @@ fn gateway_http_route(v: &mut Validator, r: &api::HttpGatewayRoute) {
         match (&m.prefix, &m.path) {
             (Some(_), Some(_)) => v.error("", "set either prefix or path, not both"),
             (Some(p), None) if !p.starts_with('/') => v.error("prefix", "must start with '/'"),
-            (None, Some(p)) => path_match(v, p),
+            (None, Some(p)) => path_match(v, p, true),
             (None, None) if m.hostname.is_none() && m.headers.is_none() && m.query_parameters.is_none() && m.method.is_none() && m.port.is_none() => {
                 v.error("", "set at least one of prefix, path, hostname, headers, method, queryParameters and port")
             }
@@ -461,14 +598,23 @@ fn gateway_http_route(v: &mut Validator, r: &api::HttpGatewayRoute) {
         if let Some(h) = &m.hostname {
             v.within("hostname", |v| match (&h.exact, &h.suffix) {
                 (Some(_), Some(_)) | (None, None) => v.error("", "set exactly one of exact and suffix"),
-                (Some(e), None) => hostname(v, "exact", e),
-                (None, Some(s)) => hostname(v, "suffix", s.trim_start_matches('.')),
+                (Some(e), None) => {
+                    hostname(v, "exact", e);
+                    hostname_regex(v, h);
+                }
+                (None, Some(s)) => {
+                    hostname(v, "suffix", s.trim_start_matches('.'));
+                    hostname_regex(v, h);
+                }
             });
         }
         for (i, h) in m.headers.iter().flatten().enumerate() {
-            if let Some(hm) = &h.r#match {
-                v.within(&format!("headers[{i}]"), |v| header_match(v, hm));
-            }
+            v.within(&format!("headers[{i}]"), |v| {
+                header_name(v, "name", &h.name);
+                if let Some(hm) = &h.r#match {
+                    header_match(v, hm);
+                }
+            });
         }
     });
     if let Some(rw) = &r.action.rewrite {
@@ -478,6 +624,7 @@ fn gateway_http_route(v: &mut Validator, r: &api::HttpGatewayRoute) {
                     if !val.starts_with('/') || !val.ends_with('/') {
                         v.error("prefix.value", "must start and end with '/'");
                     }
+                    rewrite_path(v, "prefix.value", val);
                     if p.default_prefix.is_some() {
                         v.error("prefix", "set either defaultPrefix or value, not both");
                     }
@@ -491,6 +638,7 @@ fn gateway_http_route(v: &mut Validator, r: &api::HttpGatewayRoute) {
                     if !e.starts_with('/') {
                         v.error("path.exact", "must start with '/'");
                     }
+                    rewrite_path(v, "path.exact", e);
                 }
             }
         });
@@ -527,10 +675,27 @@ fn gateway_route(s: &api::GatewayRouteSpec, v: &mut Validator) {
     }
     if let Some(r) = &s.grpc_route {
         v.within("grpcRoute", |v| {
-            if let Some(h) = &r.r#match.hostname {
+            let m = &r.r#match;
+            if let Some(h) = &m.hostname {
                 if h.exact.is_some() == h.suffix.is_some() {
                     v.error("match.hostname", "set exactly one of exact and suffix");
+                } else {
+                    v.within("match.hostname", |v| hostname_regex(v, h));
                 }
+            }
+            for (i, md) in m.metadata.iter().flatten().enumerate() {
+                v.within(&format!("match.metadata[{i}]"), |v| {
+                    header_name(v, "name", &md.name);
+                    if let Some(mm) = &md.r#match {
+                        v.within("match", |v| match mm {
+                            api::GrpcMetadataMatchMethod::Regex(re) => regex(v, "regex", re),
+                            api::GrpcMetadataMatchMethod::Range(r) if r.start >= r.end => {
+                                v.error("range", "start must be less than end")
+                            }
+                            _ => {}
+                        });
+                    }
+                });
             }
             target_name(v, &r.action.target);
         });

@@ -16,11 +16,13 @@
 //! This crate does no I/O and has no async code: every other crate builds on it, and
 //! everything in it is tested without a network.
 
+pub mod accesslog;
 pub mod api;
 pub mod check;
 pub mod discovery;
 pub mod error;
 pub mod history;
+pub mod re2;
 pub mod request;
 pub mod resource;
 pub mod store;

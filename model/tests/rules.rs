@@ -329,6 +329,358 @@ fn gateway_routes() {
     );
 }
 
+fn gateway(spec: serde_json::Value) -> String {
+    create(
+        Kind::VirtualGateway,
+        json!({"virtualGatewayName": "g", "spec": spec}),
+    )
+}
+
+fn gw_http_route(m: serde_json::Value) -> serde_json::Value {
+    json!({"httpRoute": {"match": m, "action": {"target": {"virtualService": {"virtualServiceName": "svc"}}}}})
+}
+
+/// RE2 program sizes as Envoy 1.40 reports them (`re2.max_program_size.warn_level: 0` logs
+/// the size of every regex it compiles), against shoal's model of RE2. The model was also
+/// compared with Envoy on some 20,000 generated patterns (sizes and syntax errors); these are
+/// the cases worth keeping in sight.
+#[test]
+fn re2_model_matches_envoy() {
+    use shoal_model::re2::{program_size, ProgramSize};
+    let measured = [
+        ("a", 5),
+        ("^a", 4),
+        ("abc", 7),
+        // A leading `^literal` is matched as a string; only the rest is compiled.
+        ("^abc", 4),
+        ("^abc(:[0-9]+)?$", 10),
+        ("(?i)^api.shop.example(:[0-9]+)?$", 25),
+        ("(?i)^[^:]*\\.example\\.com(:[0-9]+)?$", 22),
+        // Latin-1 mode: `.` and negated classes are two byte ranges.
+        (".", 6),
+        ("(?s).", 5),
+        ("[^a]", 6),
+        ("é", 6),
+        (".*", 6),
+        ("/.*", 7),
+        ("\\pL", 11),
+        ("\\pN", 8),
+        ("\\p{Greek}", 1),
+        ("[0-9]", 5),
+        ("[0-9a-z]", 6),
+        ("^$", 2),
+        ("\\bfoo\\b", 9),
+        ("x*y*z*", 9),
+        ("(?U)a+b*", 8),
+        ("/a{0,10}b", 26),
+        ("\\d{3}-\\d{4}", 12),
+        ("[^/]+/[^/]+", 11),
+        ("(a|ab)(c|bcd)(d*)", 18),
+        ("(GET|POST|PUT|PATCH|DELETE)", 25),
+        ("(?i)^/(foo|bar|baz)/.*", 16),
+        ("/items/[0-9]+", 13),
+        ("^(?:/re/[0-9]+)(\\?.*)?$", 12),
+        ("^/api/v[0-9]+/users/[0-9a-f-]{36}$", 121),
+        ("(abc|def){12}", 100),
+        ("(abc|def){13}", 108),
+        ("(abc|def){50}", 404),
+        ("[a-z]{94}", 98),
+        ("/[a-z]{95}", 100),
+        ("/[a-z]{96}", 101),
+        ("/[a-z]{200}", 205),
+        ("^(?:[a-z]{92})(\\?.*)?$", 100),
+        ("^(?:[a-z]{94})(\\?.*)?$", 102),
+    ];
+    for (pattern, size) in measured {
+        assert_eq!(
+            program_size(pattern),
+            Ok(ProgramSize::Exactly(size)),
+            "{pattern}"
+        );
+    }
+    // Far too large patterns stop early instead of being built.
+    assert!(!program_size("(?:[a-z]{1000}){1}").unwrap().fits_envoy());
+    assert!(!program_size("a{0,1000}b{0,1000}c{0,1000}")
+        .unwrap()
+        .fits_envoy());
+}
+
+/// Envoy compiles regexes with RE2, whose syntax is narrower than the Rust `regex` crate's.
+#[test]
+fn regexes_use_re2_syntax() {
+    let path = |re: &str| route(http_route(json!({"path": {"regex": re}})));
+    rejects(
+        path("(?x) /a b"),
+        "spec.httpRoute.match.path.regex: invalid regular expression: invalid perl operator: (?x",
+    );
+    assert_eq!(path("(?i)/a b"), "ok");
+    rejects(path("(?u)/a"), "invalid perl operator: (?u");
+    rejects(path("(?<=/a)b"), "invalid perl operator: (?<=");
+    rejects(path("(?!/a)"), "invalid perl operator: (?!");
+    rejects(path("/(a)\\1"), "invalid escape sequence: \\1");
+    rejects(path("/a*+"), "bad repetition operator: *+");
+    rejects(path("/a++"), "bad repetition operator: ++");
+    assert_eq!(path("/a*?"), "ok");
+    rejects(path("/a\\Z"), "invalid escape sequence: \\Z");
+    assert_eq!(path("/a\\z"), "ok");
+    rejects(path("/\\u0041"), "invalid escape sequence: \\u");
+    assert_eq!(path("/\\x41"), "ok");
+    rejects(path("/\\x{100}"), "invalid escape sequence: \\x{100");
+    rejects(
+        path("/\\p{Letter}"),
+        "invalid character class range: \\p{Letter}",
+    );
+    assert_eq!(path("/\\pL\\p{Latin}"), "ok");
+    rejects(
+        path("/[[:alfa:]]"),
+        "invalid character class range: [:alfa:]",
+    );
+    rejects(path("/a{1001}"), "invalid repetition size: {1001}");
+    rejects(path("/(?P=n)"), "invalid perl operator: (?P");
+    // Every place a model regex reaches Envoy.
+    rejects(
+        route(http_route(
+            json!({"prefix": "/", "headers": [{"name": "h", "match": {"regex": "(?x)a b"}}]}),
+        )),
+        "spec.httpRoute.match.headers[0].match.regex: invalid regular expression: invalid perl operator: (?x",
+    );
+    rejects(
+        route(
+            json!({"grpcRoute": {"match": {"serviceName": "s", "metadata": [{"name": "m", "match": {"regex": "(?=a)"}}]},
+                   "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}}),
+        ),
+        "spec.grpcRoute.match.metadata[0].match.regex: invalid regular expression: invalid perl operator: (?=",
+    );
+    rejects(
+        gwroute(gw_http_route(json!({"path": {"regex": "/(?x)a"}}))),
+        "spec.httpRoute.match.path.regex: invalid regular expression",
+    );
+    rejects(
+        gwroute(gw_http_route(
+            json!({"prefix": "/", "headers": [{"name": "h", "match": {"regex": "a\\Z"}}]}),
+        )),
+        "spec.httpRoute.match.headers[0].match.regex: invalid regular expression",
+    );
+    let grpc_gw = |mm: serde_json::Value| {
+        gwroute(
+            json!({"grpcRoute": {"match": {"serviceName": "s", "metadata": [{"name": "m", "match": mm}]},
+                       "action": {"target": {"virtualService": {"virtualServiceName": "svc"}}}}}),
+        )
+    };
+    rejects(
+        grpc_gw(json!({"regex": "(?x)a"})),
+        "spec.grpcRoute.match.metadata[0].match.regex: invalid regular expression",
+    );
+    assert_eq!(grpc_gw(json!({"regex": "^a+$"})), "ok");
+    rejects(
+        grpc_gw(json!({"range": {"start": 2, "end": 1}})),
+        "spec.grpcRoute.match.metadata[0].match.range: start must be less than end",
+    );
+}
+
+/// Envoy refuses a regex whose RE2 program has more than 100 instructions.
+#[test]
+fn regexes_fit_envoys_program_size() {
+    let path = |re: &str| route(http_route(json!({"path": {"regex": re}})));
+    rejects(
+        path("/[a-z]{200}"),
+        "spec.httpRoute.match.path.regex: regular expression is too complex for Envoy: RE2 compiles it to a program of 205 instructions, and Envoy accepts at most 100",
+    );
+    rejects(
+        path("^/api/v[0-9]+/users/[0-9a-f-]{36}$"),
+        "program of 121 instructions",
+    );
+    assert_eq!(path("^/api/v[0-9]+/users/[0-9a-f-]+$"), "ok");
+    let header = |re: &str| {
+        route(http_route(
+            json!({"prefix": "/", "headers": [{"name": "h", "match": {"regex": re}}]}),
+        ))
+    };
+    rejects(
+        header("(abc|def){50}"),
+        "spec.httpRoute.match.headers[0].match.regex: regular expression is too complex for Envoy: RE2 compiles it to a program of 404 instructions, and Envoy accepts at most 100",
+    );
+    assert_eq!(header("(abc|def){12}"), "ok");
+    rejects(header("(abc|def){13}"), "108 instructions");
+    assert_eq!(header("/[a-z]{95}"), "ok");
+    rejects(header("/[a-z]{96}"), "101 instructions");
+    // A route's path regex also reaches Envoy inside ^(?:…)(\?.*)?$, when a virtual gateway
+    // routes to it.
+    assert_eq!(path("[a-z]{92}"), "ok");
+    rejects(
+        path("[a-z]{94}"),
+        "spec.httpRoute.match.path.regex: regular expression is too complex for Envoy: RE2 compiles it (as a virtual gateway matches it on the :path header with the query string) to a program of 102 instructions",
+    );
+    assert_eq!(
+        gwroute(gw_http_route(json!({"path": {"regex": "[a-z]{94}"}}))),
+        "ok"
+    );
+    rejects(
+        gwroute(gw_http_route(json!({"path": {"regex": "/[a-z]{96}"}}))),
+        "spec.httpRoute.match.path.regex: regular expression is too complex for Envoy",
+    );
+    // Hostname matches become regexes too: a suffix costs an instruction per character (an
+    // exact name is matched as a prefix string).
+    let long = format!("{}.{}.example.com", "a".repeat(50), "b".repeat(50));
+    rejects(
+        gwroute(gw_http_route(json!({"hostname": {"suffix": format!(".{long}")}}))),
+        "spec.httpRoute.match.hostname.suffix: hostname is too long for Envoy: shoal matches it with a regular expression that RE2 compiles to",
+    );
+    assert_eq!(
+        gwroute(gw_http_route(
+            json!({"hostname": {"suffix": ".shop.example.com"}})
+        )),
+        "ok"
+    );
+    assert_eq!(
+        gwroute(gw_http_route(json!({"hostname": {"exact": long}}))),
+        "ok"
+    );
+    rejects(
+        gwroute(
+            json!({"grpcRoute": {"match": {"hostname": {"suffix": long}},
+                       "action": {"target": {"virtualService": {"virtualServiceName": "svc"}}}}}),
+        ),
+        "spec.grpcRoute.match.hostname.suffix: hostname is too long for Envoy",
+    );
+}
+
+/// Header (and gRPC metadata) names are HTTP tokens; Envoy refuses NUL, CR and LF in them.
+#[test]
+fn header_names_are_http_tokens() {
+    let named = |name: &str| {
+        route(http_route(
+            json!({"prefix": "/", "headers": [{"name": name, "match": {"exact": "x"}}]}),
+        ))
+    };
+    rejects(
+        named("a\nb"),
+        "spec.httpRoute.match.headers[0].name: \"a\\nb\" is not an HTTP header name: use letters, digits and !#$%&'*+-.^_`|~, after an optional leading ':'",
+    );
+    rejects(named("a b"), "is not an HTTP header name");
+    rejects(named("a:b"), "is not an HTTP header name");
+    assert_eq!(named("x-request-id"), "ok");
+    assert_eq!(named(":authority"), "ok");
+    rejects(
+        route(
+            json!({"grpcRoute": {"match": {"serviceName": "s", "metadata": [{"name": "a\u{0}b"}]},
+                   "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}}),
+        ),
+        "spec.grpcRoute.match.metadata[0].name: \"a\\0b\" is not an HTTP header name",
+    );
+    rejects(
+        gwroute(gw_http_route(
+            json!({"prefix": "/", "headers": [{"name": "a\rb", "match": {"exact": "x"}}]}),
+        )),
+        "spec.httpRoute.match.headers[0].name: \"a\\rb\" is not an HTTP header name",
+    );
+    rejects(
+        gwroute(
+            json!({"grpcRoute": {"match": {"serviceName": "s", "metadata": [{"name": "x y"}]},
+                       "action": {"target": {"virtualService": {"virtualServiceName": "svc"}}}}}),
+        ),
+        "spec.grpcRoute.match.metadata[0].name: \"x y\" is not an HTTP header name",
+    );
+    // Values may hold control characters: Envoy matches them as given.
+    assert_eq!(
+        route(http_route(
+            json!({"prefix": "/", "headers": [{"name": "h", "match": {"exact": "a\tb"}}]}),
+        )),
+        "ok"
+    );
+    // A rewritten path becomes a header value, where Envoy refuses NUL, CR and LF.
+    let rewrite = |rw: serde_json::Value| {
+        gwroute(json!({"httpRoute": {"match": {"prefix": "/a/"},
+                       "action": {"target": {"virtualService": {"virtualServiceName": "svc"}}, "rewrite": rw}}}))
+    };
+    rejects(
+        rewrite(json!({"prefix": {"value": "/b\n/"}})),
+        "spec.httpRoute.action.rewrite.prefix.value: must not contain control characters",
+    );
+    rejects(
+        rewrite(json!({"path": {"exact": "/b\rc"}})),
+        "spec.httpRoute.action.rewrite.path.exact: must not contain control characters",
+    );
+    assert_eq!(rewrite(json!({"prefix": {"value": "/b/"}})), "ok");
+}
+
+/// Access log formats are parsed by Envoy when it builds a listener: every %OPERATOR% must be
+/// one Envoy 1.40 knows, written the way it takes it.
+#[test]
+fn access_log_formats_use_envoy_operators() {
+    let text = |t: &str| {
+        vn(
+            json!({"logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"text": t}}}}}),
+        )
+    };
+    rejects(
+        text("%BOGUS%"),
+        "spec.logging.accessLog.file.format.text: unknown command operator %BOGUS%: Envoy 1.40 has no such field",
+    );
+    assert_eq!(
+        text("[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %UPSTREAM_HOST% 100%%"),
+        "ok"
+    );
+    rejects(
+        text("%REQ(%"),
+        "format.text: \"%REQ(%\" at position 0 is not a command operator: write %NAME%, %NAME(argument)% or %NAME(argument):length%, and %% for a literal %",
+    );
+    rejects(
+        text("done: 100%"),
+        "\"%\" at position 9 is not a command operator",
+    );
+    rejects(
+        text("%PROTOCOL(x)%"),
+        "%PROTOCOL(x)%: this command takes no argument and no :length",
+    );
+    rejects(
+        text("%REQ%"),
+        "%REQ%: this command needs a header name in parentheses",
+    );
+    rejects(text("%REQ(a b)%"), "header names are letters, digits");
+    rejects(text("%REQ(a?b?c)%"), "at most one alternative header");
+    assert_eq!(
+        text("%REQ(user-agent):20% %START_TIME(%Y-%m-%dT%H:%M:%S)%"),
+        "ok"
+    );
+    rejects(text("%START_TIME:10%"), "this command takes no :length");
+    rejects(
+        text("%GRPC_STATUS(number)%"),
+        "the argument is one of CAMEL_STRING, SNAKE_STRING, NUMBER",
+    );
+    assert_eq!(
+        text("%GRPC_STATUS(NUMBER)% %FILTER_STATE(k:PLAIN)% %DYNAMIC_METADATA(ns:k)%"),
+        "ok"
+    );
+    rejects(text("%CEL(request.path)%"), "rules shoal does not model");
+    let json_fmt = |value: &str| {
+        vn(
+            json!({"logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"json": [
+            {"key": "ok", "value": "%RESPONSE_CODE%"}, {"key": "a", "value": value}]}}}}}),
+        )
+    };
+    rejects(
+        json_fmt("%REQ(%"),
+        "spec.logging.accessLog.file.format.json[1].value: \"%REQ(%\" at position 0 is not a command operator",
+    );
+    assert_eq!(json_fmt("%REQ(:authority)%"), "ok");
+    // Virtual gateways log the same way.
+    let gw_log = |t: &str| {
+        gateway(
+            json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+                       "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"text": t}}}}}),
+        )
+    };
+    rejects(
+        gw_log("%UPSTREAM_HOST% %NOPE%"),
+        "spec.logging.accessLog.file.format.text: unknown command operator %NOPE%",
+    );
+    assert_eq!(
+        gw_log("%UPSTREAM_HOST% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+        "ok"
+    );
+}
+
 #[test]
 fn updates_are_checked_like_creates() {
     let e = parse_update(Kind::Route, json!({"spec": {}}).to_string().as_bytes()).unwrap_err();
