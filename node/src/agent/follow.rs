@@ -60,21 +60,51 @@ pub async fn run(
                     tracing::info!(server = %addr, revision = current.revision(), "following the model");
                     backoff = Duration::from_millis(100);
                     let ended = loop {
-                        tokio::select! {
+                        let first = tokio::select! {
                             _ = stop.changed() => return,
-                            update = w.next() => match update {
-                                Ok(Some(WatchUpdate::Snapshot { revision, resources })) => {
+                            update = w.next() => update,
+                        };
+                        // Take every update already received too (a burst of commits), so the
+                        // cache is written and the proxies recomputed once for all of them.
+                        let mut batch = vec![first];
+                        while batch.len() < 1024 {
+                            match futures::FutureExt::now_or_never(w.next()) {
+                                Some(u) => batch.push(u),
+                                None => break,
+                            }
+                        }
+                        let mut changed = false;
+                        let mut end = None;
+                        for update in batch {
+                            match update {
+                                Ok(Some(WatchUpdate::Snapshot {
+                                    revision,
+                                    resources,
+                                })) => {
                                     current = Model::from_resources(revision, resources);
+                                    changed = true;
                                 }
                                 Ok(Some(WatchUpdate::Changes { revision, changes })) => {
                                     current.apply_changes(revision, &changes);
+                                    changed = true;
                                 }
                                 Ok(Some(WatchUpdate::Progress { .. })) => {
                                     status.lock().expect("status lock").from_cache = false;
-                                    continue;
                                 }
-                                Ok(None) => break "the server ended the stream".to_string(),
-                                Err(e) => break e.to_string(),
+                                Ok(None) => {
+                                    end = Some("the server ended the stream".to_string());
+                                    break;
+                                }
+                                Err(e) => {
+                                    end = Some(e.to_string());
+                                    break;
+                                }
+                            }
+                        }
+                        if !changed {
+                            match end {
+                                Some(e) => break e,
+                                None => continue,
                             }
                         }
                         status.lock().expect("status lock").from_cache = false;
@@ -88,6 +118,9 @@ pub async fn run(
                             Err(e) => tracing::warn!(error = %e, "the model cache writer panicked"),
                         }
                         model.send_replace(next);
+                        if let Some(e) = end {
+                            break e;
+                        }
                     };
                     tracing::warn!(server = %addr, reason = %ended, "watch stream ended");
                     let mut st = status.lock().expect("status lock");
