@@ -1707,3 +1707,74 @@ impl Envoy {
         serde_json::from_str(&body).map_err(|e| e.to_string())
     }
 }
+
+/// A `shoal-backend` process (`tests/src/bin/shoal-backend.rs`: reports its version, can be
+/// told to fail, slow down or turn unhealthy), killed on drop. Integration tests pass
+/// `env!("CARGO_BIN_EXE_shoal-backend")` as `bin`.
+pub struct Backend {
+    child: Option<Child>,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl Backend {
+    /// Starts it on `ip` (a free port) answering `version`; waits until it listens.
+    pub fn start(bin: &str, ip: &str, version: &str) -> Backend {
+        use std::io::BufRead;
+        let mut child = Command::new(bin)
+            .args(["--listen", &format!("{ip}:0"), "--version", version])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn shoal-backend");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the backend's address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("backend printed {line:?}"));
+        Backend {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// `POST <path>` to its control API (e.g. `/control/health?ok=false`); panics unless 200.
+    pub fn control(&self, path: &str) {
+        let r = http_request(self.addr, "POST", path, None, Duration::from_secs(2))
+            .expect("control a backend");
+        assert_eq!(r.code, 200, "{path}: {}", r.body);
+    }
+
+    /// `GET /control/stats`.
+    pub fn stats(&self) -> Value {
+        http_request(
+            self.addr,
+            "GET",
+            "/control/stats",
+            None,
+            Duration::from_secs(2),
+        )
+        .expect("backend stats")
+        .json()
+        .expect("JSON stats")
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

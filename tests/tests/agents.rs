@@ -7,68 +7,19 @@
 //! go on answering and tracking health, and an agent restarted meanwhile answers from its cache.
 //! Every process listens on its own `127.0.42.x` address; every wait is bounded.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    dig, http_request, run_shoal, tail, wait_for, AgentSpec, DigAnswer, Process, ServerProcess,
-    ServerSpec,
+    dig, http_request, run_shoal, tail, wait_for, AgentSpec, Backend, DigAnswer, Process,
+    ServerProcess, ServerSpec,
 };
 
 const BLOCK: u8 = 42;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-/// A `shoal-backend` process on `ip`, killed on drop.
-struct Backend {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Backend {
-    fn start(ip: &str, version: &str) -> Backend {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal-backend"))
-            .args(["--listen", &format!("{ip}:0"), "--version", version])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn shoal-backend");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the backend's address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("backend printed {line:?}"));
-        Backend { child, addr }
-    }
-
-    fn set_health(&self, ok: bool) {
-        let r = http_request(
-            self.addr,
-            "POST",
-            &format!("/control/health?ok={ok}"),
-            None,
-            secs(2),
-        )
-        .expect("control the backend");
-        assert_eq!(r.code, 200, "{}", r.body);
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[track_caller]
@@ -167,8 +118,8 @@ fn agents_discover_track_health_and_survive_the_servers() {
             "provider": {"virtualNode": {"virtualNodeName": "web"}}}}),
     );
 
-    let b1 = Backend::start("127.0.42.31", "v1");
-    let b2 = Backend::start("127.0.42.32", "v2");
+    let b1 = Backend::start(env!("CARGO_BIN_EXE_shoal-backend"), "127.0.42.31", "v1");
+    let b2 = Backend::start(env!("CARGO_BIN_EXE_shoal-backend"), "127.0.42.32", "v2");
     let specs: Vec<AgentSpec> = (1..=3)
         .map(|n| {
             let mut a = AgentSpec::on_loopback(root, BLOCK, n);
@@ -253,7 +204,7 @@ fn agents_discover_track_health_and_survive_the_servers() {
     });
 
     // A failing health check takes i1 out everywhere, then it comes back.
-    b1.set_health(false);
+    b1.control("/control/health?ok=false");
     wait_answers(
         &dns,
         "web.apps.local",
@@ -261,7 +212,7 @@ fn agents_discover_track_health_and_survive_the_servers() {
         secs(40),
         "b1 unhealthy",
     );
-    b1.set_health(true);
+    b1.control("/control/health?ok=true");
     wait_answers(&dns, "web.apps.local", &both, secs(40), "b1 healthy again");
 
     // kill -9 of agent 2: its instance leaves the other agents' answers; a restart brings it
@@ -287,7 +238,7 @@ fn agents_discover_track_health_and_survive_the_servers() {
         // The name stays in its zone (the namespace is still known): NODATA or NXDOMAIN.
         a.answers.is_empty().then_some(()).ok_or(a.raw)
     });
-    b2.set_health(false);
+    b2.control("/control/health?ok=false");
     wait_answers(
         &dns,
         "web.apps.local",
@@ -310,7 +261,7 @@ fn agents_discover_track_health_and_survive_the_servers() {
     let st = st.json().unwrap();
     assert_eq!(st["from_cache"], true, "{st}");
     assert!(st["server"].is_null(), "{st}");
-    b2.set_health(true);
+    b2.control("/control/health?ok=true");
     wait_answers(
         &dns,
         "web.apps.local",

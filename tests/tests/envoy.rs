@@ -4,14 +4,13 @@
 //! Every process listens on its own `127.0.43.x` address; every wait is bounded.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    http_call, http_request, wait_for, AgentSpec, Envoy, Process, ServerProcess, ServerSpec,
+    http_call, http_request, wait_for, AgentSpec, Backend, Envoy, Process, ServerProcess,
+    ServerSpec,
 };
 
 const BLOCK: u8 = 43;
@@ -20,62 +19,6 @@ const HOST: &str = "colorteller.color.local:8080";
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-/// A `shoal-backend` process, killed on drop.
-struct Backend {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
-
-impl Backend {
-    fn start(ip: &str, version: &str) -> Backend {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal-backend"))
-            .args(["--listen", &format!("{ip}:0"), "--version", version])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn shoal-backend");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the backend's address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("backend printed {line:?}"));
-        Backend {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    fn control(&self, path: &str) {
-        let r = http_request(self.addr, "POST", path, None, secs(2)).expect("control a backend");
-        assert_eq!(r.code, 200, "{path}: {}", r.body);
-    }
-
-    fn stats(&self) -> Value {
-        http_request(self.addr, "GET", "/control/stats", None, secs(2))
-            .expect("backend stats")
-            .json()
-            .expect("JSON stats")
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[track_caller]
@@ -302,7 +245,11 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
         .into_iter()
         .enumerate()
     {
-        let b = Backend::start(&format!("127.0.43.{}", 31 + i), v);
+        let b = Backend::start(
+            env!("CARGO_BIN_EXE_shoal-backend"),
+            &format!("127.0.43.{}", 31 + i),
+            v,
+        );
         let color = v.split('-').next().unwrap();
         let body = json!({"namespace": "color.local", "service": "colorteller", "instanceId": v,
             "address": b.addr.ip().to_string(), "port": b.addr.port(), "attributes": {"version": color}});
