@@ -353,7 +353,7 @@ pub async fn start(
         ..Default::default()
     }));
     let local = local::Local::new(registrations, registered, config_instances);
-    let view = view::View::new(cfg.dns_ttl);
+    let view = view::View::new();
     let dns_handler = dns_sockets
         .as_ref()
         .map(|_| shoal_dns::DnsHandler::new(view.shared(), view::dns_config(&cfg)));

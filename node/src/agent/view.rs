@@ -30,9 +30,15 @@ pub struct View {
     inputs: Arc<watch::Sender<Inputs>>,
 }
 
+impl Default for View {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl View {
     /// An empty view.
-    pub fn new(_ttl: u32) -> Self {
+    pub fn new() -> Self {
         Self {
             dns: SharedView::new(DnsView::new(Vec::new())),
             endpoints: Arc::default(),
