@@ -73,6 +73,26 @@ pub struct Instance {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// The key of an instance (see [`Instance::key`]) from its parts as a deregistration names
+/// them; the namespace and service are lowercased as [`Instance::normalize`] does.
+pub fn instance_key(
+    namespace: &str,
+    service: &str,
+    mesh: &str,
+    virtual_node: &str,
+    id: &str,
+) -> String {
+    if namespace.is_empty() {
+        format!("@{mesh}/{virtual_node}/{id}")
+    } else {
+        format!(
+            "{}/{}/{id}",
+            namespace.to_ascii_lowercase(),
+            service.to_ascii_lowercase()
+        )
+    }
+}
+
 /// Why an instance registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -201,11 +221,13 @@ impl Instance {
     /// The instance's identity on its host: `<namespace>/<service>/<id>` for a Cloud Map
     /// instance, `@<mesh>/<virtual node>/<id>` for one registered only for a virtual node.
     pub fn key(&self) -> String {
-        if self.namespace.is_empty() {
-            format!("@{}/{}/{}", self.mesh, self.virtual_node, self.id)
-        } else {
-            format!("{}/{}/{}", self.namespace, self.service, self.id)
-        }
+        instance_key(
+            &self.namespace,
+            &self.service,
+            &self.mesh,
+            &self.virtual_node,
+            &self.id,
+        )
     }
 
     /// `<service>.<namespace>`, the DNS name of the Cloud Map service, if any.

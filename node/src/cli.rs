@@ -887,35 +887,42 @@ pub async fn deregister(args: DeregisterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `shoal members`.
-pub async fn members(args: MembersArgs) -> anyhow::Result<()> {
+/// `GET /v1/<what>` of `args`' node; `None` once printed as JSON (`-o json`).
+async fn fetch_table_source(args: &MembersArgs, what: &str) -> anyhow::Result<Option<Value>> {
     let c = Client::new(&args.target.addr)?;
     let v = c
-        .call(
-            reqwest::Method::GET,
-            &["v1".into(), "members".into()],
-            &[],
-            None,
-        )
+        .call(reqwest::Method::GET, &["v1".into(), what.into()], &[], None)
         .await?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some(v))
+}
+
+/// `shoal members`.
+pub async fn members(args: MembersArgs) -> anyhow::Result<()> {
+    let Some(v) = fetch_table_source(&args, "members").await? else {
+        return Ok(());
+    };
     let mut rows = vec![["NAME", "ROLE", "GOSSIP", "API", "DNS", "ZONE", "VERSION"]
         .map(String::from)
         .to_vec()];
     let text = |m: &Value, k: &str| m[k].as_str().unwrap_or("-").to_string();
     for m in v["members"].as_array().into_iter().flatten() {
-        rows.push(vec![
-            text(m, "name"),
-            text(m, "role"),
-            text(m, "gossip_addr"),
-            text(m, "api_addr"),
-            text(m, "dns_addr"),
-            text(m, "zone"),
-            text(m, "version"),
-        ]);
+        rows.push(
+            [
+                "name",
+                "role",
+                "gossip_addr",
+                "api_addr",
+                "dns_addr",
+                "zone",
+                "version",
+            ]
+            .map(|k| text(m, k))
+            .to_vec(),
+        );
     }
     print!("{}", align(&rows));
     Ok(())
@@ -923,19 +930,9 @@ pub async fn members(args: MembersArgs) -> anyhow::Result<()> {
 
 /// `shoal endpoints`.
 pub async fn endpoints(args: MembersArgs) -> anyhow::Result<()> {
-    let c = Client::new(&args.target.addr)?;
-    let v = c
-        .call(
-            reqwest::Method::GET,
-            &["v1".into(), "endpoints".into()],
-            &[],
-            None,
-        )
-        .await?;
-    if args.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+    let Some(v) = fetch_table_source(&args, "endpoints").await? else {
         return Ok(());
-    }
+    };
     let mut rows = vec![["INSTANCE", "ADDRESS", "PORT", "HOST", "HEALTHY"]
         .map(String::from)
         .to_vec()];

@@ -66,16 +66,13 @@ pub struct Deregister {
 
 impl Deregister {
     fn key(&self) -> String {
-        if self.namespace.is_empty() {
-            format!("@{}/{}/{}", self.mesh, self.virtual_node, self.instance_id)
-        } else {
-            format!(
-                "{}/{}/{}",
-                self.namespace.to_ascii_lowercase(),
-                self.service.to_ascii_lowercase(),
-                self.instance_id
-            )
-        }
+        shoal_model::discovery::instance_key(
+            &self.namespace,
+            &self.service,
+            &self.mesh,
+            &self.virtual_node,
+            &self.instance_id,
+        )
     }
 }
 

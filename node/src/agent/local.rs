@@ -101,7 +101,8 @@ impl Local {
     pub fn register(&self, inst: Instance) -> Result<(), RegisterError> {
         let mut inner = self.lock();
         let key = inst.key();
-        if !all(&inner).contains_key(&key) && all(&inner).len() >= MAX_INSTANCES_PER_NODE {
+        let current = all(&inner);
+        if !current.contains_key(&key) && current.len() >= MAX_INSTANCES_PER_NODE {
             return Err(RegisterError::Full {
                 max: MAX_INSTANCES_PER_NODE,
             });
