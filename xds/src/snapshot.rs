@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -104,16 +104,63 @@ impl Resource {
     }
 }
 
+/// The resources of one type, by name, with the version of the whole set (computed once).
+///
+/// Sets are shared (`Arc`) between snapshots: a thousand sidecars with the same backends hold
+/// one set of clusters, so a proxy costs the agent a few pointers per type, not a map.
+#[derive(Debug, Default)]
+pub struct ResourceSet {
+    map: BTreeMap<String, Arc<Resource>>,
+    version: OnceLock<String>,
+}
+
+impl Clone for ResourceSet {
+    fn clone(&self) -> Self {
+        ResourceSet {
+            map: self.map.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+impl PartialEq for ResourceSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl ResourceSet {
+    /// The resources, by name.
+    pub fn map(&self) -> &BTreeMap<String, Arc<Resource>> {
+        &self.map
+    }
+
+    /// The version of the whole set (a hash of every name and version): what a
+    /// state-of-the-world response carries as `version_info`.
+    pub fn version(&self) -> &str {
+        self.version.get_or_init(|| {
+            let mut h = std::hash::DefaultHasher::new();
+            for (name, r) in &self.map {
+                name.hash(&mut h);
+                r.version.hash(&mut h);
+            }
+            format!("{:016x}", h.finish())
+        })
+    }
+}
+
 /// Everything one proxy is sent, by type and name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    by_type: [BTreeMap<String, Arc<Resource>>; 5],
+    by_type: [Arc<ResourceSet>; 5],
 }
 
 impl Snapshot {
     /// Adds (or replaces) a resource of type `ty`.
     pub fn insert(&mut self, ty: ResourceType, resource: Arc<Resource>) {
-        self.by_type[ty.index()].insert(resource.name.clone(), resource);
+        let set = Arc::make_mut(&mut self.by_type[ty.index()]);
+        set.version = OnceLock::new();
+        set.map.insert(resource.name.clone(), resource);
     }
 
     /// Encodes and adds `msg` as a resource of type `ty` named `name`.
@@ -123,18 +170,24 @@ impl Snapshot {
 
     /// The resources of type `ty`, by name.
     pub fn resources(&self, ty: ResourceType) -> &BTreeMap<String, Arc<Resource>> {
+        &self.by_type[ty.index()].map
+    }
+
+    /// The set of type `ty`, to share it with another snapshot ([`Snapshot::set`]).
+    pub fn set(&self, ty: ResourceType) -> &Arc<ResourceSet> {
         &self.by_type[ty.index()]
+    }
+
+    /// Replaces the set of type `ty` with `set`, typically an equal one another snapshot
+    /// already holds (see [`Snapshot::set`]), so that both share it.
+    pub fn share(&mut self, ty: ResourceType, set: Arc<ResourceSet>) {
+        self.by_type[ty.index()] = set;
     }
 
     /// The version of the whole set of type `ty` (a hash of every name and version): what a
     /// state-of-the-world response carries as `version_info`.
     pub fn version(&self, ty: ResourceType) -> String {
-        let mut h = std::hash::DefaultHasher::new();
-        for (name, r) in self.resources(ty) {
-            name.hash(&mut h);
-            r.version.hash(&mut h);
-        }
-        format!("{:016x}", h.finish())
+        self.by_type[ty.index()].version().to_string()
     }
 }
 

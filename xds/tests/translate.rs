@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use prost::Message;
 use serde_json::json;
 use shoal_xds::translate::{
-    check_consistency, render, translate, TranslateError, SDS_CLUSTER, UNLIMITED,
+    check_consistency, render, translate, translate_many, TranslateError, SDS_CLUSTER, UNLIMITED,
 };
 use shoal_xds::{ProxyId, ProxyOptions, ResourceType, Snapshot};
 
@@ -979,4 +979,88 @@ fn tcp_backends_sharing_a_port_are_told_apart_by_address() {
             ),
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Sharing between proxies
+// ---------------------------------------------------------------------------------------
+
+/// Sidecars with the same backends share their egress half (the same encoded resources), a
+/// different logging setting or option makes it their own, and every result equals
+/// translating the proxy alone.
+#[test]
+fn sidecars_with_the_same_backends_share_their_egress_resources() {
+    let mut docs = colorapp_docs();
+    let backends =
+        json!([{"virtualService": {"virtualServiceName": "colorteller.colorapp.local"}}]);
+    for (name, logging) in [
+        ("twin-a", None),
+        ("twin-b", None),
+        (
+            "twin-logged",
+            Some(json!({"accessLog": {"file": {"path": "/dev/stdout"}}})),
+        ),
+    ] {
+        let mut spec = json!({
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+            "backends": backends,
+        });
+        if let Some(l) = logging {
+            spec["logging"] = l;
+        }
+        docs.push(json!({"meshName": "colorapp", "virtualNodeName": name, "spec": spec}));
+    }
+    let m = model_of(&docs);
+    let e = colorapp_endpoints();
+    let id = |n: &str| ProxyId::parse(&format!("mesh/colorapp/virtualNode/{n}")).unwrap();
+    let moved = ProxyOptions {
+        egress_port: 16001,
+        ..ProxyOptions::default()
+    };
+    let batch = vec![
+        (id("twin-a"), ProxyOptions::default()),
+        (id("twin-b"), ProxyOptions::default()),
+        (id("twin-logged"), ProxyOptions::default()),
+        (id("twin-b"), moved.clone()),
+        (id("colorgateway"), ProxyOptions::default()),
+    ];
+    let index = shoal_model::discovery::EndpointIndex::new(&e);
+    let got: Vec<Snapshot> = translate_many(&m, &e, &index, &batch)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for ((p, o), s) in batch.iter().zip(&got) {
+        assert_eq!(s, &translate(&m, &e, p, o).unwrap(), "{p}");
+        check_consistency(s).unwrap();
+    }
+    let egress =
+        |s: &Snapshot| s.resources(ResourceType::Listener)["lds_egress_0.0.0.0_15001"].clone();
+    let (a, b, logged) = (&got[0], &got[1], &got[2]);
+    // One encoded copy for both twins: clusters, endpoints, the egress listener and routes.
+    assert!(std::sync::Arc::ptr_eq(&egress(a), &egress(b)));
+    for ty in [ResourceType::Endpoint, ResourceType::Route] {
+        let name = a
+            .resources(ty)
+            .keys()
+            .find(|n| n.contains("egress") || ty == ResourceType::Endpoint)
+            .unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&a.resources(ty)[name], &b.resources(ty)[name]),
+            "{name}"
+        );
+    }
+    // Each keeps its own ingress (the cluster of its own application).
+    assert!(a
+        .resources(ResourceType::Cluster)
+        .keys()
+        .any(|n| n.contains("twin-a")));
+    assert!(!b
+        .resources(ResourceType::Cluster)
+        .keys()
+        .any(|n| n.contains("twin-a")));
+    // Logging changes the egress listener, and so do the options.
+    assert_ne!(egress(a).version, egress(logged).version);
+    assert!(got[3]
+        .resources(ResourceType::Listener)
+        .contains_key("lds_egress_0.0.0.0_16001"));
 }

@@ -9,8 +9,10 @@ use std::sync::OnceLock;
 use common::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use shoal_model::discovery::Endpoint;
+use shoal_model::discovery::{Endpoint, EndpointIndex};
 use shoal_model::Model;
+use shoal_xds::translate::{translate, translate_many};
+use shoal_xds::{ProxyId, ProxyOptions};
 
 /// A small deterministic generator (splitmix64), driven by the seed proptest picks.
 struct Rng(u64);
@@ -526,6 +528,33 @@ proptest! {
             // `snapshot` panics (failing the case) on an error or an inconsistency.
             let s = snapshot(&model, &eps, &p);
             prop_assert!(!s.resources(shoal_xds::ResourceType::Listener).is_empty() || p.contains("virtualGateway"));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Translating every proxy with one shared translator (as the agent does) gives exactly
+    /// what translating each alone gives, whatever the proxies share, with several options.
+    #[test]
+    fn shared_translation_equals_translating_alone(seed in any::<u64>()) {
+        let docs = random_docs(seed, "/certs");
+        let (model, _) = build(&docs);
+        let eps = random_endpoints(seed);
+        let other = ProxyOptions { egress_port: 16001, ..ProxyOptions::default() };
+        let mut batch = Vec::new();
+        for p in proxies(&model) {
+            let id = ProxyId::parse(&p).unwrap();
+            batch.push((id.clone(), ProxyOptions::default()));
+            batch.push((id.clone(), other.clone()));
+            batch.push((id, ProxyOptions::default()));
+        }
+        let index = EndpointIndex::new(&eps);
+        let shared = translate_many(&model, &eps, &index, &batch);
+        for ((id, opts), got) in batch.iter().zip(shared) {
+            let alone = translate(&model, &eps, id, opts);
+            prop_assert_eq!(&got, &alone, "{}", id);
         }
     }
 }

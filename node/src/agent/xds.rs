@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use shoal_model::discovery::{Endpoint, EndpointIndex};
 use shoal_model::Model;
-use shoal_xds::translate::translate_indexed;
+use shoal_xds::snapshot::ResourceSet;
+use shoal_xds::translate::Translator;
 use shoal_xds::{ProxyId, ProxyOptions, Resource, ResourceType, Snapshot};
 use tokio::sync::watch;
 
@@ -28,16 +29,24 @@ pub struct Inputs {
 
 type Key = (ProxyId, ProxyOptions);
 
+/// Shares equal resources, and equal whole sets of one type, between the proxies' snapshots.
 #[derive(Default)]
 struct Interner {
     live: HashMap<(ResourceType, String, String), Weak<Resource>>,
+    sets: HashMap<(ResourceType, String), Weak<ResourceSet>>,
 }
 
 impl Interner {
-    /// `snap` with every resource replaced by an equal one already held by another proxy.
+    /// `snap` with every resource replaced by an equal one already held by another proxy, and
+    /// every set by an equal set another proxy holds.
     fn intern(&mut self, snap: Snapshot) -> Snapshot {
         let mut out = Snapshot::default();
         for ty in ResourceType::ALL {
+            let key = (ty, snap.set(ty).version().to_string());
+            if let Some(set) = self.sets.get(&key).and_then(Weak::upgrade) {
+                out.share(ty, set);
+                continue;
+            }
             for r in snap.resources(ty).values() {
                 let key = (ty, r.name.clone(), r.version.clone());
                 let shared = match self.live.get(&key).and_then(Weak::upgrade) {
@@ -49,11 +58,17 @@ impl Interner {
                 };
                 out.insert(ty, shared);
             }
+            self.sets.insert(key, Arc::downgrade(out.set(ty)));
         }
         if self.live.len() > 1024
             && self.live.values().filter(|w| w.strong_count() == 0).count() > self.live.len() / 2
         {
             self.live.retain(|_, w| w.strong_count() > 0);
+        }
+        if self.sets.len() > 1024
+            && self.sets.values().filter(|w| w.strong_count() == 0).count() > self.sets.len() / 2
+        {
+            self.sets.retain(|_, w| w.strong_count() > 0);
         }
         out
     }
@@ -157,11 +172,15 @@ impl Proxies {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, 8);
+        // One translator for every proxy: sidecars with the same backends share their egress
+        // half, built once.
+        let translator = Translator::new(&inputs.model, &inputs.endpoints, &inputs.index);
+        let translator = &translator;
         let translate_all =
             |chunk: &[(Key, Arc<watch::Sender<Arc<Snapshot>>>)]| -> Vec<Option<Snapshot>> {
                 chunk
                     .iter()
-                    .map(|((proxy, opts), _)| translate_one(&inputs, proxy, opts))
+                    .map(|((proxy, opts), _)| translate_one(translator, proxy, opts))
                     .collect()
             };
         let results: Vec<Option<Snapshot>> = if threads == 1 || work.len() < 16 {
@@ -198,8 +217,8 @@ impl Proxies {
 }
 
 /// The snapshot of `proxy`, not interned; `None` when the model cannot be translated.
-fn translate_one(inputs: &Inputs, proxy: &ProxyId, opts: &ProxyOptions) -> Option<Snapshot> {
-    match translate_indexed(&inputs.model, &inputs.endpoints, &inputs.index, proxy, opts) {
+fn translate_one(t: &Translator<'_>, proxy: &ProxyId, opts: &ProxyOptions) -> Option<Snapshot> {
+    match t.translate(proxy, opts) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(proxy = %proxy, error = %e, "cannot translate the model for a proxy; it keeps its last configuration");
@@ -215,7 +234,8 @@ fn compute(
     opts: &ProxyOptions,
     interner: &mut Interner,
 ) -> Option<Snapshot> {
-    translate_one(inputs, proxy, opts).map(|s| interner.intern(s))
+    let t = Translator::new(&inputs.model, &inputs.endpoints, &inputs.index);
+    translate_one(&t, proxy, opts).map(|s| interner.intern(s))
 }
 
 impl shoal_xds::server::SnapshotSource for Proxies {

@@ -75,7 +75,8 @@ mod render;
 mod routes;
 mod util;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -87,7 +88,7 @@ use shoal_model::discovery::Endpoint;
 use shoal_model::{Kind, Model, ResourceKey, Spec};
 
 use crate::proxy::{ProxyId, ProxyKind, ProxyOptions};
-use crate::snapshot::{ResourceType, Snapshot};
+use crate::snapshot::{Resource, ResourceType, Snapshot};
 
 pub use bootstrap::{static_bootstrap, SDS_SOCKET};
 pub use cluster::UNLIMITED;
@@ -230,6 +231,19 @@ pub fn translate(
     translate_indexed(model, endpoints, &index, proxy, opts)
 }
 
+/// [`translate_indexed`] for many proxies at once, as the agent does after a change: resources
+/// equal across proxies are built and encoded once (see [`Translator`]). Results are in the
+/// order of `proxies`.
+pub fn translate_many(
+    model: &Model,
+    endpoints: &[Endpoint],
+    index: &shoal_model::discovery::EndpointIndex,
+    proxies: &[(ProxyId, ProxyOptions)],
+) -> Vec<Result<Snapshot, TranslateError>> {
+    let t = Translator::new(model, endpoints, index);
+    proxies.iter().map(|(p, o)| t.translate(p, o)).collect()
+}
+
 /// [`translate`] with the endpoints already indexed ([`shoal_model::discovery::EndpointIndex`]
 /// of `endpoints`): the agent builds the index once per view and translates every proxy with it.
 pub fn translate_indexed(
@@ -239,50 +253,155 @@ pub fn translate_indexed(
     proxy: &ProxyId,
     opts: &ProxyOptions,
 ) -> Result<Snapshot, TranslateError> {
-    let mesh_spec = match model.get(&ResourceKey::mesh(&proxy.mesh)).map(|r| &r.spec) {
-        Some(Spec::Mesh(s)) => s,
-        _ => return Err(TranslateError::NoMesh(proxy.mesh.clone())),
-    };
-    let mut ctx = Ctx {
-        model,
-        mesh: &proxy.mesh,
-        mesh_spec,
-        endpoints,
-        index,
-        opts,
-        out: Out::default(),
-        egress: Default::default(),
-        logs: Vec::new(),
-    };
-    let unknown = || TranslateError::UnknownProxy(proxy.to_string());
-    match proxy.kind {
-        ProxyKind::VirtualNode => {
-            let key = ResourceKey::in_mesh(&proxy.mesh, Kind::VirtualNode, &proxy.name);
-            let Some(Spec::VirtualNode(spec)) = model.get(&key).map(|r| &r.spec) else {
-                return Err(unknown());
-            };
-            node::virtual_node(&mut ctx, &proxy.name, spec)?;
-        }
-        ProxyKind::VirtualGateway => {
-            let key = ResourceKey::in_mesh(&proxy.mesh, Kind::VirtualGateway, &proxy.name);
-            let Some(Spec::VirtualGateway(spec)) = model.get(&key).map(|r| &r.spec) else {
-                return Err(unknown());
-            };
-            gateway::virtual_gateway(&mut ctx, &proxy.name, spec)?;
+    Translator::new(model, endpoints, index).translate(proxy, opts)
+}
+
+/// The encoded egress half of one sidecar, shared by every sidecar with the same backends.
+type Egress = Arc<Vec<(ResourceType, Arc<Resource>)>>;
+
+/// Translates many proxies of one view (model and endpoints), sharing what they have in
+/// common.
+///
+/// A sidecar's egress half (its backends' clusters, endpoints, egress listener and routes) is
+/// a function of the mesh, the node's backends, backend defaults and logging and the proxy's
+/// options only, and in a mesh most sidecars share it with others (every replica of a
+/// service, and often whole tiers). The translator builds and encodes it once per distinct
+/// set and hands the same `Arc<Resource>`s to every proxy that has it; with a thousand
+/// sidecars of a hundred backends each, that turns a thousand translations of a hundred
+/// clusters into one. It is `Sync`: the agent translates its proxies on several threads with
+/// one translator. It is only valid for the view it was made with, which the borrows enforce.
+pub struct Translator<'a> {
+    model: &'a Model,
+    endpoints: &'a [Endpoint],
+    index: &'a shoal_model::discovery::EndpointIndex,
+    egress: Mutex<HashMap<(String, ProxyOptions), Egress>>,
+}
+
+impl<'a> Translator<'a> {
+    /// A translator for the view `model` + `endpoints` (`index` is their index).
+    pub fn new(
+        model: &'a Model,
+        endpoints: &'a [Endpoint],
+        index: &'a shoal_model::discovery::EndpointIndex,
+    ) -> Self {
+        Translator {
+            model,
+            endpoints,
+            index,
+            egress: Mutex::new(HashMap::new()),
         }
     }
+
+    /// A fresh translation context for one proxy (or one proxy's egress half).
+    fn ctx<'b>(
+        &'b self,
+        mesh: &'b str,
+        mesh_spec: &'b api::MeshSpec,
+        opts: &'b ProxyOptions,
+    ) -> Ctx<'b> {
+        Ctx {
+            model: self.model,
+            mesh,
+            mesh_spec,
+            endpoints: self.endpoints,
+            index: self.index,
+            opts,
+            out: Out::default(),
+            egress: Default::default(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// The configuration of proxy `proxy`, as [`translate`] computes it.
+    pub fn translate(
+        &self,
+        proxy: &ProxyId,
+        opts: &ProxyOptions,
+    ) -> Result<Snapshot, TranslateError> {
+        let model = self.model;
+        let mesh_spec = match model.get(&ResourceKey::mesh(&proxy.mesh)).map(|r| &r.spec) {
+            Some(Spec::Mesh(s)) => s,
+            _ => return Err(TranslateError::NoMesh(proxy.mesh.clone())),
+        };
+        let unknown = || TranslateError::UnknownProxy(proxy.to_string());
+        match proxy.kind {
+            ProxyKind::VirtualNode => {
+                let key = ResourceKey::in_mesh(&proxy.mesh, Kind::VirtualNode, &proxy.name);
+                let Some(Spec::VirtualNode(spec)) = model.get(&key).map(|r| &r.spec) else {
+                    return Err(unknown());
+                };
+                let mut ctx = self.ctx(&proxy.mesh, mesh_spec, opts);
+                node::virtual_node_ingress(&mut ctx, &proxy.name, spec)?;
+                let mut snap = encode(ctx.out);
+                for (ty, r) in self.egress(proxy, mesh_spec, spec, opts)?.iter() {
+                    snap.insert(*ty, r.clone());
+                }
+                Ok(snap)
+            }
+            ProxyKind::VirtualGateway => {
+                let key = ResourceKey::in_mesh(&proxy.mesh, Kind::VirtualGateway, &proxy.name);
+                let Some(Spec::VirtualGateway(spec)) = model.get(&key).map(|r| &r.spec) else {
+                    return Err(unknown());
+                };
+                let mut ctx = self.ctx(&proxy.mesh, mesh_spec, opts);
+                gateway::virtual_gateway(&mut ctx, &proxy.name, spec)?;
+                Ok(encode(ctx.out))
+            }
+        }
+    }
+
+    /// The egress half of virtual node `proxy`, from the memo or built (and remembered).
+    /// Failures are not remembered: their messages name the node.
+    fn egress(
+        &self,
+        proxy: &ProxyId,
+        mesh_spec: &api::MeshSpec,
+        spec: &api::VirtualNodeSpec,
+        opts: &ProxyOptions,
+    ) -> Result<Egress, TranslateError> {
+        let inputs = serde_json::to_string(&(
+            &proxy.mesh,
+            &spec.backends,
+            &spec.backend_defaults,
+            &spec.logging,
+        ))
+        .unwrap_or_default();
+        let key = (inputs, opts.clone());
+        if let Some(e) = lock(&self.egress).get(&key) {
+            return Ok(e.clone());
+        }
+        let mut ctx = self.ctx(&proxy.mesh, mesh_spec, opts);
+        node::virtual_node_egress(&mut ctx, &proxy.name, spec)?;
+        let snap = encode(ctx.out);
+        let built: Egress = Arc::new(
+            ResourceType::ALL
+                .iter()
+                .flat_map(|ty| snap.resources(*ty).values().map(|r| (*ty, r.clone())))
+                .collect(),
+        );
+        lock(&self.egress).insert(key, built.clone());
+        Ok(built)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Encodes what a translation built.
+fn encode(out: Out) -> Snapshot {
     let mut snap = Snapshot::default();
-    for (name, c) in &ctx.out.clusters {
+    for (name, c) in &out.clusters {
         snap.add(ResourceType::Cluster, name, c);
     }
-    for (name, c) in &ctx.out.loads {
+    for (name, c) in &out.loads {
         snap.add(ResourceType::Endpoint, name, c);
     }
-    for (name, l) in &ctx.out.listeners {
+    for (name, l) in &out.listeners {
         snap.add(ResourceType::Listener, name, l);
     }
-    for (name, r) in &ctx.out.routes {
+    for (name, r) in &out.routes {
         snap.add(ResourceType::Route, name, r);
     }
-    Ok(snap)
+    snap
 }

@@ -170,17 +170,36 @@ fn node_resource(mesh: &str, name: &str) -> String {
     format!("mesh/{mesh}/virtualNode/{name}")
 }
 
-/// Translates virtual node `name`'s sidecar into `ctx.out`.
-pub(crate) fn virtual_node(
+/// The access loggers of virtual node `spec`'s sidecar (none when its logging is off).
+pub(crate) fn access_logs(spec: &api::VirtualNodeSpec) -> Vec<AccessLog> {
+    if let Some(api::AccessLog::File(f)) = spec.logging.as_ref().and_then(|l| l.access_log.as_ref())
+    {
+        return util::access_logs(&f.path, f.format.as_ref());
+    }
+    Vec::new()
+}
+
+/// Translates the ingress half of virtual node `name`'s sidecar (its listeners and the local
+/// application's clusters) into `ctx.out`.
+pub(crate) fn virtual_node_ingress(
     ctx: &mut Ctx<'_>,
     name: &str,
     spec: &api::VirtualNodeSpec,
 ) -> Result<(), TranslateError> {
-    if let Some(api::AccessLog::File(f)) = spec.logging.as_ref().and_then(|l| l.access_log.as_ref())
-    {
-        ctx.logs = util::access_logs(&f.path, f.format.as_ref());
-    }
-    ingress(ctx, name, spec)?;
+    ctx.logs = access_logs(spec);
+    ingress(ctx, name, spec)
+}
+
+/// Translates the egress half of virtual node `name`'s sidecar (its backends) into
+/// `ctx.out`. It depends on the node's backends, backend defaults and logging only, never on
+/// its name or listeners (the name appears in error messages alone), so sidecars with the same
+/// backends share it: see [`super::Translator`].
+pub(crate) fn virtual_node_egress(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    spec: &api::VirtualNodeSpec,
+) -> Result<(), TranslateError> {
+    ctx.logs = access_logs(spec);
     egress(ctx, name, spec)
 }
 
