@@ -214,23 +214,46 @@ async fn xds_status(State(s): State<AgentState>) -> Response {
     .into_response()
 }
 
-/// `?proxy=<node id>`.
+/// `?proxy=<node id>[&listen_address=…&ingress_port=…&egress_port=…]`: the listener options
+/// are those of the proxy's bootstrap (`shoal envoy bootstrap --listen-address …`); without
+/// them the defaults, as for a proxy bootstrapped without those flags.
 #[derive(Debug, Deserialize)]
 struct ProxyQuery {
     proxy: String,
+    #[serde(default)]
+    listen_address: Option<String>,
+    #[serde(default)]
+    ingress_port: Option<u16>,
+    #[serde(default)]
+    egress_port: Option<u16>,
+}
+
+impl ProxyQuery {
+    fn options(&self) -> shoal_xds::ProxyOptions {
+        let mut opts = shoal_xds::ProxyOptions::default();
+        if let Some(a) = &self.listen_address {
+            opts.listen_address = a.clone();
+        }
+        if let Some(p) = self.ingress_port {
+            opts.ingress_port = p;
+        }
+        if let Some(p) = self.egress_port {
+            opts.egress_port = p;
+        }
+        opts
+    }
 }
 
 /// The configuration a proxy gets (or would get) from this agent, in the translation's text
-/// form: what to compare with Envoy's `/config_dump`.
+/// form: what to compare with Envoy's `/config_dump`. Listener names and addresses depend on
+/// the proxy's listen address and ports, so a proxy bootstrapped with other than the defaults
+/// is compared with the options it was started with (the chaos suite does so).
 async fn xds_config(State(s): State<AgentState>, q: Query<ProxyQuery>) -> Response {
     let proxy = match shoal_xds::ProxyId::parse(&q.proxy) {
         Ok(p) => p,
         Err(e) => return bad(e.to_string()),
     };
-    match s
-        .proxies
-        .snapshot(&proxy, &shoal_xds::ProxyOptions::default())
-    {
+    match s.proxies.snapshot(&proxy, &q.options()) {
         Some(snap) => (
             StatusCode::OK,
             [("content-type", "text/plain; charset=utf-8")],
@@ -360,4 +383,34 @@ async fn metrics(State(s): State<AgentState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProxyQuery;
+
+    /// Regression (chaos suite): `/v1/agent/xds/config` rendered every proxy with the default
+    /// listen address, so an Envoy bootstrapped with `--listen-address` never matched its
+    /// agent's snapshot (listener `lds_egress_0.0.0.0_15001` against `lds_egress_<ip>_15001`).
+    #[test]
+    fn xds_config_takes_the_proxys_listener_options() {
+        let q: ProxyQuery = serde_json::from_value(serde_json::json!({
+            "proxy": "mesh/m/virtualNode/vn", "listen_address": "10.1.2.3",
+            "ingress_port": 15100, "egress_port": 15101}))
+        .expect("query");
+        let o = q.options();
+        assert_eq!(
+            (o.listen_address.as_str(), o.ingress_port, o.egress_port),
+            ("10.1.2.3", 15100, 15101)
+        );
+        let q: ProxyQuery =
+            serde_json::from_value(serde_json::json!({"proxy": "mesh/m/virtualNode/vn"}))
+                .expect("query");
+        let d = shoal_xds::ProxyOptions::default();
+        let o = q.options();
+        assert_eq!(
+            (o.listen_address, o.ingress_port, o.egress_port),
+            (d.listen_address, d.ingress_port, d.egress_port)
+        );
+    }
 }
