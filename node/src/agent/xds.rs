@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use shoal_model::discovery::{Endpoint, EndpointIndex};
 use shoal_model::Model;
 use shoal_xds::snapshot::ResourceSet;
-use shoal_xds::translate::Translator;
+use shoal_xds::translate::{Shared, Translator};
 use shoal_xds::{ProxyId, ProxyOptions, Resource, ResourceType, Snapshot};
 use tokio::sync::watch;
 
@@ -77,6 +77,27 @@ impl Interner {
 struct Inner {
     proxies: HashMap<Key, Arc<watch::Sender<Arc<Snapshot>>>>,
     interner: Interner,
+    /// What translations of the newest inputs built that other proxies can share, with those
+    /// inputs (held, so that the pairing cannot outlive them).
+    shared: Option<(Inputs, Arc<Shared>)>,
+}
+
+impl Inner {
+    /// The shared parts for `inputs`: the ones kept if they are for these very inputs, else
+    /// new ones (which replace them).
+    fn shared_for(&mut self, inputs: &Inputs) -> Arc<Shared> {
+        if let Some((held, shared)) = &self.shared {
+            if Arc::ptr_eq(&held.model, &inputs.model)
+                && Arc::ptr_eq(&held.endpoints, &inputs.endpoints)
+                && Arc::ptr_eq(&held.index, &inputs.index)
+            {
+                return shared.clone();
+            }
+        }
+        let shared = Arc::new(Shared::default());
+        self.shared = Some((inputs.clone(), shared.clone()));
+        shared
+    }
 }
 
 /// The connected proxies. Cheap to clone; clones share them.
@@ -99,6 +120,7 @@ impl Proxies {
             inner: Arc::new(Mutex::new(Inner {
                 proxies: HashMap::new(),
                 interner: Interner::default(),
+                shared: None,
             })),
             inputs,
         }
@@ -124,7 +146,8 @@ impl Proxies {
         if let Some(tx) = inner.proxies.get(&(proxy.clone(), opts.clone())) {
             return Some(tx.borrow().clone());
         }
-        compute(&inputs, proxy, opts, &mut inner.interner).map(Arc::new)
+        let shared = inner.shared_for(&inputs);
+        compute(&inputs, &shared, proxy, opts, &mut inner.interner).map(Arc::new)
     }
 
     /// The snapshots of `proxy`, registering it if it is new.
@@ -139,7 +162,8 @@ impl Proxies {
         if let Some(tx) = inner.proxies.get(&key) {
             return tx.subscribe();
         }
-        let snap = compute(&inputs, proxy, opts, &mut inner.interner).unwrap_or_default();
+        let shared = inner.shared_for(&inputs);
+        let snap = compute(&inputs, &shared, proxy, opts, &mut inner.interner).unwrap_or_default();
         let (tx, rx) = watch::channel(Arc::new(snap));
         tracing::info!(proxy = %proxy, "proxy connected");
         inner.proxies.insert(key, Arc::new(tx));
@@ -168,13 +192,15 @@ impl Proxies {
                 .map(|(k, tx)| (k.clone(), tx.clone()))
                 .collect()
         };
+        let shared = self.lock().shared_for(&inputs);
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, 8);
         // One translator for every proxy: sidecars with the same backends share their egress
         // half, built once.
-        let translator = Translator::new(&inputs.model, &inputs.endpoints, &inputs.index);
+        let translator =
+            Translator::with_shared(&inputs.model, &inputs.endpoints, &inputs.index, &shared);
         let translator = &translator;
         let translate_all =
             |chunk: &[(Key, Arc<watch::Sender<Arc<Snapshot>>>)]| -> Vec<Option<Snapshot>> {
@@ -230,11 +256,12 @@ fn translate_one(t: &Translator<'_>, proxy: &ProxyId, opts: &ProxyOptions) -> Op
 /// The snapshot of `proxy`; `None` (keep what it has) when the model cannot be translated.
 fn compute(
     inputs: &Inputs,
+    shared: &Shared,
     proxy: &ProxyId,
     opts: &ProxyOptions,
     interner: &mut Interner,
 ) -> Option<Snapshot> {
-    let t = Translator::new(&inputs.model, &inputs.endpoints, &inputs.index);
+    let t = Translator::with_shared(&inputs.model, &inputs.endpoints, &inputs.index, shared);
     translate_one(&t, proxy, opts).map(|s| interner.intern(s))
 }
 

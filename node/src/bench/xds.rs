@@ -40,12 +40,26 @@ pub struct XdsBenchArgs {
     /// Virtual services in the mesh (every proxy has all of them as backends).
     #[arg(long, default_value_t = 100)]
     pub services: usize,
+    /// Backends per proxy: every service by default (every proxy then has the same egress
+    /// configuration, which the agent builds once); fewer gives each proxy its own set (service 0,
+    /// whose route the benchmark changes, and others picked by a hash of the proxy's number), the
+    /// worst case, where nothing is shared.
+    #[arg(long)]
+    pub backends_per_proxy: Option<usize>,
     /// Route changes measured per count.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Incremental xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
+    /// Only build the mesh (and register the instances), then exit: `scripts/bench-xds` then
+    /// restarts the agent, so that its memory baseline holds the model but not the garbage of
+    /// having followed the mesh being written.
+    #[arg(long, conflicts_with = "built")]
+    pub build_only: bool,
+    /// The mesh is already built (by `--build-only`); measure only.
+    #[arg(long)]
+    pub built: bool,
 }
 
 const MESH: &str = "fanout";
@@ -94,11 +108,27 @@ async fn build_mesh(args: &XdsBenchArgs, clients: usize) -> anyhow::Result<()> {
         )?);
     }
     apply_all(&c, docs, 16).await?;
-    let backends: Vec<Value> = (0..args.services)
-        .map(|i| json!({"virtualService": {"virtualServiceName": format!("svc-{i}.fanout.local")}}))
-        .collect();
+    let backend = |i: usize| json!({"virtualService": {"virtualServiceName": format!("svc-{i}.fanout.local")}});
     let mut docs = Vec::new();
     for j in 0..clients {
+        let chosen: Vec<usize> = match args.backends_per_proxy {
+            Some(k) if k < args.services => {
+                let mut others: Vec<(u64, usize)> = (1..args.services)
+                    .map(|i| {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::hash::DefaultHasher::new();
+                        (j, i).hash(&mut h);
+                        (h.finish(), i)
+                    })
+                    .collect();
+                others.sort_unstable();
+                std::iter::once(0)
+                    .chain(others.into_iter().take(k.saturating_sub(1)).map(|(_, i)| i))
+                    .collect()
+            }
+            _ => (0..args.services).collect(),
+        };
+        let backends: Vec<Value> = chosen.into_iter().map(backend).collect();
         docs.push(doc(
             json!({"meshName": MESH, "virtualNodeName": format!("proxy-{j}"),
             "spec": {"backends": backends}}),
@@ -145,13 +175,25 @@ pub async fn run(args: XdsBenchArgs) -> anyhow::Result<()> {
     if max == 0 || args.services == 0 {
         bail!("--count and --services must be positive");
     }
-    let t = std::time::Instant::now();
-    build_mesh(&args, max).await?;
-    println!(
-        "mesh {MESH}: {} virtual services, {max} client virtual nodes with every service as a backend (built in {:.1} s)",
-        args.services,
-        t.elapsed().as_secs_f64()
-    );
+    if !args.built {
+        let t = std::time::Instant::now();
+        build_mesh(&args, max).await?;
+        let backends = match args.backends_per_proxy {
+            Some(k) if k < args.services => format!(
+                "{k} backends each (service 0 and {} picked per node)",
+                k.saturating_sub(1)
+            ),
+            _ => "every service as a backend".to_string(),
+        };
+        println!(
+            "mesh {MESH}: {} virtual services, {max} client virtual nodes with {backends} (built in {:.1} s)",
+            args.services,
+            t.elapsed().as_secs_f64()
+        );
+        if args.build_only {
+            return Ok(());
+        }
+    }
     // Let the agent catch up with the last write.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let protocol = if args.delta {
@@ -161,6 +203,12 @@ pub async fn run(args: XdsBenchArgs) -> anyhow::Result<()> {
     };
     let c = Client::new(&args.api)?;
     let tick = 100.0; // USER_HZ
+    if let Some((rss, _)) = args.agent_pid.and_then(usage) {
+        println!(
+            "agent RSS before the streams: {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+    }
     println!(
         "{:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>14} {:>14}",
         "N", "connect s", "p50 ms", "p99 ms", "max ms", "missing", "CPU ms/stream", "KiB/stream"

@@ -274,7 +274,31 @@ pub struct Translator<'a> {
     model: &'a Model,
     endpoints: &'a [Endpoint],
     index: &'a shoal_model::discovery::EndpointIndex,
+    memo: Memo<'a>,
+}
+
+/// What a [`Translator`] remembers: its own, or one kept by the caller between translators of
+/// the same view.
+enum Memo<'a> {
+    Own(Shared),
+    Borrowed(&'a Shared),
+}
+
+/// The parts a [`Translator`] built that other proxies of the same view can share. Kept by a
+/// caller that translates proxies one at a time (as the agent does when Envoys connect) and
+/// handed to each translator with [`Translator::with_shared`]; it must only ever be used with
+/// one view (model and endpoints), so keep it next to that view and drop it with it.
+#[derive(Default)]
+pub struct Shared {
     egress: Mutex<HashMap<(String, ProxyOptions), Egress>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("egress", &lock(&self.egress).len())
+            .finish()
+    }
 }
 
 impl<'a> Translator<'a> {
@@ -288,7 +312,30 @@ impl<'a> Translator<'a> {
             model,
             endpoints,
             index,
-            egress: Mutex::new(HashMap::new()),
+            memo: Memo::Own(Shared::default()),
+        }
+    }
+
+    /// A translator for the view `model` + `endpoints` that remembers what it builds in
+    /// `shared`, which must belong to this same view (see [`Shared`]).
+    pub fn with_shared(
+        model: &'a Model,
+        endpoints: &'a [Endpoint],
+        index: &'a shoal_model::discovery::EndpointIndex,
+        shared: &'a Shared,
+    ) -> Self {
+        Translator {
+            model,
+            endpoints,
+            index,
+            memo: Memo::Borrowed(shared),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        match &self.memo {
+            Memo::Own(s) => s,
+            Memo::Borrowed(s) => s,
         }
     }
 
@@ -367,7 +414,7 @@ impl<'a> Translator<'a> {
         ))
         .unwrap_or_default();
         let key = (inputs, opts.clone());
-        if let Some(e) = lock(&self.egress).get(&key) {
+        if let Some(e) = lock(&self.shared().egress).get(&key) {
             return Ok(e.clone());
         }
         let mut ctx = self.ctx(&proxy.mesh, mesh_spec, opts);
@@ -379,7 +426,7 @@ impl<'a> Translator<'a> {
                 .flat_map(|ty| snap.resources(*ty).values().map(|r| (*ty, r.clone())))
                 .collect(),
         );
-        lock(&self.egress).insert(key, built.clone());
+        lock(&self.shared().egress).insert(key, built.clone());
         Ok(built)
     }
 }
