@@ -4,7 +4,9 @@
 //! change. Prints the time per proxy for `translate_indexed` alone and for the agent's batch
 //! path (`translate_many`, which shares resources equal across proxies).
 //!
-//! `cargo bench -p shoal-xds --bench translate`; `TRANSLATE_PROXIES=1000 TRANSLATE_SERVICES=100`.
+//! `cargo bench -p shoal-xds --bench translate`; `TRANSLATE_PROXIES=1000 TRANSLATE_SERVICES=100`;
+//! `TRANSLATE_BACKENDS=50` gives each proxy its own set of 50 backends (nothing but the
+//! clusters is then shared).
 
 #[path = "../tests/translate_common.rs"]
 mod common;
@@ -44,10 +46,23 @@ fn main() {
             "spec": {"provider": {"virtualRouter": {"virtualRouterName": format!("vr-{i}")}}}}),
         );
     }
-    let backends: Vec<_> = (0..services)
-        .map(|i| json!({"virtualService": {"virtualServiceName": format!("svc-{i}.fanout.local")}}))
-        .collect();
+    let per_proxy = env("TRANSLATE_BACKENDS", services).min(services);
     for j in 0..proxies {
+        // Every service, or `per_proxy` of them picked by a hash of the proxy's number.
+        let mut picked: Vec<(u64, usize)> = (0..services)
+            .map(|i| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                (j, i).hash(&mut h);
+                (h.finish(), i)
+            })
+            .collect();
+        picked.sort_unstable();
+        let backends: Vec<_> = picked
+            .iter()
+            .take(per_proxy)
+            .map(|(_, i)| json!({"virtualService": {"virtualServiceName": format!("svc-{i}.fanout.local")}}))
+            .collect();
         docs.push(
             json!({"meshName": mesh, "virtualNodeName": format!("proxy-{j}"),
             "spec": {"backends": backends}}),
@@ -88,7 +103,7 @@ fn main() {
         let many = t.elapsed();
         assert!(out.iter().all(|s| s.is_ok()));
         println!(
-            "round {round}: {proxies} proxies x {services} services: translate_indexed {:.3} ms/proxy, translate_many {:.3} ms/proxy",
+            "round {round}: {proxies} proxies x {per_proxy} of {services} services: translate_indexed {:.3} ms/proxy, translate_many {:.3} ms/proxy",
             one.as_secs_f64() * 1e3 / proxies as f64,
             many.as_secs_f64() * 1e3 / proxies as f64,
         );

@@ -991,13 +991,15 @@ fn tcp_backends_sharing_a_port_are_told_apart_by_address() {
 #[test]
 fn sidecars_with_the_same_backends_share_their_egress_resources() {
     let mut docs = colorapp_docs();
-    let backends =
-        json!([{"virtualService": {"virtualServiceName": "colorteller.colorapp.local"}}]);
-    for (name, logging) in [
-        ("twin-a", None),
-        ("twin-b", None),
+    let vs = |n: &str| json!({"virtualService": {"virtualServiceName": n}});
+    let (color, echo) = ("colorteller.colorapp.local", "tcpecho.colorapp.local");
+    for (name, backends, logging) in [
+        ("twin-a", json!([vs(color), vs(echo)]), None),
+        // The same backends in another order, one listed twice.
+        ("twin-b", json!([vs(echo), vs(color), vs(echo)]), None),
         (
             "twin-logged",
+            json!([vs(color), vs(echo)]),
             Some(json!({"accessLog": {"file": {"path": "/dev/stdout"}}})),
         ),
     ] {

@@ -21,7 +21,10 @@ use shoal_model::api::{self, PortProtocol};
 use shoal_model::discovery::Endpoint;
 
 use super::util::{self, ClientTls};
+use std::sync::Arc;
+
 use super::{names, Ctx, TranslateError};
+use crate::snapshot::{Resource, ResourceType};
 
 /// Envoy's default circuit breakers (1,024 connections, requests, pending requests; 3
 /// retries) are far below what App Mesh configured: App Mesh left circuit breaking effectively
@@ -30,7 +33,7 @@ use super::{names, Ctx, TranslateError};
 pub const UNLIMITED: u32 = 2_147_483_647;
 
 /// Circuit breaker limits (App Mesh's connection pool settings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Limits {
     pub max_connections: u32,
     pub max_pending_requests: u32,
@@ -267,6 +270,18 @@ pub(crate) fn port_of(p: i32) -> u16 {
     u16::try_from(p).unwrap_or(0)
 }
 
+/// What an egress cluster's content depends on besides the view: its name (which holds the
+/// mesh, the target node, protocol and port, and the variant), its client TLS and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SharedKey {
+    name: String,
+    tls: Option<ClientTls>,
+    limits: Limits,
+}
+
+/// An encoded egress cluster and its endpoints (EDS clusters only).
+pub(crate) type SharedCluster = (Arc<Resource>, Option<Arc<Resource>>);
+
 /// What distinguishes one egress cluster from another.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct EgressKey {
@@ -414,6 +429,20 @@ impl Ctx<'_> {
         }
         self.egress.by_key.insert(key, name.clone());
 
+        // Another proxy of this view may have built the very same cluster.
+        let shared_key = SharedKey {
+            name: name.clone(),
+            tls: tls.clone(),
+            limits,
+        };
+        if let Some((c, load)) = self.shared.cluster(&shared_key) {
+            self.out.encoded.push((ResourceType::Cluster, c));
+            if let Some(load) = load {
+                self.out.encoded.push((ResourceType::Endpoint, load));
+            }
+            return Ok(Some((name, proto)));
+        }
+
         let spec = spec.clone();
         let listener = l.clone();
         let instances = node_instances(self, node, &spec);
@@ -425,6 +454,7 @@ impl Ctx<'_> {
             outlier_detection: listener.outlier_detection.as_ref().map(outlier_detection),
             ..Default::default()
         };
+        let mut load = None;
         let dns = match &spec.service_discovery {
             Some(api::ServiceDiscovery::Dns(d)) if instances.is_empty() => Some(d.clone()),
             _ => None,
@@ -485,7 +515,7 @@ impl Ctx<'_> {
                 },
                 ..Default::default()
             };
-            self.out.loads.insert(name.clone(), cla);
+            load = Some(Arc::new(Resource::new(name.clone(), &cla)));
         }
         protocol_options(&mut c, proto);
         if let Some(tls) = &tls {
@@ -495,7 +525,13 @@ impl Ctx<'_> {
                 client_alpn(proto),
             ));
         }
-        self.out.clusters.insert(name.clone(), c);
+        let c = Arc::new(Resource::new(name.clone(), &c));
+        self.shared
+            .remember_cluster(shared_key, (c.clone(), load.clone()));
+        self.out.encoded.push((ResourceType::Cluster, c));
+        if let Some(load) = load {
+            self.out.encoded.push((ResourceType::Endpoint, load));
+        }
         Ok(Some((name, proto)))
     }
 }

@@ -80,7 +80,6 @@ use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use shoal_model::api;
@@ -127,8 +126,9 @@ pub enum TranslateError {
 /// What a translation builds, by type and name, before it is encoded.
 #[derive(Debug, Default)]
 pub(crate) struct Out {
+    /// Resources already encoded (shared with other proxies through [`Shared`]).
+    pub encoded: Vec<(ResourceType, Arc<Resource>)>,
     pub clusters: BTreeMap<String, Cluster>,
-    pub loads: BTreeMap<String, ClusterLoadAssignment>,
     pub listeners: BTreeMap<String, Listener>,
     pub routes: BTreeMap<String, RouteConfiguration>,
 }
@@ -146,6 +146,8 @@ pub(crate) struct Ctx<'a> {
     pub egress: cluster::EgressClusters,
     /// The proxy's access loggers (empty when its logging is off).
     pub logs: Vec<AccessLog>,
+    /// What other proxies of the same view built and this one can reuse.
+    pub shared: &'a Shared,
 }
 
 impl<'a> Ctx<'a> {
@@ -291,6 +293,19 @@ enum Memo<'a> {
 #[derive(Default)]
 pub struct Shared {
     egress: Mutex<HashMap<(String, ProxyOptions), Egress>>,
+    clusters: Mutex<HashMap<cluster::SharedKey, cluster::SharedCluster>>,
+}
+
+impl Shared {
+    /// The encoded egress cluster (and endpoints) remembered under `key`.
+    pub(crate) fn cluster(&self, key: &cluster::SharedKey) -> Option<cluster::SharedCluster> {
+        lock(&self.clusters).get(key).cloned()
+    }
+
+    /// Remembers an encoded egress cluster.
+    pub(crate) fn remember_cluster(&self, key: cluster::SharedKey, c: cluster::SharedCluster) {
+        lock(&self.clusters).insert(key, c);
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -356,6 +371,7 @@ impl<'a> Translator<'a> {
             out: Out::default(),
             egress: Default::default(),
             logs: Vec::new(),
+            shared: self.shared(),
         }
     }
 
@@ -406,9 +422,12 @@ impl<'a> Translator<'a> {
         spec: &api::VirtualNodeSpec,
         opts: &ProxyOptions,
     ) -> Result<Egress, TranslateError> {
+        // The backends as the egress half uses them: by name, the first of each name (users list
+        // them in any order).
+        let backends = node::egress_backends(spec);
         let inputs = serde_json::to_string(&(
             &proxy.mesh,
-            &spec.backends,
+            &backends,
             &spec.backend_defaults,
             &spec.logging,
         ))
@@ -438,11 +457,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Encodes what a translation built.
 fn encode(out: Out) -> Snapshot {
     let mut snap = Snapshot::default();
+    for (ty, r) in out.encoded {
+        snap.insert(ty, r);
+    }
     for (name, c) in &out.clusters {
         snap.add(ResourceType::Cluster, name, c);
-    }
-    for (name, c) in &out.loads {
-        snap.add(ResourceType::Endpoint, name, c);
     }
     for (name, l) in &out.listeners {
         snap.add(ResourceType::Listener, name, l);

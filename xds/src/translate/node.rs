@@ -501,12 +501,9 @@ pub(crate) fn service_ports(ctx: &Ctx<'_>, service: &str) -> Vec<(u16, PortProto
     ports
 }
 
-fn egress(
-    ctx: &mut Ctx<'_>,
-    name: &str,
-    spec: &api::VirtualNodeSpec,
-) -> Result<(), TranslateError> {
-    let resource = node_resource(ctx.mesh, name);
+/// The backends of virtual node `spec` that its egress serves: by virtual service name, the
+/// first of each name.
+pub(crate) fn egress_backends(spec: &api::VirtualNodeSpec) -> Vec<&api::VirtualServiceBackend> {
     let mut backends: Vec<&api::VirtualServiceBackend> = spec
         .backends
         .iter()
@@ -517,6 +514,16 @@ fn egress(
         .collect();
     backends.sort_by(|a, b| a.virtual_service_name.cmp(&b.virtual_service_name));
     backends.dedup_by(|a, b| a.virtual_service_name == b.virtual_service_name);
+    backends
+}
+
+fn egress(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    spec: &api::VirtualNodeSpec,
+) -> Result<(), TranslateError> {
+    let resource = node_resource(ctx.mesh, name);
+    let backends = egress_backends(spec);
 
     let mut hosts: Vec<HttpHost> = Vec::new();
     let mut tcps: Vec<TcpDest> = Vec::new();
