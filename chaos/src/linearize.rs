@@ -102,11 +102,8 @@ fn search(initial: u64, ops: &[RegOp]) -> Verdict {
     let head = len;
     let mut next: Vec<usize> = (1..=len).collect(); // next[len-1] = len means end
     next.push(0);
-    let mut prev: Vec<usize> = vec![0; len + 1];
-    prev[0] = head;
-    for i in 1..len {
-        prev[i] = i - 1;
-    }
+    // prev[i] = i - 1, the first entry's is the head.
+    let mut prev: Vec<usize> = std::iter::once(head).chain(0..len).collect();
     let end = len; // the head doubles as the end marker
     let mut call_of = vec![0usize; n];
     let mut ret_of = vec![0usize; n];
