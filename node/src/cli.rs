@@ -107,6 +107,10 @@ pub struct BootstrapArgs {
     /// Incremental xDS (DELTA_GRPC) instead of state of the world.
     #[arg(long)]
     pub delta: bool,
+    /// The local SDS provider's Unix socket (a SPIRE agent's), for certificates the mesh names
+    /// by SDS secret.
+    #[arg(long, default_value = shoal_xds::translate::SDS_SOCKET)]
+    pub sds_socket: String,
 }
 
 /// `shoal envoy bootstrap`.
@@ -136,6 +140,7 @@ pub fn envoy_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         admin_address: args.admin_address,
         admin_port: args.admin_port,
         delta: args.delta,
+        sds_socket: args.sds_socket,
     };
     println!(
         "{}",

@@ -21,6 +21,10 @@ pub struct BootstrapParams {
     pub admin_port: u16,
     /// Use incremental xDS (`DELTA_GRPC`) instead of state of the world.
     pub delta: bool,
+    /// The local SDS provider's Unix socket (a SPIRE agent's), which the bootstrap cluster
+    /// [`crate::translate::SDS_CLUSTER`] reaches, for certificates the model names by SDS
+    /// secret. Envoy connects only when a listener or cluster asks for such a secret.
+    pub sds_socket: String,
 }
 
 /// The bootstrap for `p`: node id and metadata, the admin listener, ADS over gRPC to the agent
@@ -72,6 +76,22 @@ pub fn bootstrap(p: &BootstrapParams) -> Value {
                         }},
                     },
                 },
+            }, {
+                "name": crate::translate::SDS_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": crate::translate::SDS_CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                        "pipe": {"path": p.sds_socket},
+                    }}}]}],
+                },
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                },
             }],
         },
     })
@@ -100,6 +120,7 @@ mod tests {
             admin_address: "127.0.0.1".into(),
             admin_port: 9901,
             delta: false,
+            sds_socket: crate::translate::SDS_SOCKET.into(),
         }
     }
 
@@ -115,6 +136,13 @@ mod tests {
             ["socket_address"];
         assert_eq!(sa["address"], "127.0.0.1");
         assert_eq!(sa["port_value"], 18000);
+        let sds = &b["static_resources"]["clusters"][1];
+        assert_eq!(sds["name"], crate::translate::SDS_CLUSTER);
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["pipe"]["path"],
+            crate::translate::SDS_SOCKET
+        );
         let named = bootstrap(&BootstrapParams {
             delta: true,
             ..params("agent.local:19000")

@@ -92,6 +92,7 @@ impl Envoy {
             admin_address: "127.0.0.1".into(),
             admin_port,
             delta,
+            sds_socket: shoal_xds::translate::SDS_SOCKET.into(),
         });
         let config = dir.path().join("envoy.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&b).unwrap()).unwrap();

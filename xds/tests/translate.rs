@@ -1066,3 +1066,68 @@ fn sidecars_with_the_same_backends_share_their_egress_resources() {
         .resources(ResourceType::Listener)
         .contains_key("lds_egress_0.0.0.0_16001"));
 }
+
+/// A router route's long prefix, composed with a gateway's prefix rewrite, would make a regex
+/// larger than Envoy accepts; it becomes plain prefix matches instead (one route each for
+/// the rewrite's optional `/`), which Envoy accepts and which match the same paths.
+#[test]
+fn long_prefixes_composed_with_a_rewrite_become_string_matches() {
+    let long = format!("/{}", "x".repeat(120));
+    let mut docs = colorapp_docs();
+    docs.push(
+        json!({"meshName": "colorapp", "virtualRouterName": "colorteller-vr",
+        "routeName": "long", "spec": {"priority": 5, "httpRoute": {
+            "match": {"prefix": long},
+            "action": {"weightedTargets": [{"virtualNode": "colorteller-red", "weight": 1}]}}}}),
+    );
+    docs.push(
+        json!({"meshName": "colorapp", "virtualRouterName": "colorteller-vr",
+        "routeName": "short", "spec": {"priority": 6, "httpRoute": {
+            "match": {"path": {"exact": "/s"}},
+            "action": {"weightedTargets": [{"virtualNode": "colorteller-red", "weight": 1}]}}}}),
+    );
+    let m = model_of(&docs);
+    let e = colorapp_endpoints();
+    let node = "mesh/colorapp/virtualGateway/colorapp-gateway";
+    let s = snapshot(&m, &e, node);
+    let rc = routes(&s, "rds_ingress_http_8080");
+    let r = &rc.virtual_hosts[0].routes;
+    let paths = |name: &str| -> Vec<header_matcher::HeaderMatchSpecifier> {
+        r.iter()
+            .filter(|x| x.name == name)
+            .map(|x| {
+                let m = x.r#match.as_ref().unwrap();
+                let h = m.headers.iter().find(|h| h.name == ":path").unwrap();
+                h.header_match_specifier.clone().unwrap()
+            })
+            .collect()
+    };
+    let prefix = |p: &str| {
+        header_matcher::HeaderMatchSpecifier::StringMatch(
+            envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Prefix(p.into())),
+                ..Default::default()
+            },
+        )
+    };
+    // "/color" + "/"? + the rest of the router prefix after the rewrite's "/".
+    let rest = &long[1..];
+    assert_eq!(
+        paths("color/long"),
+        vec![
+            prefix(&format!("/color{rest}")),
+            prefix(&format!("/color/{rest}"))
+        ]
+    );
+    // A short condition stays one regex.
+    let short = paths("color/short");
+    assert_eq!(short.len(), 1);
+    let header_matcher::HeaderMatchSpecifier::StringMatch(m) = &short[0] else {
+        panic!("{short:?}")
+    };
+    assert!(matches!(
+        m.match_pattern,
+        Some(string_matcher::MatchPattern::SafeRegex(_))
+    ));
+    envoy_validate(&s, node).unwrap();
+}

@@ -24,6 +24,12 @@ fn gateway_protocol(p: api::VirtualGatewayPortProtocol) -> PortProtocol {
     }
 }
 
+/// `text` as an RE2 substitution that inserts it verbatim: RE2 reads `\1` as a capture group
+/// and `\\` as one backslash, so every backslash is doubled.
+fn substitution_literal(text: &str) -> String {
+    text.replace('\\', "\\\\")
+}
+
 /// How a gateway route changes the path before the request goes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PathRewrite {
@@ -43,27 +49,32 @@ impl PathRewrite {
                 let slash = if from.ends_with('/') { "" } else { "/?" };
                 Some(RegexMatchAndSubstitute {
                     pattern: Some(routes::regex(&format!("^{}{slash}", ::regex::escape(from)))),
-                    substitution: to.clone(),
+                    substitution: substitution_literal(to),
                 })
             }
             PathRewrite::Exact(p) => Some(RegexMatchAndSubstitute {
                 pattern: Some(routes::regex("^.*$")),
-                substitution: p.clone(),
+                substitution: substitution_literal(p),
             }),
         }
     }
 
-    /// A router route's path condition, which App Mesh evaluates on the rewritten path, as a
-    /// condition on the original path (`Some(None)`: always met; `None`: never met).
-    fn compose(&self, cond: &PathCond) -> Option<Option<HeaderMatcher>> {
+    /// A router route's path condition, which App Mesh evaluates on the rewritten path, as
+    /// conditions on the original path: `None` when never met, else alternatives (any one
+    /// suffices; each is one Envoy route), where `None` is always met.
+    ///
+    /// A composed condition is one regex when its RE2 program fits Envoy's limit; a long
+    /// prefix would not, and then the regex's alternatives become plain string matches (at
+    /// most four routes, for the optional `/` and the query string).
+    fn compose(&self, cond: &PathCond) -> Option<Vec<Option<HeaderMatcher>>> {
         match (self, cond) {
-            (_, PathCond::Any) => Some(None),
-            (PathRewrite::None, c) => Some(c.header()),
-            (PathRewrite::Exact(p), c) => c.matches(p).then_some(None),
+            (_, PathCond::Any) => Some(vec![None]),
+            (PathRewrite::None, c) => Some(vec![c.header()]),
+            (PathRewrite::Exact(p), c) => c.matches(p).then_some(vec![None]),
             (PathRewrite::Prefix { from, to }, PathCond::Prefix(s) | PathCond::Exact(s)) => {
                 let exact = matches!(cond, PathCond::Exact(_));
                 if !exact && to.starts_with(s.as_str()) {
-                    return Some(None);
+                    return Some(vec![None]);
                 }
                 let rest = s.strip_prefix(to.as_str())?;
                 let sep = if from.ends_with('/') {
@@ -74,19 +85,49 @@ impl PathRewrite {
                     "/?"
                 };
                 let end = if exact { r"(\?.*)?$" } else { "" };
-                Some(Some(routes::header(
-                    ":path",
-                    false,
-                    Some(ValueMatch::Regex(&format!(
-                        "^{}{sep}{}{end}",
-                        ::regex::escape(from),
-                        ::regex::escape(rest)
-                    ))),
-                )))
+                let re = format!(
+                    "^{}{sep}{}{end}",
+                    ::regex::escape(from),
+                    ::regex::escape(rest)
+                );
+                if shoal_model::re2::program_size(&re).is_ok_and(|size| size.fits_envoy()) {
+                    return Some(vec![Some(routes::header(
+                        ":path",
+                        false,
+                        Some(ValueMatch::Regex(&re)),
+                    ))]);
+                }
+                let starts: Vec<String> = match sep {
+                    "/?" => vec![format!("{from}{rest}"), format!("{from}/{rest}")],
+                    _ => vec![format!("{from}{sep}{rest}")],
+                };
+                let mut out = Vec::new();
+                for p in &starts {
+                    if exact {
+                        out.push(Some(routes::header(
+                            ":path",
+                            false,
+                            Some(ValueMatch::Exact(p)),
+                        )));
+                        let query = format!("{p}?");
+                        out.push(Some(routes::header(
+                            ":path",
+                            false,
+                            Some(ValueMatch::Prefix(&query)),
+                        )));
+                    } else {
+                        out.push(Some(routes::header(
+                            ":path",
+                            false,
+                            Some(ValueMatch::Prefix(p)),
+                        )));
+                    }
+                }
+                Some(out)
             }
             // A regex cannot be carried through a prefix rewrite; the gateway route's own
             // conditions decide alone.
-            (PathRewrite::Prefix { .. }, PathCond::Regex(_)) => Some(None),
+            (PathRewrite::Prefix { .. }, PathCond::Regex(_)) => Some(vec![None]),
         }
     }
 }
@@ -343,22 +384,24 @@ fn expand(
                 return Ok(out);
             };
             for r in router_http_routes(ctx, router, port, proto) {
-                let Some(path) = g.rewrite.compose(&r.path) else {
+                let Some(paths) = g.rewrite.compose(&r.path) else {
                     continue;
                 };
                 let clusters = target_clusters(ctx, r.targets, proto, tls, service, limits)?;
-                let mut extra = r.headers;
-                extra.extend(path);
-                out.push(envoy_route(
-                    format!("{}/{}", g.name, r.name),
-                    g,
-                    extra,
-                    r.query,
-                    &clusters,
-                    r.timeout,
-                    r.idle,
-                    r.retry,
-                ));
+                for path in paths {
+                    let mut extra = r.headers.clone();
+                    extra.extend(path);
+                    out.push(envoy_route(
+                        format!("{}/{}", g.name, r.name),
+                        g,
+                        extra,
+                        r.query.clone(),
+                        &clusters,
+                        r.timeout,
+                        r.idle,
+                        r.retry.clone(),
+                    ));
+                }
             }
         }
         None => {}
@@ -440,4 +483,22 @@ pub(crate) fn virtual_gateway(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rewrite target is inserted verbatim: a backslash in it is not a capture group.
+    #[test]
+    fn rewrite_targets_are_literal_substitutions() {
+        let rw = PathRewrite::Prefix {
+            from: "/api".into(),
+            to: r"/v\1/".into(),
+        };
+        assert_eq!(rw.envoy().unwrap().substitution, r"/v\\1/");
+        let exact = PathRewrite::Exact(r"/a\b".into());
+        assert_eq!(exact.envoy().unwrap().substitution, r"/a\\b");
+        assert_eq!(substitution_literal("/plain/"), "/plain/");
+    }
 }
