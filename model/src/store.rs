@@ -6,6 +6,7 @@
 //! so the same log gives the same model and the same revisions everywhere.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -162,25 +163,25 @@ pub fn diff(old: &Model, new: &Model) -> Vec<Change> {
         match (a.peek(), b.peek()) {
             (None, None) => break,
             (Some(x), None) => {
-                changes.push(Change::Delete((*x).clone()));
+                changes.push(Change::Delete(Resource::clone(x)));
                 a.next();
             }
             (None, Some(y)) => {
-                changes.push(Change::Put((*y).clone()));
+                changes.push(Change::Put(Resource::clone(y)));
                 b.next();
             }
             (Some(x), Some(y)) => match x.key.cmp(&y.key) {
                 std::cmp::Ordering::Less => {
-                    changes.push(Change::Delete((*x).clone()));
+                    changes.push(Change::Delete(Resource::clone(x)));
                     a.next();
                 }
                 std::cmp::Ordering::Greater => {
-                    changes.push(Change::Put((*y).clone()));
+                    changes.push(Change::Put(Resource::clone(y)));
                     b.next();
                 }
                 std::cmp::Ordering::Equal => {
                     if x != y {
-                        changes.push(Change::Put((*y).clone()));
+                        changes.push(Change::Put(Resource::clone(y)));
                     }
                     a.next();
                     b.next();
@@ -202,7 +203,9 @@ struct TokenRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "Snapshot", into = "Snapshot")]
 pub struct Model {
-    resources: BTreeMap<ResourceKey, Resource>,
+    /// Behind `Arc`s: a model is cloned for every update an agent or a watcher publishes, and
+    /// a clone then costs a pointer per resource, not a deep copy of every spec.
+    resources: BTreeMap<ResourceKey, Arc<Resource>>,
     tokens: BTreeMap<String, TokenRecord>,
     revision: u64,
 }
@@ -221,7 +224,11 @@ impl From<Model> for Snapshot {
         Snapshot {
             format: 1,
             revision: m.revision,
-            resources: m.resources.into_values().collect(),
+            resources: m
+                .resources
+                .into_values()
+                .map(Arc::unwrap_or_clone)
+                .collect(),
             tokens: m.tokens.into_iter().collect(),
         }
     }
@@ -233,7 +240,7 @@ impl From<Snapshot> for Model {
             resources: s
                 .resources
                 .into_iter()
-                .map(|r| (r.key.clone(), r))
+                .map(|r| (r.key.clone(), Arc::new(r)))
                 .collect(),
             tokens: s.tokens.into_iter().collect(),
             revision: s.revision,
@@ -262,7 +269,10 @@ impl Model {
     /// tokens are not part of watch streams: a replica never applies commands, only changes.
     pub fn from_resources(revision: u64, resources: impl IntoIterator<Item = Resource>) -> Model {
         Model {
-            resources: resources.into_iter().map(|r| (r.key.clone(), r)).collect(),
+            resources: resources
+                .into_iter()
+                .map(|r| (r.key.clone(), Arc::new(r)))
+                .collect(),
             tokens: BTreeMap::new(),
             revision,
         }
@@ -277,7 +287,7 @@ impl Model {
         for c in changes {
             match c {
                 Change::Put(r) => {
-                    self.resources.insert(r.key.clone(), r.clone());
+                    self.resources.insert(r.key.clone(), Arc::new(r.clone()));
                 }
                 Change::Delete(r) => {
                     self.resources.remove(&r.key);
@@ -289,12 +299,12 @@ impl Model {
 
     /// Looks one resource up.
     pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
-        self.resources.get(key)
+        self.resources.get(key).map(|r| &**r)
     }
 
     /// Every resource, in key order.
     pub fn iter(&self) -> impl Iterator<Item = &Resource> {
-        self.resources.values()
+        self.resources.values().map(|r| &**r)
     }
 
     /// Number of resources of each kind.
@@ -320,14 +330,14 @@ impl Model {
     ) -> (Vec<&Resource>, Option<String>) {
         let items: Box<dyn Iterator<Item = &Resource>> = if kind == Kind::Mesh {
             // Mesh keys sort by name first, so meshes are spread among their resources.
-            Box::new(self.resources.values().filter(|r| r.key.kind == Kind::Mesh))
+            Box::new(self.iter().filter(|r| r.key.kind == Kind::Mesh))
         } else {
             let start = ResourceKey::child(mesh, kind, parent, after.unwrap_or_default());
             let (mesh, parent) = (mesh.to_string(), parent.to_string());
             Box::new(
                 self.resources
                     .range(start..)
-                    .map(|(_, r)| r)
+                    .map(|(_, r)| &**r)
                     .take_while(move |r| {
                         r.key.kind == kind && r.key.mesh == mesh && r.key.parent == parent
                     }),
@@ -348,7 +358,7 @@ impl Model {
         let mesh = mesh.to_string();
         self.resources
             .range(start..)
-            .map(|(_, r)| r)
+            .map(|(_, r)| &**r)
             .take_while(move |r| r.key.mesh == mesh)
             .filter(|r| r.key.kind != Kind::Mesh)
     }
@@ -366,7 +376,7 @@ impl Model {
         let (mesh, parent) = (mesh.to_string(), parent.to_string());
         self.resources
             .range(start..)
-            .map(|(_, r)| r)
+            .map(|(_, r)| &**r)
             .take_while(move |r| r.key.mesh == mesh && r.key.kind == kind && r.key.parent == parent)
     }
 
@@ -442,7 +452,7 @@ impl Model {
                 stamp,
             } => self.apply_put(key, spec, *mode, tags, client_token.as_deref(), stamp),
             Command::Delete { key } => self.check_delete(key).map(|()| {
-                let r = self.resources.remove(key).expect("checked");
+                let r = Arc::unwrap_or_clone(self.resources.remove(key).expect("checked"));
                 (r.clone(), Some(Change::Delete(r)))
             }),
             Command::Tag { key, tags } => self.apply_tags(key, |existing| {
@@ -524,9 +534,9 @@ impl Model {
         let mut tags = r.tags.clone();
         edit(&mut tags)?;
         if tags == r.tags {
-            return Ok((r.clone(), None));
+            return Ok((Resource::clone(r), None));
         }
-        let r = self.resources.get_mut(key).expect("present");
+        let r = Arc::make_mut(self.resources.get_mut(key).expect("present"));
         r.tags = tags;
         Ok((r.clone(), Some(Change::Put(r.clone()))))
     }
@@ -552,7 +562,7 @@ impl Model {
                 if seen.fingerprint == fp && &seen.key == key {
                     // A retry of a request that already succeeded: answer it again.
                     if let Some(r) = self.resources.get(key) {
-                        return Ok((r.clone(), None));
+                        return Ok((Resource::clone(r), None));
                     }
                 }
                 return Err(ApiError::new(
@@ -619,7 +629,8 @@ impl Model {
                 },
             );
         }
-        self.resources.insert(key.clone(), resource.clone());
+        self.resources
+            .insert(key.clone(), Arc::new(resource.clone()));
         Ok((resource.clone(), Some(Change::Put(resource))))
     }
 }
