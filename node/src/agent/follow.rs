@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_model::Model;
+use shoal_model::{Change, Model};
 use tokio::sync::watch;
 
 use super::store::ModelCache;
@@ -74,6 +74,9 @@ pub async fn run(
                             }
                         }
                         let mut changed = false;
+                        // A snapshot replaces the cache's base; changes alone go to its journal.
+                        let mut replaced = false;
+                        let mut journal: Vec<(u64, Vec<Change>)> = Vec::new();
                         let mut end = None;
                         for update in batch {
                             match update {
@@ -83,10 +86,14 @@ pub async fn run(
                                 })) => {
                                     current = Model::from_resources(revision, resources);
                                     changed = true;
+                                    replaced = true;
                                 }
                                 Ok(Some(WatchUpdate::Changes { revision, changes })) => {
-                                    current.apply_changes(revision, &changes);
-                                    changed = true;
+                                    if revision > current.revision() && !changes.is_empty() {
+                                        current.apply_changes(revision, &changes);
+                                        journal.push((revision, changes));
+                                        changed = true;
+                                    }
                                 }
                                 Ok(Some(WatchUpdate::Progress { .. })) => {
                                     status.lock().expect("status lock").from_cache = false;
@@ -110,7 +117,16 @@ pub async fn run(
                         status.lock().expect("status lock").from_cache = false;
                         let next = Arc::new(current.clone());
                         let (c, m) = (cache.clone(), next.clone());
-                        match tokio::task::spawn_blocking(move || c.save(&m)).await {
+                        let write = move || {
+                            if replaced {
+                                c.save(&m)
+                            } else {
+                                let updates: Vec<(u64, &[Change])> =
+                                    journal.iter().map(|(r, ch)| (*r, ch.as_slice())).collect();
+                                c.append(&updates, &m)
+                            }
+                        };
+                        match tokio::task::spawn_blocking(write).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 tracing::warn!(error = %e, "cannot write the model cache")

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shoal_model::discovery::Instance;
-use shoal_model::{Model, Resource};
+use shoal_model::{Change, Model, Resource};
 
 /// Format number of both files; a reader refuses other numbers rather than misreading them.
 const FORMAT: u32 = 1;
@@ -135,40 +135,91 @@ struct ModelFile {
     resources: Vec<Resource>,
 }
 
+/// One line of the journal: the changes a server published at `revision`.
+#[derive(Serialize, Deserialize)]
+struct JournalEntry<'a> {
+    revision: u64,
+    changes: std::borrow::Cow<'a, [Change]>,
+}
+
+/// The journal is folded into a new base once it is larger than the base or than this.
+const JOURNAL_MIN_COMPACT: u64 = 4 << 20;
+
+#[derive(Default)]
+struct CacheState {
+    base_bytes: u64,
+    journal_bytes: u64,
+}
+
 /// The last model the agent received from a server, so that it serves DNS and xDS from it when
 /// every server is unreachable, also right after its own restart (fail-static).
+///
+/// Two files: `model.json`, a whole model replaced atomically, and `model.log`, the changes
+/// received since, one JSON line each, appended and fsynced. Writing a route change to a mesh
+/// of thousands of nodes then costs a line, not the whole model; the journal is folded into a
+/// new base once it outgrows it. Cheap to clone; clones share the files.
 #[derive(Clone)]
 pub struct ModelCache {
     path: PathBuf,
+    journal: PathBuf,
+    state: std::sync::Arc<std::sync::Mutex<CacheState>>,
 }
 
 impl ModelCache {
-    /// The cache file in `data_dir`.
+    /// The cache files in `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
         Self {
             path: data_dir.join("model.json"),
+            journal: data_dir.join("model.log"),
+            state: Default::default(),
         }
     }
 
-    /// The cached model, or `None` if there is none yet.
+    fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn format_error(&self, path: &Path, reason: impl Into<String>) -> StoreError {
+        StoreError::Format {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The cached model (the base with the journal replayed), or `None` if there is none yet.
+    /// A torn last journal line (a crash in the middle of an append) is ignored: nothing used
+    /// that update before it was written whole.
     pub fn load(&self) -> Result<Option<Model>, StoreError> {
         let Some(bytes) = read_optional(&self.path)? else {
             return Ok(None);
         };
-        let file: ModelFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Format {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let file: ModelFile = serde_json::from_slice(&bytes)
+            .map_err(|e| self.format_error(&self.path, e.to_string()))?;
         if file.format != FORMAT {
-            return Err(StoreError::Format {
-                path: self.path.clone(),
-                reason: format!("format {}", file.format),
-            });
+            return Err(self.format_error(&self.path, format!("format {}", file.format)));
         }
-        Ok(Some(Model::from_resources(file.revision, file.resources)))
+        let mut model = Model::from_resources(file.revision, file.resources);
+        let journal = read_optional(&self.journal)?.unwrap_or_default();
+        let mut lines = journal.split(|b| *b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<JournalEntry<'_>>(line) {
+                Ok(e) => model.apply_changes(e.revision, &e.changes),
+                Err(e) if lines.peek().is_none_or(|rest| rest.is_empty()) => {
+                    tracing::warn!(path = %self.journal.display(), error = %e, "ignoring a torn last line of the model journal");
+                }
+                Err(e) => return Err(self.format_error(&self.journal, e.to_string())),
+            }
+        }
+        let mut st = self.state();
+        st.base_bytes = bytes.len() as u64;
+        st.journal_bytes = journal.len() as u64;
+        Ok(Some(model))
     }
 
-    /// Stores `model`.
+    /// Stores the whole of `model` and empties the journal.
     pub fn save(&self, model: &Model) -> Result<(), StoreError> {
         let file = ModelFile {
             format: FORMAT,
@@ -176,7 +227,61 @@ impl ModelCache {
             resources: model.iter().cloned().collect(),
         };
         let bytes = serde_json::to_vec(&file).expect("resources serialize");
-        write_atomic(&self.path, &bytes)
+        write_atomic(&self.path, &bytes)?;
+        // The base now holds every journaled change (replaying them would skip them anyway:
+        // their revisions are not above the base's).
+        match std::fs::remove_file(&self.journal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&self.journal)(e)),
+        }
+        let mut st = self.state();
+        st.base_bytes = bytes.len() as u64;
+        st.journal_bytes = 0;
+        Ok(())
+    }
+
+    /// Stores the changes that turned the cached model into `model` (`updates`: revision and
+    /// changes, in order), appending them to the journal, or the whole model when the journal
+    /// has outgrown the base or there is no base yet.
+    pub fn append(&self, updates: &[(u64, &[Change])], model: &Model) -> Result<(), StoreError> {
+        let mut lines = Vec::new();
+        for (revision, changes) in updates {
+            serde_json::to_writer(
+                &mut lines,
+                &JournalEntry {
+                    revision: *revision,
+                    changes: std::borrow::Cow::Borrowed(changes),
+                },
+            )
+            .expect("changes serialize");
+            lines.push(b'\n');
+        }
+        let compact = {
+            let st = self.state();
+            st.base_bytes == 0
+                || st.journal_bytes + lines.len() as u64 > st.base_bytes.max(JOURNAL_MIN_COMPACT)
+        };
+        if compact || !self.path.exists() {
+            return self.save(model);
+        }
+        let created = !self.journal.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)
+            .map_err(io(&self.journal))?;
+        f.write_all(&lines).map_err(io(&self.journal))?;
+        f.sync_data().map_err(io(&self.journal))?;
+        if created {
+            // A new file is durable once its directory entry is.
+            let dir = self.journal.parent().unwrap_or(Path::new("."));
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        self.state().journal_bytes += lines.len() as u64;
+        Ok(())
     }
 }
 
@@ -218,5 +323,127 @@ mod tests {
         c.save(&m).unwrap();
         assert_eq!(c.load().unwrap().unwrap().revision(), 42);
         assert!(!dir.path().join("model.tmp").exists());
+    }
+
+    /// A server's model and the changes that made it, as a watch stream delivers them.
+    struct Server {
+        model: Model,
+    }
+
+    impl Server {
+        fn put_mesh(&mut self, name: &str) -> (u64, Vec<Change>) {
+            use shoal_model::{Command, PutMode, ResourceKey, Spec, Stamp};
+            let rev = self.model.revision() + 1;
+            let applied = self.model.apply(
+                rev,
+                &Command::Put {
+                    key: ResourceKey::mesh(name),
+                    spec: Box::new(Spec::Mesh(serde_json::from_str("{}").unwrap())),
+                    mode: PutMode::Create,
+                    tags: vec![],
+                    client_token: None,
+                    stamp: Stamp {
+                        now: 1.0,
+                        uid: name.into(),
+                        account: "1".into(),
+                        region: "r".into(),
+                    },
+                },
+            );
+            assert!(!applied.changes.is_empty());
+            (rev, applied.changes)
+        }
+    }
+
+    #[test]
+    fn changes_go_to_the_journal_and_come_back_with_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ModelCache::new(dir.path());
+        let mut server = Server {
+            model: Model::default(),
+        };
+        let (r, ch) = server.put_mesh("a");
+        let mut replica = Model::default();
+        replica.apply_changes(r, &ch);
+        // No base yet: the first write is a whole model.
+        c.append(&[(r, &ch)], &replica).unwrap();
+        assert!(!dir.path().join("model.log").exists());
+        for name in ["b", "c", "d"] {
+            let (r, ch) = server.put_mesh(name);
+            replica.apply_changes(r, &ch);
+            c.append(&[(r, &ch)], &replica).unwrap();
+        }
+        let journal = std::fs::read_to_string(dir.path().join("model.log")).unwrap();
+        assert_eq!(journal.lines().count(), 3);
+        let loaded = ModelCache::new(dir.path()).load().unwrap().unwrap();
+        assert_eq!(loaded, replica);
+        assert_eq!(loaded.revision(), 4);
+        // A whole save folds the journal in.
+        c.save(&replica).unwrap();
+        assert!(!dir.path().join("model.log").exists());
+        assert_eq!(c.load().unwrap().unwrap(), replica);
+    }
+
+    #[test]
+    fn the_journal_is_compacted_once_it_outgrows_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ModelCache::new(dir.path());
+        let mut server = Server {
+            model: Model::default(),
+        };
+        let mut replica = Model::default();
+        c.save(&replica).unwrap();
+        let mut compactions = 0;
+        for i in 0..20_000 {
+            let (r, ch) = server.put_mesh(&format!("mesh-{i}"));
+            replica.apply_changes(r, &ch);
+            c.append(&[(r, &ch)], &replica).unwrap();
+            if !dir.path().join("model.log").exists() {
+                compactions += 1;
+            }
+            if i % 5000 == 4999 {
+                assert_eq!(
+                    ModelCache::new(dir.path()).load().unwrap().unwrap(),
+                    replica
+                );
+            }
+        }
+        let base = std::fs::metadata(dir.path().join("model.json"))
+            .unwrap()
+            .len();
+        let journal = std::fs::metadata(dir.path().join("model.log"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(compactions >= 1, "the journal was never folded in");
+        assert!(
+            journal <= base.max(JOURNAL_MIN_COMPACT),
+            "{journal} > {base}"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_journal_line_is_ignored_and_a_torn_middle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ModelCache::new(dir.path());
+        let mut server = Server {
+            model: Model::default(),
+        };
+        let mut replica = Model::default();
+        c.save(&replica).unwrap();
+        let (r, ch) = server.put_mesh("a");
+        replica.apply_changes(r, &ch);
+        c.append(&[(r, &ch)], &replica).unwrap();
+        let log = dir.path().join("model.log");
+        let whole = std::fs::read(&log).unwrap();
+        // A crash in the middle of the next append.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&whole[..whole.len() / 2]);
+        std::fs::write(&log, &torn).unwrap();
+        assert_eq!(c.load().unwrap().unwrap(), replica);
+        // Garbage followed by a whole line cannot come from a crash.
+        let mut bad = b"{garbage\n".to_vec();
+        bad.extend_from_slice(&whole);
+        std::fs::write(&log, &bad).unwrap();
+        assert!(matches!(c.load(), Err(StoreError::Format { .. })));
     }
 }
