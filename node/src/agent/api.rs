@@ -230,18 +230,27 @@ struct ProxyQuery {
 
 impl ProxyQuery {
     fn options(&self) -> shoal_xds::ProxyOptions {
-        let mut opts = shoal_xds::ProxyOptions::default();
-        if let Some(a) = &self.listen_address {
-            opts.listen_address = a.clone();
-        }
-        if let Some(p) = self.ingress_port {
-            opts.ingress_port = p;
-        }
-        if let Some(p) = self.egress_port {
-            opts.egress_port = p;
-        }
-        opts
+        proxy_options(&self.listen_address, self.ingress_port, self.egress_port)
     }
+}
+
+/// A proxy's listener options from a query: the defaults, overridden by what is given.
+fn proxy_options(
+    listen_address: &Option<String>,
+    ingress_port: Option<u16>,
+    egress_port: Option<u16>,
+) -> shoal_xds::ProxyOptions {
+    let mut opts = shoal_xds::ProxyOptions::default();
+    if let Some(a) = listen_address {
+        opts.listen_address = a.clone();
+    }
+    if let Some(p) = ingress_port {
+        opts.ingress_port = p;
+    }
+    if let Some(p) = egress_port {
+        opts.egress_port = p;
+    }
+    opts
 }
 
 /// The configuration a proxy gets (or would get) from this agent, in the translation's text
@@ -303,16 +312,7 @@ async fn xds_static_bootstrap(State(s): State<AgentState>, q: Query<StaticQuery>
         Ok(p) => p,
         Err(e) => return bad(e.to_string()),
     };
-    let mut opts = shoal_xds::ProxyOptions::default();
-    if let Some(a) = &q.listen_address {
-        opts.listen_address = a.clone();
-    }
-    if let Some(p) = q.ingress_port {
-        opts.ingress_port = p;
-    }
-    if let Some(p) = q.egress_port {
-        opts.egress_port = p;
-    }
+    let opts = proxy_options(&q.listen_address, q.ingress_port, q.egress_port);
     let Some(snap) = s.proxies.snapshot(&proxy, &opts) else {
         return error_response(&ApiError::not_found(format!(
             "{proxy} cannot be translated (see the agent's log)"

@@ -355,6 +355,18 @@ mod tests {
         }
     }
 
+    /// A cache holding an empty model, and a server to make changes with.
+    fn saved_empty() -> (tempfile::TempDir, ModelCache, Server, Model) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ModelCache::new(dir.path());
+        let replica = Model::default();
+        c.save(&replica).unwrap();
+        let server = Server {
+            model: Model::default(),
+        };
+        (dir, c, server, replica)
+    }
+
     #[test]
     fn changes_go_to_the_journal_and_come_back_with_the_base() {
         let dir = tempfile::tempdir().unwrap();
@@ -386,13 +398,7 @@ mod tests {
 
     #[test]
     fn the_journal_is_compacted_once_it_outgrows_the_base() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = ModelCache::new(dir.path());
-        let mut server = Server {
-            model: Model::default(),
-        };
-        let mut replica = Model::default();
-        c.save(&replica).unwrap();
+        let (dir, c, mut server, mut replica) = saved_empty();
         let mut compactions = 0;
         for i in 0..20_000 {
             let (r, ch) = server.put_mesh(&format!("mesh-{i}"));
@@ -423,13 +429,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_journal_line_is_ignored_and_a_torn_middle_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = ModelCache::new(dir.path());
-        let mut server = Server {
-            model: Model::default(),
-        };
-        let mut replica = Model::default();
-        c.save(&replica).unwrap();
+        let (dir, c, mut server, mut replica) = saved_empty();
         let (r, ch) = server.put_mesh("a");
         replica.apply_changes(r, &ch);
         c.append(&[(r, &ch)], &replica).unwrap();
