@@ -135,9 +135,15 @@ struct ModelFile {
     resources: Vec<Resource>,
 }
 
-/// One line of the journal: the changes a server published at `revision`.
+/// One line of the journal: the changes a server published at `revision`, on top of the base
+/// of revision `base`.
 #[derive(Serialize, Deserialize)]
 struct JournalEntry<'a> {
+    /// The revision of the `model.json` this line extends. A crash between writing a new base
+    /// and removing the old journal leaves lines of another base behind; they are skipped
+    /// (lower revisions would be anyway, but a re-created cluster starts again from low
+    /// revisions).
+    base: u64,
     revision: u64,
     changes: std::borrow::Cow<'a, [Change]>,
 }
@@ -147,6 +153,7 @@ const JOURNAL_MIN_COMPACT: u64 = 4 << 20;
 
 #[derive(Default)]
 struct CacheState {
+    base_revision: u64,
     base_bytes: u64,
     journal_bytes: u64,
 }
@@ -206,7 +213,8 @@ impl ModelCache {
                 continue;
             }
             match serde_json::from_slice::<JournalEntry<'_>>(line) {
-                Ok(e) => model.apply_changes(e.revision, &e.changes),
+                Ok(e) if e.base == file.revision => model.apply_changes(e.revision, &e.changes),
+                Ok(_) => {}
                 Err(e) if lines.peek().is_none_or(|rest| rest.is_empty()) => {
                     tracing::warn!(path = %self.journal.display(), error = %e, "ignoring a torn last line of the model journal");
                 }
@@ -214,6 +222,7 @@ impl ModelCache {
             }
         }
         let mut st = self.state();
+        st.base_revision = file.revision;
         st.base_bytes = bytes.len() as u64;
         st.journal_bytes = journal.len() as u64;
         Ok(Some(model))
@@ -236,6 +245,7 @@ impl ModelCache {
             Err(e) => return Err(io(&self.journal)(e)),
         }
         let mut st = self.state();
+        st.base_revision = model.revision();
         st.base_bytes = bytes.len() as u64;
         st.journal_bytes = 0;
         Ok(())
@@ -245,11 +255,13 @@ impl ModelCache {
     /// changes, in order), appending them to the journal, or the whole model when the journal
     /// has outgrown the base or there is no base yet.
     pub fn append(&self, updates: &[(u64, &[Change])], model: &Model) -> Result<(), StoreError> {
+        let base = self.state().base_revision;
         let mut lines = Vec::new();
         for (revision, changes) in updates {
             serde_json::to_writer(
                 &mut lines,
                 &JournalEntry {
+                    base,
                     revision: *revision,
                     changes: std::borrow::Cow::Borrowed(changes),
                 },
@@ -425,6 +437,30 @@ mod tests {
             journal <= base.max(JOURNAL_MIN_COMPACT),
             "{journal} > {base}"
         );
+    }
+
+    /// A crash after a new base was written but before the old journal was removed: the old
+    /// lines belong to another base (here a cluster re-created from revision 0) and are not
+    /// replayed on top of the new one.
+    #[test]
+    fn journal_lines_of_another_base_are_skipped() {
+        let (dir, c, mut server, mut replica) = saved_empty();
+        for name in ["a", "b", "c"] {
+            let (r, ch) = server.put_mesh(name);
+            replica.apply_changes(r, &ch);
+            c.append(&[(r, &ch)], &replica).unwrap();
+        }
+        let old_journal = std::fs::read(dir.path().join("model.log")).unwrap();
+        // A new cluster: one mesh "z" at revision 1.
+        let mut fresh = Server {
+            model: Model::default(),
+        };
+        let (r, ch) = fresh.put_mesh("z");
+        let mut new_model = Model::default();
+        new_model.apply_changes(r, &ch);
+        c.save(&new_model).unwrap();
+        std::fs::write(dir.path().join("model.log"), &old_journal).unwrap();
+        assert_eq!(c.load().unwrap().unwrap(), new_model);
     }
 
     #[test]
