@@ -1,7 +1,8 @@
-//! The system under test: three `shoal server`s, two agent hosts each with a `shoal agent`, a
+//! The system under test: three (or, with `--servers 5`, five) `shoal server`s, two agent hosts each with a `shoal agent`, a
 //! real Envoy and two `shoal-backend`s, every host in its own network namespace.
 //!
-//! Why this shape: three servers are the smallest cluster where a majority survives one fault;
+//! Why this shape: three servers are the smallest cluster where a majority survives one fault
+//! (five, the other size users run, survive two and are selectable);
 //! two agent hosts make endpoints cross hosts (an Envoy on one host routes to backends on both,
 //! so gossip and health matter), while keeping a two-core CI machine able to run it all next to
 //! the workload. Every process is started through `ip netns exec` in its host, logs to
@@ -354,17 +355,27 @@ pub const ROUTE_PATH: &str = "/v20190125/meshes/chaos/virtualRouter/svc-vr/route
 
 impl Harness {
     /// Builds the network, starts every process and waits until the data plane answers.
-    pub fn start(dir: &Path, subnet: u8, bins: &Binaries) -> Result<Harness, HarnessError> {
+    /// `server_count` is the Raft cluster's size (3 or 5; hosts `s1`…`sN`).
+    pub fn start(
+        dir: &Path,
+        subnet: u8,
+        bins: &Binaries,
+        server_count: u64,
+    ) -> Result<Harness, HarnessError> {
         std::fs::create_dir_all(dir).map_err(|source| HarnessError::Io {
             what: format!("create {}", dir.display()),
             source,
         })?;
-        let hosts = [("s1", 11u8), ("s2", 12), ("s3", 13), ("a1", 21), ("a2", 22)];
+        let names: Vec<(String, u8)> = (1..=server_count)
+            .map(|id| (format!("s{id}"), 10 + id as u8))
+            .chain([("a1".to_string(), 21u8), ("a2".to_string(), 22)])
+            .collect();
+        let hosts: Vec<(&str, u8)> = names.iter().map(|(n, b)| (n.as_str(), *b)).collect();
         let net = Net::create(subnet, &hosts)?;
         let sip = |id: u64| Ipv4Addr::new(198, 18, subnet, 10 + id as u8);
         // One proxy listener per (server, port): 20000 + 10 * id + {0 raft, 1 api}.
         let mut routes = Vec::new();
-        for id in 1..=3u64 {
+        for id in 1..=server_count {
             for (k, port) in [(0u16, RAFT_PORT), (1, API_PORT)] {
                 routes.push((
                     SocketAddrV4::new(net.proxy_ip(), 20000 + 10 * id as u16 + k),
@@ -380,7 +391,7 @@ impl Harness {
         // Every host reaches the other servers through the proxy.
         for h in net.hosts() {
             let mut rules = Vec::new();
-            for id in 1..=3u64 {
+            for id in 1..=server_count {
                 if h.ip == sip(id) {
                     continue;
                 }
@@ -394,11 +405,11 @@ impl Harness {
             }
             h.redirect(&rules)?;
         }
-        let joins: Vec<String> = (1..=3u64)
+        let joins: Vec<String> = (1..=server_count)
             .map(|id| SocketAddr::from((sip(id), GOSSIP_PORT)).to_string())
             .collect();
         let mut servers = BTreeMap::new();
-        for id in 1..=3u64 {
+        for id in 1..=server_count {
             let host = net.host(&format!("s{id}")).clone();
             let data_dir = dir.join(format!("s{id}-data"));
             let mut args: Vec<String> = vec![
@@ -414,7 +425,7 @@ impl Harness {
                 "--gossip".into(),
                 format!("{}:{GOSSIP_PORT}", host.ip),
                 "--bootstrap-expect".into(),
-                "3".into(),
+                server_count.to_string(),
             ];
             for (j, g) in joins.iter().enumerate() {
                 if j as u64 + 1 != id {
@@ -689,8 +700,8 @@ impl Harness {
             .find_map(|(_, s)| s.and_then(|s| s.leader_id))
     }
 
-    /// Brings everything back: faults removed, every process running, the cluster with three
-    /// healthy voters and every node converged. Returns how long convergence took.
+    /// Brings everything back: faults removed, every process running, the cluster with every
+    /// server a healthy voter and every node converged. Returns how long convergence took.
     pub fn heal_everything(&mut self, timeout: Duration) -> Result<Duration, HarnessError> {
         let t = Instant::now();
         self.net.heal_all()?;
@@ -720,7 +731,7 @@ impl Harness {
     }
 
     /// One check that the system has converged: every server answers with the same leader,
-    /// three healthy voters, the same applied = committed index and revision; every agent has
+    /// every server a healthy voter, the same applied = committed index and revision; every agent has
     /// that revision; every server and agent sees the same endpoints, each backend healthy;
     /// every Envoy's applied config matches its agent's snapshot. Returns the revision.
     pub fn converged(&self) -> Result<u64, String> {
@@ -736,7 +747,9 @@ impl Harness {
             }
             // Only the leader knows whether the others are healthy (it replicates to them).
             let is_leader = s.leader_id == Some(s.node_id);
-            if s.voters().len() != 3 || (is_leader && s.members.iter().any(|m| !m.healthy)) {
+            if s.voters().len() != self.servers.len()
+                || (is_leader && s.members.iter().any(|m| !m.healthy))
+            {
                 return Err(format!("server {id} sees members {:?}", s.members));
             }
             seen.insert((s.leader_id, s.revision, s.applied_index));

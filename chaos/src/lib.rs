@@ -9,7 +9,7 @@
 //!
 //! - [`net`]: namespaces, bridge, veths, nftables faults (partitions, loss), DNAT to the proxy;
 //! - [`proxy`]: the fault-injecting TCP proxy (delay) on server and agent→server links;
-//! - [`harness`]: the processes (3 servers, 2 agent hosts with Envoy and backends), the model,
+//! - [`harness`]: the processes (3 or 5 servers, 2 agent hosts with Envoy and backends), the model,
 //!   convergence and config checks;
 //! - [`workload`]: the clients and the history they record;
 //! - [`linearize`]: a Knossos/Porcupine-style linearizability checker for registers;

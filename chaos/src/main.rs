@@ -43,6 +43,9 @@ struct Args {
     /// Where the report and the logs go.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Servers in the Raft cluster: 3 (the default) or 5.
+    #[arg(long, default_value_t = 3)]
+    servers: u64,
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -65,6 +68,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if !matches!(args.servers, 3 | 5) {
+        bail!("--servers is 3 or 5, not {}", args.servers);
+    }
     let long = args.long && !args.quick;
     let mut only = Vec::new();
     for n in &args.only {
@@ -116,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&run_dir)
             .with_context(|| format!("remove the earlier run in {}", run_dir.display()))?;
     }
-    let mut harness = match Harness::start(&run_dir, subnet, &bins) {
+    let mut harness = match Harness::start(&run_dir, subnet, &bins, args.servers) {
         Ok(h) => h,
         Err(e) => bail!("the system did not start: {e}"),
     };

@@ -649,6 +649,7 @@ fn inject(
                 sleep(Duration::from_millis(300));
                 h.servers.get_mut(&id).expect("server").node.start();
                 let api = h.servers[&id].api();
+                let size = h.servers.len();
                 poll(
                     &format!("server {id} back in the cluster"),
                     Duration::from_secs(60),
@@ -656,7 +657,7 @@ fn inject(
                         let st = shoal_e2e::node_status(api).ok_or("no status")?;
                         // Caught up: it knows the leader and has applied what is committed.
                         let ok = st.leader_id.is_some()
-                            && st.members.len() == 3
+                            && st.members.len() == size
                             && st.applied_index == st.commit_index;
                         ok.then_some(()).ok_or(format!("{st:?}"))
                     },
@@ -676,13 +677,14 @@ fn inject(
             sleep(hold(timing, rng, 1, 200..5000));
             s.node.start();
             let api = s.api();
+            let size = h.servers.len();
             poll(
                 &format!("wiped server {f} to rejoin as a voter"),
                 Duration::from_secs(90),
                 || {
                     let st = shoal_e2e::node_status(api).ok_or("no status")?;
                     let ok =
-                        st.leader_id.is_some() && st.voters().len() == 3 && st.applied_index > 0;
+                        st.leader_id.is_some() && st.voters().len() == size && st.applied_index > 0;
                     ok.then_some(()).ok_or(format!("{st:?}"))
                 },
             )?;
