@@ -16,6 +16,11 @@
 //!   in `build.rs`, wire types in [`proto`]), and the incarnation check that keeps a server
 //!   whose data was wiped out of the cluster until it is added again.
 //!
+//! Elections follow standard Raft: at most one leader per term (openraft's `single-term-leader`
+//! feature, set in the workspace manifest). openraft's default lets a second candidate win the
+//! same term with a greater node id, which the chaos suite saw as two leaders in one term on a
+//! five-server cluster.
+//!
 //! Everything is stored as JSON (not bincode) because the model's types skip absent optional
 //! members when serialized, which only a self-describing format can read back.
 
@@ -34,6 +39,24 @@ mod state_machine;
 
 #[cfg(test)]
 mod conformance;
+
+#[cfg(test)]
+mod election_tests {
+    use openraft::LeaderId;
+
+    /// A server that voted for candidate 3 in term 2 must not also grant candidate 5 in term
+    /// 2: the two leader ids are not comparable, so neither replaces the other and term 2 has
+    /// one leader at most. (Without `single-term-leader`, (2, 5) > (2, 3) and both could lead
+    /// term 2, one after the other.)
+    #[test]
+    fn a_term_has_one_leader_at_most() {
+        let a = LeaderId::<u64>::new(2, 3);
+        let b = LeaderId::<u64>::new(2, 5);
+        assert_eq!(a.partial_cmp(&b), None);
+        assert_eq!(b.partial_cmp(&a), None);
+        assert!(LeaderId::<u64>::new(3, 1) > b);
+    }
+}
 
 use std::fmt;
 use std::path::PathBuf;

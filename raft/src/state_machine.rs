@@ -222,10 +222,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let snapshot_id = match last_log_id {
-            Some(l) => format!(
-                "{}-{}-{}-{nanos}",
-                l.leader_id.term, l.leader_id.node_id, l.index
-            ),
+            Some(l) => format!("{}-{}-{nanos}", l.leader_id.term, l.index),
             None => format!("none-{nanos}"),
         };
         let meta = SnapshotMeta {
