@@ -573,7 +573,7 @@ fn inject(
                 s.node.kill9();
             }
             sleep(Duration::from_millis(300));
-            sw.envoy_paused[i].store(true, Ordering::SeqCst);
+            sw.pause_envoy(i);
             h.agents[i].envoy.kill9();
             h.agents[i].envoy.start();
             let a = &h.agents[i];

@@ -88,6 +88,21 @@ pub struct Recorded {
 pub struct Switches {
     /// Per agent host: its Envoy is being restarted on purpose, do not send through it.
     pub envoy_paused: [AtomicBool; 2],
+    /// Per agent host: the data-plane client has a request in flight through its Envoy.
+    pub envoy_busy: [AtomicBool; 2],
+}
+
+impl Switches {
+    /// Stops the data-plane client of agent host `i` and waits for its request in flight, so
+    /// that killing that Envoy on purpose fails no request (a request cut by the kill would be
+    /// the harness's doing, not a control-plane failure).
+    pub fn pause_envoy(&self, i: usize) {
+        self.envoy_paused[i].store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.envoy_busy[i].load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 /// Where the clients send their requests.
@@ -206,12 +221,17 @@ impl Workload {
             let (rec2, halt2, sw2) = (rec.clone(), halt.clone(), sw.clone());
             threads.push(std::thread::spawn(move || {
                 while !halt2() {
+                    // Busy before the pause check: `pause_envoy` sets the pause, then waits
+                    // for busy to clear, so no request starts after it returns.
+                    sw2.envoy_busy[envoy].store(true, Ordering::SeqCst);
                     if sw2.envoy_paused[envoy].load(Ordering::SeqCst) {
+                        sw2.envoy_busy[envoy].store(false, Ordering::SeqCst);
                         pause(&halt2, 50);
                         continue;
                     }
                     let at = now_ns(epoch);
                     let answer = data_call(egress);
+                    sw2.envoy_busy[envoy].store(false, Ordering::SeqCst);
                     let ok = !answer.starts_with("HTTP") && !answer.starts_with("error");
                     rec2.lock().expect("history").reqs.push(Req {
                         envoy,
