@@ -7,8 +7,10 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The record format this build writes and reads.
-pub(crate) const FORMAT: u32 = 1;
+/// The record format this build writes and reads. 2 since elections became single-term
+/// (openraft's `single-term-leader`): votes and log ids no longer carry the leader's node id in
+/// their leader id, and a format-1 vote would be misread as a vote for nobody.
+pub(crate) const FORMAT: u32 = 2;
 
 #[derive(Serialize)]
 struct RecordRef<'a, T> {
@@ -86,13 +88,19 @@ mod tests {
         let bytes = encode(&vec![1u64, 2]).unwrap();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            r#"{"format":1,"value":[1,2]}"#
+            r#"{"format":2,"value":[1,2]}"#
         );
         assert_eq!(decode::<Vec<u64>>(&bytes).unwrap(), vec![1, 2]);
-        let future = br#"{"format":2,"value":{"other":"shape"}}"#;
+        let future = br#"{"format":3,"value":{"other":"shape"}}"#;
         assert!(matches!(
             decode::<Vec<u64>>(future),
-            Err(CodecError::Format { found: 2 })
+            Err(CodecError::Format { found: 3 })
+        ));
+        // Format 1 (before single-term elections) is refused, not misread.
+        let old = br#"{"format":1,"value":{"leader_id":{"term":2,"node_id":3},"committed":true}}"#;
+        assert!(matches!(
+            decode::<Vec<u64>>(old),
+            Err(CodecError::Format { found: 1 })
         ));
         assert!(matches!(
             decode::<Vec<u64>>(b"garbage"),
