@@ -467,6 +467,21 @@ struct Sotw {
     types: HashMap<ResourceType, SotwType>,
 }
 
+/// The stream's next response; `None` (with the reason kept in `record`) when it ended.
+async fn next_response<T>(responses: &mut Streaming<T>, record: &Record) -> Option<T> {
+    match responses.message().await {
+        Ok(Some(r)) => Some(r),
+        Ok(None) => {
+            *lock(&record.error) = Some("the server ended the stream".into());
+            None
+        }
+        Err(status) => {
+            *lock(&record.error) = Some(status.to_string());
+            None
+        }
+    }
+}
+
 impl Sotw {
     fn request(&self, ty: ResourceType, node_id: Option<&str>) {
         let st = self.types.get(&ty);
@@ -482,16 +497,8 @@ impl Sotw {
 
     async fn run(mut self, mut responses: Streaming<DiscoveryResponse>, record: Arc<Record>) {
         loop {
-            let resp = match responses.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    *lock(&record.error) = Some("the server ended the stream".into());
-                    return;
-                }
-                Err(status) => {
-                    *lock(&record.error) = Some(status.to_string());
-                    return;
-                }
+            let Some(resp) = next_response(&mut responses, &record).await else {
+                return;
             };
             let Some(ty) = ResourceType::from_type_url(&resp.type_url) else {
                 continue;
@@ -550,16 +557,8 @@ impl Delta {
 
     async fn run(mut self, mut responses: Streaming<DeltaDiscoveryResponse>, record: Arc<Record>) {
         loop {
-            let resp = match responses.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    *lock(&record.error) = Some("the server ended the stream".into());
-                    return;
-                }
-                Err(status) => {
-                    *lock(&record.error) = Some(status.to_string());
-                    return;
-                }
+            let Some(resp) = next_response(&mut responses, &record).await else {
+                return;
             };
             let Some(ty) = ResourceType::from_type_url(&resp.type_url) else {
                 continue;

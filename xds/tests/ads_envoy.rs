@@ -6,10 +6,12 @@
 //! read from its admin `/config_dump`, not only inferred from traffic.
 
 mod ads_support;
+#[path = "translate_common.rs"]
+mod translate_common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,21 +44,6 @@ use shoal_xds::bootstrap::{bootstrap, BootstrapParams};
 use shoal_xds::{ProxyId, ProxyOptions, ResourceType, Snapshot};
 
 const NODE: &str = ads_support::NODE;
-
-/// The Envoy binary; a test that needs it fails, with the way to get it, when it is missing.
-fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("SHOAL_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/envoy/envoy")
-        });
-    assert!(
-        path.is_file(),
-        "these tests need Envoy 1.40, missing at {}: run scripts/install-tools (or set SHOAL_ENVOY)",
-        path.display()
-    );
-    path
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -97,7 +84,7 @@ impl Envoy {
         let config = dir.path().join("envoy.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&b).unwrap()).unwrap();
         let log = dir.path().join("envoy.log");
-        let child = Command::new(envoy_binary())
+        let child = Command::new(translate_common::envoy())
             .arg("-c")
             .arg(&config)
             .args(["--disable-hot-restart", "--concurrency", "1"])

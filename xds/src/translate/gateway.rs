@@ -3,8 +3,7 @@
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, HeaderMatcher, QueryParameterMatcher, Route, RouteConfiguration,
-    VirtualHost,
+    route, route_action, HeaderMatcher, QueryParameterMatcher, Route, VirtualHost,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use envoy_types::pb::google::protobuf::Duration;
@@ -443,19 +442,14 @@ pub(crate) fn virtual_gateway(
             rts.extend(expand(ctx, g, tls.as_ref(), limits)?);
         }
         let rds = names::ingress_routes(proto, port);
-        ctx.out.routes.insert(
-            rds.clone(),
-            RouteConfiguration {
-                name: rds.clone(),
-                virtual_hosts: vec![VirtualHost {
-                    name: format!("gateway_{port}"),
-                    domains: vec!["*".into()],
-                    routes: rts,
-                    ..Default::default()
-                }],
-                validate_clusters: util::boolv(false),
+        ctx.out.add_routes(
+            &rds,
+            vec![VirtualHost {
+                name: format!("gateway_{port}"),
+                domains: vec!["*".into()],
+                routes: rts,
                 ..Default::default()
-            },
+            }],
         );
         let chains = tls_chains(
             &format!("gateway_{}_{port}", names::protocol(proto)),

@@ -133,6 +133,27 @@ pub(crate) struct Out {
     pub routes: BTreeMap<String, RouteConfiguration>,
 }
 
+impl Out {
+    /// Adds route configuration `name` with `virtual_hosts`. Clusters are not validated by
+    /// Envoy when it loads them: shoal's push order already guarantees they exist, and a
+    /// validated route configuration would be refused whole for one missing cluster.
+    pub fn add_routes(
+        &mut self,
+        name: &str,
+        virtual_hosts: Vec<envoy_types::pb::envoy::config::route::v3::VirtualHost>,
+    ) {
+        self.routes.insert(
+            name.to_string(),
+            RouteConfiguration {
+                name: name.to_string(),
+                virtual_hosts,
+                validate_clusters: util::boolv(false),
+                ..Default::default()
+            },
+        );
+    }
+}
+
 /// The translation's state: its inputs and what it has built so far.
 pub(crate) struct Ctx<'a> {
     pub model: &'a Model,

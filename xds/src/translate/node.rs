@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection, Tran
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{Route, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -253,19 +253,14 @@ fn ingress(
                     None,
                 ),
             );
-            ctx.out.routes.insert(
-                rds.clone(),
-                RouteConfiguration {
-                    name: rds.clone(),
-                    virtual_hosts: vec![VirtualHost {
-                        name: format!("ingress_{port}"),
-                        domains: vec!["*".into()],
-                        routes: vec![route],
-                        ..Default::default()
-                    }],
-                    validate_clusters: util::boolv(false),
+            ctx.out.add_routes(
+                &rds,
+                vec![VirtualHost {
+                    name: format!("ingress_{port}"),
+                    domains: vec!["*".into()],
+                    routes: vec![route],
                     ..Default::default()
-                },
+                }],
             );
             hcm("ingress", &rds, &ctx.logs, false)
         } else {
@@ -743,15 +738,7 @@ fn egress_listener(
         if allow_all {
             vhosts.push(passthrough_vhost());
         }
-        ctx.out.routes.insert(
-            rds.clone(),
-            RouteConfiguration {
-                name: rds.clone(),
-                virtual_hosts: vhosts,
-                validate_clusters: util::boolv(false),
-                ..Default::default()
-            },
-        );
+        ctx.out.add_routes(&rds, vhosts);
         chains.push(FilterChain {
             name: format!("egress_http_{port}"),
             filter_chain_match: Some(FilterChainMatch {
@@ -786,15 +773,7 @@ fn egress_listener(
                 vhosts.push(vhost(h, domains));
             }
         }
-        ctx.out.routes.insert(
-            rds.clone(),
-            RouteConfiguration {
-                name: rds.clone(),
-                virtual_hosts: vhosts,
-                validate_clusters: util::boolv(false),
-                ..Default::default()
-            },
-        );
+        ctx.out.add_routes(&rds, vhosts);
         chains.push(FilterChain {
             name: "egress_http_direct".into(),
             filter_chain_match: Some(FilterChainMatch {
