@@ -6,6 +6,8 @@
 //!   version, shared between proxies that are sent the same resource.
 //! * `translate` (pure): model + endpoints + proxy → [`snapshot::Snapshot`].
 //! * [`bootstrap`]: the bootstrap a stock Envoy starts with (`shoal envoy bootstrap`).
+//! * [`cache`]: one snapshot per connected proxy, recomputed when the [`cache::Inputs`]
+//!   change, resources interned across proxies; the agent's [`SnapshotSource`].
 //! * [`server`]: Aggregated Discovery Service, state-of-the-world and incremental, over tonic.
 //! * [`loadgen`]: many simulated Envoys against an ADS server, for the fan-out benchmark.
 //!
@@ -13,12 +15,14 @@
 //! endpoints (`shoal_model::discovery::Endpoint`) it is given.
 
 pub mod bootstrap;
+pub mod cache;
 pub mod loadgen;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod translate;
 
+pub use cache::{Inputs, Proxies};
 pub use proxy::{ProxyId, ProxyKind, ProxyOptions};
 pub use server::{AdsServer, SnapshotSource, SnapshotWatch};
 pub use snapshot::{Resource, ResourceType, Snapshot};

@@ -17,7 +17,6 @@ pub mod local;
 mod metrics;
 pub mod store;
 pub mod view;
-pub mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -219,7 +218,7 @@ pub struct AgentState {
     /// The DNS handler's counters, when DNS is on.
     pub dns: Option<shoal_dns::DnsHandler>,
     /// The connected Envoys and their snapshots.
-    pub proxies: xds::Proxies,
+    pub proxies: shoal_xds::Proxies,
     /// The ADS server's counters, when xDS is on.
     pub ads: Option<shoal_xds::server::AdsServer>,
     /// Addresses actually bound (for `:0`).
@@ -357,7 +356,7 @@ pub async fn start(
     let dns_handler = dns_sockets
         .as_ref()
         .map(|_| shoal_dns::DnsHandler::new(view.shared(), view::dns_config(&cfg)));
-    let proxies = xds::Proxies::new(view.subscribe_inputs());
+    let proxies = shoal_xds::Proxies::new(view.subscribe_inputs());
     let ads = xds_listener
         .as_ref()
         .map(|_| shoal_xds::server::AdsServer::new(proxies.clone()));
@@ -414,7 +413,7 @@ pub async fn start(
         }));
         tracing::info!(dns = %addr, "DNS ready");
     }
-    tasks.push(tokio::spawn(xds::run(proxies, stop_rx.clone())));
+    tasks.push(tokio::spawn(proxies.run(stop_rx.clone())));
     if let (Some(listener), Some(ads)) = (xds_listener, ads) {
         let mut stop = stop_rx.clone();
         let addr = xds_addr;

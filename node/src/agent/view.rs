@@ -9,8 +9,8 @@ use shoal_model::discovery::{dns_names, dns_zones, Endpoint};
 use shoal_model::Model;
 use tokio::sync::watch;
 
-use super::xds::Inputs;
 use super::AgentConfig;
+use shoal_xds::Inputs;
 
 /// The DNS settings of an agent's configuration.
 pub fn dns_config(cfg: &AgentConfig) -> DnsConfig {
@@ -77,12 +77,7 @@ impl View {
         let endpoints = Arc::new(endpoints);
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints.clone();
         *self.revision.write().unwrap_or_else(|e| e.into_inner()) = model.revision();
-        let index = Arc::new(shoal_model::discovery::EndpointIndex::new(&endpoints));
-        self.inputs.send_replace(Inputs {
-            model,
-            endpoints,
-            index,
-        });
+        self.inputs.send_replace(Inputs::new(model, endpoints));
     }
 }
 

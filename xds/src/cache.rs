@@ -1,22 +1,26 @@
-//! The proxies (Envoys) connected to this agent: each one's snapshot, recomputed from the view
-//! whenever the model or the endpoints change, and the ADS server that streams them.
+//! The per-proxy snapshot cache: the layer between the pure translation ([`crate::translate`])
+//! and the ADS server ([`crate::server`]), as go-control-plane keeps translation, cache and
+//! server as three layers of one library.
 //!
-//! Recomputing is per connected proxy and per change; the ADS server then sends only the types
-//! whose version changed, so a proxy whose resources did not change is sent nothing. Resources
-//! equal in content are shared between proxies (interned by type, name and version), so a
-//! thousand sidecars of one mesh hold one copy of each cluster they all use.
+//! [`Proxies`] holds one snapshot per connected proxy (Envoy), recomputed from the current
+//! [`Inputs`] (the model and the endpoints) whenever they change ([`Proxies::run`]); the ADS
+//! server then sends only the types whose version changed, so a proxy whose resources did not
+//! change is sent nothing. Resources equal in content are shared between proxies (interned by
+//! type, name and version), so a thousand sidecars of one mesh hold one copy of each cluster
+//! they all use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use shoal_model::discovery::{Endpoint, EndpointIndex};
 use shoal_model::Model;
-use shoal_xds::snapshot::ResourceSet;
-use shoal_xds::translate::{Shared, Translator};
-use shoal_xds::{ProxyId, ProxyOptions, Resource, ResourceType, Snapshot};
 use tokio::sync::watch;
 
-/// What snapshots are computed from.
+use crate::snapshot::ResourceSet;
+use crate::translate::{Shared, Translator};
+use crate::{ProxyId, ProxyOptions, Resource, ResourceType, Snapshot};
+
+/// What snapshots are computed from: one view of the mesh.
 #[derive(Clone, Default)]
 pub struct Inputs {
     /// The model.
@@ -25,6 +29,18 @@ pub struct Inputs {
     pub endpoints: Arc<Vec<Endpoint>>,
     /// `endpoints` indexed for translation (built once per view, used for every proxy).
     pub index: Arc<EndpointIndex>,
+}
+
+impl Inputs {
+    /// The inputs of `model` and `endpoints`, with the endpoint index built once here.
+    pub fn new(model: Arc<Model>, endpoints: Arc<Vec<Endpoint>>) -> Self {
+        let index = Arc::new(EndpointIndex::new(&endpoints));
+        Inputs {
+            model,
+            endpoints,
+            index,
+        }
+    }
 }
 
 type Key = (ProxyId, ProxyOptions);
@@ -265,7 +281,7 @@ fn compute(
     translate_one(&t, proxy, opts).map(|s| interner.intern(s))
 }
 
-impl shoal_xds::server::SnapshotSource for Proxies {
+impl crate::server::SnapshotSource for Proxies {
     fn subscribe(
         &self,
         proxy: &ProxyId,
@@ -276,20 +292,23 @@ impl shoal_xds::server::SnapshotSource for Proxies {
     }
 }
 
-/// Runs until `stop`: refreshes the proxies whenever the inputs change.
-pub async fn run(proxies: Proxies, mut stop: watch::Receiver<bool>) {
-    let mut inputs = proxies.inputs.clone();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            r = inputs.changed() => if r.is_err() { return },
-        }
-        let p = proxies.clone();
-        if tokio::task::spawn_blocking(move || p.refresh())
-            .await
-            .is_err()
-        {
-            tracing::error!("refreshing the proxies panicked");
+impl Proxies {
+    /// Runs until `stop`: refreshes the proxies whenever the inputs change (translation runs
+    /// on blocking threads, off the async workers).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut inputs = self.inputs.clone();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                r = inputs.changed() => if r.is_err() { return },
+            }
+            let p = self.clone();
+            if tokio::task::spawn_blocking(move || p.refresh())
+                .await
+                .is_err()
+            {
+                tracing::error!("refreshing the proxies panicked");
+            }
         }
     }
 }
