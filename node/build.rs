@@ -1,5 +1,5 @@
 //! Generates the gRPC stubs of shoal's own services with tonic-build's manual builder (no
-//! protoc): the messages are hand-written prost structs in `src/proto.rs`.
+//! protoc): the messages are hand-written prost structs in `src/watch/proto.rs`.
 
 fn main() {
     let watch = tonic_build::manual::Service::builder()
@@ -10,8 +10,8 @@ fn main() {
             tonic_build::manual::Method::builder()
                 .name("watch")
                 .route_name("Watch")
-                .input_type("crate::proto::WatchRequest")
-                .output_type("crate::proto::WatchResponse")
+                .input_type("crate::watch::proto::WatchRequest")
+                .output_type("crate::watch::proto::WatchResponse")
                 .codec_path("tonic_prost::ProstCodec")
                 .server_streaming()
                 .build(),

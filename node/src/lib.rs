@@ -17,16 +17,11 @@
 //!   `shoal bench failover` (kill -9 of the leader to the first successful write).
 
 pub mod agent;
-pub mod appmesh;
 pub mod bench;
 pub mod cli;
 pub mod client;
-pub mod cluster;
 pub mod dev;
-pub mod forward;
-pub mod health;
-pub mod metrics;
-pub mod proto;
+mod http;
 pub mod server;
 pub mod watch;
 
@@ -48,28 +43,4 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
-}
-
-/// The gossip members `gossip` sees, as `/v1/members` reports them (servers and agents alike).
-pub fn members_json(gossip: &shoal_gossip::Gossip) -> Vec<serde_json::Value> {
-    gossip
-        .members()
-        .into_iter()
-        .map(|m| {
-            serde_json::json!({
-                "name": m.name,
-                "generation": m.generation,
-                "gossip_addr": m.gossip_addr.to_string(),
-                "role": m.meta.role.as_str(),
-                "raft_id": m.meta.raft_id,
-                "api_addr": m.meta.api_addr,
-                "grpc_addr": m.meta.grpc_addr,
-                "dns_addr": m.meta.dns_addr,
-                "xds_addr": m.meta.xds_addr,
-                "zone": m.meta.zone,
-                "version": m.meta.version,
-                "is_self": m.is_self,
-            })
-        })
-        .collect()
 }

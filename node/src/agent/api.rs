@@ -15,7 +15,7 @@ use shoal_model::discovery::Instance;
 use shoal_model::ApiError;
 
 use super::AgentState;
-use crate::appmesh::error_response;
+use crate::http::error_response;
 
 /// A registration, as `shoal register` sends it.
 #[derive(Debug, Deserialize)]
@@ -98,7 +98,7 @@ pub fn routes(state: AgentState, standalone: bool) -> Router {
             .route("/v1/status", get(status))
             .route("/v1/members", get(members))
             .route("/metrics", get(metrics))
-            .fallback(|| async { error_response(&ApiError::not_found("No such operation")) });
+            .fallback(crate::http::no_such_operation);
     }
     r.with_state(state)
 }
@@ -348,7 +348,7 @@ async fn xds_static_bootstrap(State(s): State<AgentState>, q: Query<StaticQuery>
 }
 
 async fn members(State(s): State<AgentState>) -> Response {
-    Json(json!({ "members": crate::members_json(&s.gossip) })).into_response()
+    crate::http::members(Some(&s.gossip))
 }
 
 async fn status(State(s): State<AgentState>) -> Response {
@@ -373,16 +373,7 @@ async fn status(State(s): State<AgentState>) -> Response {
 }
 
 async fn metrics(State(s): State<AgentState>) -> Response {
-    let body = super::metrics::render(&s);
-    (
-        StatusCode::OK,
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    crate::http::openmetrics(super::metrics::render(&s))
 }
 
 #[cfg(test)]

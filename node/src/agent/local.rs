@@ -14,8 +14,8 @@ use shoal_model::Model;
 use tokio::sync::{watch, Notify};
 
 use super::checks::check_for;
+use super::health::{self, CheckHandle, HealthState};
 use super::store::{Registrations, StoreError};
-use crate::health::{self, CheckHandle, HealthState};
 
 /// A running check and what it was started for (a change of either restarts it).
 struct Running {

@@ -13,6 +13,7 @@
 mod api;
 pub mod checks;
 pub mod follow;
+pub mod health;
 pub mod local;
 mod metrics;
 pub mod store;

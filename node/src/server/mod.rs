@@ -8,53 +8,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use serde_json::json;
-use shoal_model::ApiError;
 use shoal_raft::RaftNode;
 use tokio::net::TcpListener;
 
-use crate::appmesh;
-use crate::metrics::Metrics;
+mod admin;
+mod appmesh;
+pub(crate) mod cluster;
+mod forward;
+mod metrics;
+mod state;
+
+pub use state::{AppState, Identity};
+
 use crate::watch::{WatchHub, WatchService};
+use metrics::Metrics;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 /// Change batches a server keeps for watchers that resume (about one snapshot interval).
 pub const WATCH_HISTORY: usize = 10_000;
-
-/// Who owns what this control plane creates: the account and region written into ARNs.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// 12-digit account id (`meshOwner`, `resourceOwner`).
-    pub account: String,
-    /// Region in ARNs.
-    pub region: String,
-}
-
-/// Everything a handler needs. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// The replicated store.
-    pub raft: RaftNode,
-    /// Account and region for new resources.
-    pub identity: Arc<Identity>,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// Client for calls to other servers (forwarding to the leader).
-    pub http: reqwest::Client,
-    /// Gossip membership, when this server runs in a cluster.
-    pub gossip: Option<shoal_gossip::Gossip>,
-    /// Servers removed by an operator, kept out until they restart.
-    pub removed: crate::cluster::Removed,
-    /// Whose gossip members `/v1/members` lists: the server's own, else an embedded agent's.
-    pub members: Option<shoal_gossip::Gossip>,
-}
 
 /// A server's configuration, from flags or a TOML file (`shoal server --config FILE`).
 #[derive(Debug, Clone, Deserialize)]
@@ -280,7 +254,7 @@ where
                 .context("reading the Raft store")?;
             let g = shoal_gossip::Gossip::start(
                 gcfg,
-                crate::cluster::server_meta(&raft, initialized, cfg.dns),
+                cluster::server_meta(&raft, initialized, cfg.dns),
             )
             .await
             .with_context(|| format!("starting gossip on {addr}"))?;
@@ -330,7 +304,7 @@ where
             .context("building the HTTP client")?,
         members: gossip.clone().or(agent_gossip),
         gossip: gossip.clone(),
-        removed: crate::cluster::Removed::default(),
+        removed: cluster::Removed::default(),
     };
     let removed = state.removed.clone();
     let app = extra.merge(router(state));
@@ -339,7 +313,7 @@ where
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let manager = gossip.clone().map(|g| {
-        tokio::spawn(crate::cluster::run(
+        tokio::spawn(cluster::run(
             raft.clone(),
             g,
             cfg.dns,
@@ -402,75 +376,10 @@ where
 /// The whole HTTP surface of a server: the App Mesh API, status and metrics.
 pub fn router(state: AppState) -> Router {
     appmesh::routes()
-        .merge(crate::forward::routes())
-        .route("/v1/status", get(status))
-        .route("/v1/members", get(members))
-        .route(
-            "/v1/operator/remove-server",
-            axum::routing::post(remove_server),
-        )
-        .route("/v1/snapshot", get(snapshot_save))
-        .route(
-            "/v1/snapshot/restore",
-            axum::routing::post(snapshot_restore)
-                .layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
-        )
-        .route("/metrics", get(metrics))
-        .fallback(|| async { appmesh::error_response(&ApiError::not_found("No such operation")) })
+        .merge(forward::routes())
+        .merge(admin::routes())
+        .fallback(crate::http::no_such_operation)
         .with_state(state)
-}
-
-async fn status(State(s): State<AppState>) -> Response {
-    let st = s.raft.status();
-    let members: Vec<_> = st
-        .members
-        .iter()
-        .map(|m| {
-            json!({
-                "node_id": m.node_id,
-                "api_addr": m.api_addr,
-                "raft_addr": m.raft_addr,
-                "role": m.role,
-                "healthy": m.healthy,
-                "lag": m.lag,
-            })
-        })
-        .collect();
-    (
-        StatusCode::OK,
-        axum::Json(json!({
-            "node_id": st.node_id,
-            "leader_id": st.leader_id,
-            "term": st.term,
-            "commit_index": st.commit_index,
-            "applied_index": st.applied_index,
-            "revision": st.revision,
-            "members": members,
-        })),
-    )
-        .into_response()
-}
-
-async fn members(State(s): State<AppState>) -> Response {
-    let members = s
-        .members
-        .as_ref()
-        .map(crate::members_json)
-        .unwrap_or_default();
-    axum::Json(json!({ "members": members })).into_response()
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
-    let body = s.metrics.render(&s.raft);
-    (
-        StatusCode::OK,
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
 }
 
 #[cfg(test)]
@@ -479,7 +388,7 @@ mod tests {
 
     #[test]
     fn the_deployed_example_config_is_valid() {
-        let text = include_str!("../../deploy/server.toml.example");
+        let text = include_str!("../../../deploy/server.toml.example");
         let cfg: ServerConfig = toml::from_str(text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.node_id, 1);
@@ -514,116 +423,5 @@ mod tests {
         );
         c.api = "10.0.0.1:7070".parse().unwrap();
         c.validate().unwrap();
-    }
-}
-
-#[derive(Deserialize)]
-struct RemoveServer {
-    node_id: u64,
-}
-
-/// `POST /v1/operator/remove-server?node_id=N`: removes a (dead) member from the Raft
-/// configuration, on the leader (followers forward the request once).
-async fn remove_server(
-    State(s): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<RemoveServer>,
-) -> Response {
-    // Recorded first, so the membership loop cannot re-add the server in between.
-    if let Some(g) = &s.gossip {
-        let generation = g
-            .members()
-            .iter()
-            .find(|m| m.meta.raft_id == Some(q.node_id))
-            .map(|m| m.generation);
-        if let Some(generation) = generation {
-            s.removed
-                .lock()
-                .expect("removed lock")
-                .insert(q.node_id, generation);
-        }
-    }
-    match s.raft.remove_node(q.node_id).await {
-        Ok(()) => (StatusCode::OK, axum::Json(json!({ "removed": q.node_id }))).into_response(),
-        Err(shoal_raft::Error::ForwardToLeader {
-            leader: Some(l), ..
-        }) => {
-            let url = format!(
-                "http://{}/v1/operator/remove-server?node_id={}",
-                l.api_addr, q.node_id
-            );
-            match s.http.post(&url).send().await {
-                Ok(r) => {
-                    let status = StatusCode::from_u16(r.status().as_u16())
-                        .unwrap_or(StatusCode::BAD_GATEWAY);
-                    let body: serde_json::Value = r.json().await.unwrap_or_default();
-                    (status, axum::Json(body)).into_response()
-                }
-                Err(e) => appmesh::error_response(&ApiError::new(
-                    shoal_model::ErrorKind::ServiceUnavailable,
-                    format!("Cannot reach the leader: {e}"),
-                )),
-            }
-        }
-        Err(e) => appmesh::error_response(&ApiError::new(
-            shoal_model::ErrorKind::ServiceUnavailable,
-            format!("Cannot remove server {}: {e}", q.node_id),
-        )),
-    }
-}
-
-/// `GET /v1/snapshot`: the whole model (linearizable unless `?stale=true`), for backups.
-async fn snapshot_save(
-    State(s): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Response {
-    if let Err(e) = appmesh::read_barrier(&s, &q).await {
-        return appmesh::error_response(&e);
-    }
-    let body = s.raft.read(serde_json::to_vec);
-    match body {
-        Ok(b) => (StatusCode::OK, [("content-type", "application/json")], b).into_response(),
-        Err(e) => appmesh::error_response(&ApiError::new(
-            shoal_model::ErrorKind::InternalServerError,
-            format!("Cannot encode the snapshot: {e}"),
-        )),
-    }
-}
-
-/// `POST /v1/snapshot/restore`: replaces the whole model with a saved one, as one Raft
-/// command (every server applies it at the same revision; watchers get the difference).
-/// Every resource is checked as a create would be before anything is committed.
-async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let model: shoal_model::Model = match shoal_model::request::json(&body) {
-        Ok(m) => m,
-        Err(e) => return appmesh::error_response(&e),
-    };
-    let resources: Vec<shoal_model::Resource> = model.iter().cloned().collect();
-    for r in &resources {
-        let checked = shoal_model::check::name(r.key.kind, &r.key.name)
-            .and_then(|()| shoal_model::check::into_result(shoal_model::check::spec(&r.spec)));
-        if let Err(mut e) = checked {
-            e.message = format!("{}: {}", r.key, e.message);
-            return appmesh::error_response(&e);
-        }
-    }
-    match crate::forward::commit_reply(&s, shoal_model::Command::Restore { resources }).await {
-        Ok(reply) => {
-            // On a follower the restore may not be applied here yet: catch up first, so the
-            // revision reported is the restore's (or later).
-            if let Err(e) = crate::forward::linearize(&s).await {
-                tracing::warn!(error = %e, "restore committed; reporting this server's revision");
-            }
-            let revision = s.raft.read(|m| m.revision());
-            let count = match reply {
-                shoal_model::Reply::Restored { resources } => resources,
-                shoal_model::Reply::Resource(_) | shoal_model::Reply::Batch(_) => 0,
-            };
-            (
-                StatusCode::OK,
-                axum::Json(json!({ "resources": count, "revision": revision })),
-            )
-                .into_response()
-        }
-        Err(e) => appmesh::error_response(&e),
     }
 }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use shoal_model::{ApiError, Command, ErrorKind, Outcome, Reply, Resource};
 use shoal_raft::{Error as RaftError, NodeInfo, WriteError};
 
-use crate::appmesh::error_response;
-use crate::server::AppState;
+use super::AppState;
+use crate::http::error_response;
 
 /// Path of the leader's commit endpoint.
 const COMMIT: &str = "/internal/v1/commit";

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Query, RawPathParams, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
@@ -18,28 +18,11 @@ use serde_json::{json, Value};
 use shoal_model::request::{self, parse_create, parse_update};
 use shoal_model::{ApiError, Command, ErrorKind, Kind, PutMode, ResourceKey, Stamp};
 
-use crate::server::AppState;
+use super::AppState;
+use crate::http::{error_response, ApiResult};
 
 /// Page size when the client gives no `limit` (App Mesh's maximum).
 const DEFAULT_LIMIT: usize = 100;
-
-/// An API answer: a JSON body with a status, or an App Mesh error.
-pub type ApiResult = Result<(StatusCode, Value), ApiError>;
-
-/// Turns an [`ApiError`] into the rest-json error shape botocore parses: the exception name in
-/// `x-amzn-ErrorType` and in `__type`, and the text in `message`.
-pub fn error_response(e: &ApiError) -> Response {
-    let status =
-        StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = (
-        status,
-        axum::Json(json!({ "__type": e.kind.code(), "message": e.message })),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert("x-amzn-ErrorType", HeaderValue::from_static(e.kind.code()));
-    resp
-}
 
 fn respond(state: &AppState, op: &str, started: Instant, result: ApiResult) -> Response {
     let (status, resp) = match result {
@@ -144,7 +127,7 @@ fn stamp(state: &AppState) -> Stamp {
     }
 }
 
-pub use crate::forward::commit;
+use super::forward::commit;
 
 pub(crate) async fn read_barrier(
     state: &AppState,
@@ -153,7 +136,7 @@ pub(crate) async fn read_barrier(
     if q.get("stale").is_some_and(|v| v != "false") {
         return Ok(());
     }
-    crate::forward::linearize(state).await
+    super::forward::linearize(state).await
 }
 
 async fn create(

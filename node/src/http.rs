@@ -1,0 +1,71 @@
+//! The HTTP edge shared by the server's and the agent's APIs: the App Mesh error shape every
+//! refusal takes, the Prometheus exposition response, and the gossip member listing both
+//! serve. Errors are typed (`shoal_model::ApiError`) everywhere else and become HTTP here only.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use shoal_model::ApiError;
+
+/// An API answer: a JSON body with a status, or an App Mesh error.
+pub(crate) type ApiResult = Result<(StatusCode, serde_json::Value), ApiError>;
+
+/// Turns an [`ApiError`] into the rest-json error shape botocore parses: the exception name in
+/// `x-amzn-ErrorType` and in `__type`, and the text in `message`.
+pub(crate) fn error_response(e: &ApiError) -> Response {
+    let status =
+        StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (
+        status,
+        axum::Json(json!({ "__type": e.kind.code(), "message": e.message })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("x-amzn-ErrorType", HeaderValue::from_static(e.kind.code()));
+    resp
+}
+
+/// The answer to a path no route serves.
+pub(crate) async fn no_such_operation() -> Response {
+    error_response(&ApiError::not_found("No such operation"))
+}
+
+/// A `/metrics` answer: `body` in the OpenMetrics text format.
+pub(crate) fn openmetrics(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `/v1/members`: the gossip members `gossip` sees (servers and agents alike); none without
+/// gossip.
+pub(crate) fn members(gossip: Option<&shoal_gossip::Gossip>) -> Response {
+    let members: Vec<serde_json::Value> = gossip
+        .map(|g| g.members())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "generation": m.generation,
+                "gossip_addr": m.gossip_addr.to_string(),
+                "role": m.meta.role.as_str(),
+                "raft_id": m.meta.raft_id,
+                "api_addr": m.meta.api_addr,
+                "grpc_addr": m.meta.grpc_addr,
+                "dns_addr": m.meta.dns_addr,
+                "xds_addr": m.meta.xds_addr,
+                "zone": m.meta.zone,
+                "version": m.meta.version,
+                "is_self": m.is_self,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "members": members })).into_response()
+}

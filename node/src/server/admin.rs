@@ -1,0 +1,178 @@
+//! The operator's endpoints of a server: `/v1/status`, `/v1/members`, `/metrics`,
+//! `/v1/operator/remove-server`, and `/v1/snapshot` (save and restore).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+use shoal_model::ApiError;
+
+use super::AppState;
+use crate::http::error_response;
+
+/// The operator's routes.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
+        .route("/v1/operator/remove-server", post(remove_server))
+        .route("/v1/snapshot", get(snapshot_save))
+        .route(
+            "/v1/snapshot/restore",
+            post(snapshot_restore).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+        )
+        .route("/metrics", get(metrics))
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let st = s.raft.status();
+    let members: Vec<_> = st
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "node_id": m.node_id,
+                "api_addr": m.api_addr,
+                "raft_addr": m.raft_addr,
+                "role": m.role,
+                "healthy": m.healthy,
+                "lag": m.lag,
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "node_id": st.node_id,
+            "leader_id": st.leader_id,
+            "term": st.term,
+            "commit_index": st.commit_index,
+            "applied_index": st.applied_index,
+            "revision": st.revision,
+            "members": members,
+        })),
+    )
+        .into_response()
+}
+
+async fn members(State(s): State<AppState>) -> Response {
+    crate::http::members(s.members.as_ref())
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    crate::http::openmetrics(s.metrics.render(&s.raft))
+}
+
+#[derive(Deserialize)]
+struct RemoveServer {
+    node_id: u64,
+}
+
+/// `POST /v1/operator/remove-server?node_id=N`: removes a (dead) member from the Raft
+/// configuration, on the leader (followers forward the request once).
+async fn remove_server(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<RemoveServer>,
+) -> Response {
+    // Recorded first, so the membership loop cannot re-add the server in between.
+    if let Some(g) = &s.gossip {
+        let generation = g
+            .members()
+            .iter()
+            .find(|m| m.meta.raft_id == Some(q.node_id))
+            .map(|m| m.generation);
+        if let Some(generation) = generation {
+            s.removed
+                .lock()
+                .expect("removed lock")
+                .insert(q.node_id, generation);
+        }
+    }
+    match s.raft.remove_node(q.node_id).await {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({ "removed": q.node_id }))).into_response(),
+        Err(shoal_raft::Error::ForwardToLeader {
+            leader: Some(l), ..
+        }) => {
+            let url = format!(
+                "http://{}/v1/operator/remove-server?node_id={}",
+                l.api_addr, q.node_id
+            );
+            match s.http.post(&url).send().await {
+                Ok(r) => {
+                    let status = StatusCode::from_u16(r.status().as_u16())
+                        .unwrap_or(StatusCode::BAD_GATEWAY);
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    (status, axum::Json(body)).into_response()
+                }
+                Err(e) => error_response(&ApiError::new(
+                    shoal_model::ErrorKind::ServiceUnavailable,
+                    format!("Cannot reach the leader: {e}"),
+                )),
+            }
+        }
+        Err(e) => error_response(&ApiError::new(
+            shoal_model::ErrorKind::ServiceUnavailable,
+            format!("Cannot remove server {}: {e}", q.node_id),
+        )),
+    }
+}
+
+/// `GET /v1/snapshot`: the whole model (linearizable unless `?stale=true`), for backups.
+async fn snapshot_save(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if let Err(e) = super::appmesh::read_barrier(&s, &q).await {
+        return error_response(&e);
+    }
+    let body = s.raft.read(serde_json::to_vec);
+    match body {
+        Ok(b) => (StatusCode::OK, [("content-type", "application/json")], b).into_response(),
+        Err(e) => error_response(&ApiError::new(
+            shoal_model::ErrorKind::InternalServerError,
+            format!("Cannot encode the snapshot: {e}"),
+        )),
+    }
+}
+
+/// `POST /v1/snapshot/restore`: replaces the whole model with a saved one, as one Raft
+/// command (every server applies it at the same revision; watchers get the difference).
+/// Every resource is checked as a create would be before anything is committed.
+async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let model: shoal_model::Model = match shoal_model::request::json(&body) {
+        Ok(m) => m,
+        Err(e) => return error_response(&e),
+    };
+    let resources: Vec<shoal_model::Resource> = model.iter().cloned().collect();
+    for r in &resources {
+        let checked = shoal_model::check::name(r.key.kind, &r.key.name)
+            .and_then(|()| shoal_model::check::into_result(shoal_model::check::spec(&r.spec)));
+        if let Err(mut e) = checked {
+            e.message = format!("{}: {}", r.key, e.message);
+            return error_response(&e);
+        }
+    }
+    match super::forward::commit_reply(&s, shoal_model::Command::Restore { resources }).await {
+        Ok(reply) => {
+            // On a follower the restore may not be applied here yet: catch up first, so the
+            // revision reported is the restore's (or later).
+            if let Err(e) = super::forward::linearize(&s).await {
+                tracing::warn!(error = %e, "restore committed; reporting this server's revision");
+            }
+            let revision = s.raft.read(|m| m.revision());
+            let count = match reply {
+                shoal_model::Reply::Restored { resources } => resources,
+                shoal_model::Reply::Resource(_) | shoal_model::Reply::Batch(_) => 0,
+            };
+            (
+                StatusCode::OK,
+                axum::Json(json!({ "resources": count, "revision": revision })),
+            )
+                .into_response()
+        }
+        Err(e) => error_response(&e),
+    }
+}

@@ -1,0 +1,36 @@
+//! What every server handler shares.
+
+use std::sync::Arc;
+
+use shoal_raft::RaftNode;
+
+use super::cluster::Removed;
+use super::metrics::Metrics;
+
+/// Who owns what this control plane creates: the account and region written into ARNs.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// 12-digit account id (`meshOwner`, `resourceOwner`).
+    pub account: String,
+    /// Region in ARNs.
+    pub region: String,
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The replicated store.
+    pub raft: RaftNode,
+    /// Account and region for new resources.
+    pub identity: Arc<Identity>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Client for calls to other servers (forwarding to the leader).
+    pub http: reqwest::Client,
+    /// Gossip membership, when this server runs in a cluster.
+    pub gossip: Option<shoal_gossip::Gossip>,
+    /// Servers removed by an operator, kept out until they restart.
+    pub removed: Removed,
+    /// Whose gossip members `/v1/members` lists: the server's own, else an embedded agent's.
+    pub members: Option<shoal_gossip::Gossip>,
+}
