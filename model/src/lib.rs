@@ -11,6 +11,8 @@
 //! - [`request`]: the JSON entry points (create/update bodies), fuzzed.
 //! - [`error`]: the API's exception kinds.
 //! - [`discovery`]: service instances and which of them a virtual node or service selects.
+//! - [`health`]: which health check an instance gets, its clamped spec, and the threshold
+//!   state machine over probe results.
 //! - [`history`]: recent changes by revision, so watchers resume instead of resyncing.
 //!
 //! This crate does no I/O and has no async code: every other crate builds on it, and
@@ -21,6 +23,7 @@ pub mod api;
 pub mod check;
 pub mod discovery;
 pub mod error;
+pub mod health;
 pub mod history;
 pub mod re2;
 pub mod request;

@@ -8,19 +8,18 @@ use std::time::Duration;
 use serde::Serialize;
 use shoal_gossip::keys::MAX_INSTANCES_PER_NODE;
 use shoal_gossip::Gossip;
-use shoal_model::api::HealthCheckPolicy;
 use shoal_model::discovery::Instance;
+use shoal_model::health::{check_for, CheckSpec};
 use shoal_model::Model;
 use tokio::sync::{watch, Notify};
 
-use super::checks::check_for;
 use super::health::{self, CheckHandle, HealthState};
 use super::store::{Registrations, StoreError};
 
 /// A running check and what it was started for (a change of either restarts it).
 struct Running {
     target: SocketAddr,
-    policy: HealthCheckPolicy,
+    spec: CheckSpec,
     handle: CheckHandle,
 }
 
@@ -211,7 +210,7 @@ fn reconcile(local: &Local, model: &Model) -> (Vec<(Instance, bool)>, Vec<String
     for (key, (inst, _)) in &want {
         let desired = check_for(model, inst);
         let keep = match (&desired, inner.checks.get(key)) {
-            (Some((t, p)), Some(r)) => r.target == *t && r.policy == *p,
+            (Some((t, spec)), Some(r)) => r.target == *t && r.spec == *spec,
             (None, None) => true,
             _ => false,
         };
@@ -219,9 +218,9 @@ fn reconcile(local: &Local, model: &Model) -> (Vec<(Instance, bool)>, Vec<String
             continue;
         }
         inner.checks.remove(key);
-        if let Some((target, policy)) = desired {
-            tracing::info!(instance = %key, %target, protocol = ?policy.protocol, "starting a health check");
-            let handle = health::spawn_check(target, health::CheckSpec::from_policy(&policy));
+        if let Some((target, spec)) = desired {
+            tracing::info!(instance = %key, %target, protocol = ?spec.protocol, "starting a health check");
+            let handle = health::spawn_check(target, spec.clone());
             let mut rx = handle.subscribe();
             let wake = local.changed.clone();
             tokio::spawn(async move {
@@ -233,7 +232,7 @@ fn reconcile(local: &Local, model: &Model) -> (Vec<(Instance, bool)>, Vec<String
                 key.clone(),
                 Running {
                     target,
-                    policy,
+                    spec,
                     handle,
                 },
             );

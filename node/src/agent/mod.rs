@@ -11,7 +11,6 @@
 //! Servers run the same parts in-process (`shoal dev`), following their own API's watch stream.
 
 mod api;
-pub mod checks;
 pub mod follow;
 pub mod health;
 pub mod local;
