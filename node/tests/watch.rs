@@ -191,3 +191,88 @@ async fn two_thousand_watchers_all_see_a_change() {
     println!("{n} watchers received one change in {:?}", t.elapsed());
     s.stop().await;
 }
+
+/// Waits (at most 10 s) until the agent's model holds virtual node `name`.
+async fn agent_has(state: &shoal::agent::AgentState, name: &str) {
+    let key = shoal_model::ResourceKey::in_mesh("m", shoal_model::Kind::VirtualNode, name);
+    let mut rx = state.model.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|m| m.get(&key).is_some()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the agent never saw {name}"))
+    .unwrap();
+}
+
+/// An agent whose model cache cannot be written goes on serving the models the servers commit
+/// (holding its proxies back would be worse), and says so in its status until a write succeeds
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_cache_cannot_be_written_serves_on_and_says_so() {
+    let s = start().await;
+    apply(&s.api, json!({"meshName": "m"})).await;
+    apply(&s.api, node("first")).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Gossip needs a fixed port: take a free one.
+    let gossip = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cfg = shoal::agent::AgentConfig::new(dir.path().to_path_buf(), gossip);
+    cfg.api = None;
+    cfg.dns = None;
+    cfg.xds = None;
+    cfg.servers = vec![s.grpc.clone()];
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let agent = tokio::spawn(shoal::agent::run(
+        cfg,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |state| {
+            let _ = ready_tx.send(state);
+        },
+    ));
+    let Ok(state) = ready_rx.await else {
+        panic!("the agent did not start: {:?}", agent.await);
+    };
+    agent_has(&state, "first").await;
+    let status = || state.follow.lock().unwrap().clone();
+    assert_eq!(status().cache_error, None);
+
+    // A directory where the journal goes: appending (or removing it after a new base) fails.
+    let journal = dir.path().join("model.log");
+    let _ = std::fs::remove_file(&journal);
+    std::fs::create_dir(&journal).unwrap();
+    std::fs::write(journal.join("keep"), b"x").unwrap();
+    apply(&s.api, node("second")).await;
+    agent_has(&state, "second").await;
+    let st = status();
+    assert!(
+        st.cache_error.is_some() && st.cache_write_failures >= 1,
+        "a failed cache write is reported: {st:?}"
+    );
+
+    // The disk works again: the next write clears the error.
+    std::fs::remove_dir_all(&journal).unwrap();
+    apply(&s.api, node("third")).await;
+    agent_has(&state, "third").await;
+    let st = status();
+    assert_eq!(st.cache_error, None, "{st:?}");
+    let cached = shoal::agent::store::ModelCache::new(dir.path())
+        .load()
+        .unwrap()
+        .expect("a cached model");
+    assert!(cached
+        .get(&shoal_model::ResourceKey::in_mesh(
+            "m",
+            shoal_model::Kind::VirtualNode,
+            "third"
+        ))
+        .is_some());
+    let _ = stop_tx.send(());
+    agent.await.unwrap().unwrap();
+    s.stop().await;
+}

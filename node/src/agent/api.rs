@@ -363,6 +363,7 @@ async fn status(State(s): State<AgentState>) -> Response {
         "from_cache": follow.from_cache,
         "last_error": follow.last_error,
         "streams_opened": follow.streams_opened,
+        "cache_error": follow.cache_error,
         "members": s.gossip.members().len(),
         "local_instances": s.local.list().len(),
         "endpoints": eps.len(),

@@ -22,6 +22,11 @@ pub struct FollowStatus {
     pub last_error: Option<String>,
     /// Watch streams opened since start.
     pub streams_opened: u64,
+    /// Why the last write of the model cache failed, while the cache is behind the model the
+    /// agent serves (cleared by the next successful write).
+    pub cache_error: Option<String>,
+    /// Model cache writes that failed since start.
+    pub cache_write_failures: u64,
 }
 
 /// Runs until `stop` turns true: keeps `model` equal to the servers' model, reconnecting to the
@@ -29,9 +34,16 @@ pub struct FollowStatus {
 /// backoff of 100 ms doubling to 2 s. The stream resumes from the revision the agent has, so a
 /// reconnect usually costs only the changes it missed.
 ///
-/// Every model is written to `cache` before anything sees it (write-through): an Envoy is
-/// never sent a configuration newer than what the agent would serve after a crash, so a
-/// restarted agent never takes its proxies back in time.
+/// Every model is written to `cache` before anything sees it (write-through): while the disk
+/// works, an Envoy is never sent a configuration newer than what the agent would serve after a
+/// crash, so a restarted agent never takes its proxies back in time.
+///
+/// When the write fails (a full or failing disk), the agent still serves the new model: the
+/// servers have committed it, and holding the proxies on an older one would be the worse of the
+/// two. It says so instead of hiding it: an error log, `cache_error` in the status
+/// (`/v1/agent/status`) and the `shoal_agent_model_cache_ok` and
+/// `shoal_agent_model_cache_write_failures` metrics, until a later write succeeds. A crash in
+/// that window restarts the agent from the last model it did write.
 pub async fn run(
     servers: impl Fn() -> Vec<String>,
     cache: ModelCache,
@@ -126,12 +138,23 @@ pub async fn run(
                                 c.append(&updates, &m)
                             }
                         };
-                        match tokio::task::spawn_blocking(write).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                tracing::warn!(error = %e, "cannot write the model cache")
+                        let failed = match tokio::task::spawn_blocking(write).await {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(e) => Some(format!("the cache writer panicked: {e}")),
+                        };
+                        {
+                            let mut st = status.lock().expect("status lock");
+                            if let Some(e) = &failed {
+                                tracing::error!(error = %e, revision = next.revision(), "cannot write the model cache; serving the model from memory, a restart would go back to the last cached one");
+                                st.cache_write_failures += 1;
+                            } else if st.cache_error.is_some() {
+                                tracing::info!(
+                                    revision = next.revision(),
+                                    "the model cache is written again"
+                                );
                             }
-                            Err(e) => tracing::warn!(error = %e, "the model cache writer panicked"),
+                            st.cache_error = failed;
                         }
                         model.send_replace(next);
                         if let Some(e) = end {

@@ -54,6 +54,18 @@ pub fn render(state: &AgentState) -> String {
         "1 while the model comes from the local cache and no server has answered",
         i64::from(follow.from_cache),
     );
+    gauge(
+        &mut r,
+        "model_cache_ok",
+        "0 while the last write of the model cache failed (the agent serves a model its disk does not hold)",
+        i64::from(follow.cache_error.is_none()),
+    );
+    counter(
+        &mut r,
+        "model_cache_write_failures",
+        "Model cache writes that failed since start",
+        follow.cache_write_failures,
+    );
     counter(
         &mut r,
         "watch_streams_opened",
