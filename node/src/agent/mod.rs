@@ -6,11 +6,16 @@
 //! * follows the model through a server's watch stream and keeps it in memory and on disk
 //!   ([`follow`], [`store`]), so it goes on serving the last model when every server is gone,
 //!   also after its own restart;
-//! * joins the two into the view and answers DNS from it ([`view`]).
+//! * joins the two into the view ([`view`]) that DNS ([`dns`]) answers from and the local
+//!   Envoys' snapshots (`shoal_xds::Proxies`, served over ADS) are translated from.
+//!
+//! `Pipeline` (below) names every channel between these parts.
 //!
 //! Servers run the same parts in-process (`shoal dev`), following their own API's watch stream.
 
 mod api;
+mod config;
+mod dns;
 pub mod follow;
 pub mod health;
 pub mod local;
@@ -19,186 +24,16 @@ pub mod store;
 pub mod view;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use serde::Deserialize;
+use anyhow::Context;
 use shoal_gossip::{Gossip, GossipConfig, NodeMeta, Role};
-use shoal_model::discovery::Instance;
 use shoal_model::Model;
 use tokio::sync::watch;
 
 pub use api::routes;
-
-/// Default DNS address of an agent.
-pub fn default_dns() -> SocketAddr {
-    "127.0.0.1:8600".parse().expect("literal")
-}
-
-/// Default HTTP API address of an agent (the same port as a server's: a host runs one or the
-/// other, and `shoal register` finds either at the default address).
-pub fn default_api() -> SocketAddr {
-    "127.0.0.1:7070".parse().expect("literal")
-}
-
-fn default_ttl() -> u32 {
-    5
-}
-
-/// An agent's configuration, from flags or a TOML file (`shoal agent --config FILE`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// This host's name in gossip: stable across restarts, unique in the cluster (default: the
-    /// host name). A restarted agent keeps its name and replaces its old state.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Where registrations and the model cache live.
-    pub data_dir: PathBuf,
-    /// Gossip address (UDP).
-    pub gossip: SocketAddr,
-    /// Gossip addresses of existing members (servers or agents).
-    #[serde(default)]
-    pub join: Vec<String>,
-    /// HTTP API address (registration, status, metrics); `None` when a server embeds the agent
-    /// and serves its routes on its own API.
-    #[serde(default = "default_api_opt")]
-    pub api: Option<SocketAddr>,
-    /// DNS address (UDP and TCP); `None` turns DNS off.
-    #[serde(default = "default_dns_opt")]
-    pub dns: Option<SocketAddr>,
-    /// xDS (ADS) address the local Envoys connect to; `None` turns xDS off.
-    #[serde(default = "default_xds_opt")]
-    pub xds: Option<SocketAddr>,
-    /// DNS servers for names outside the mesh; none: such names get REFUSED.
-    #[serde(default)]
-    pub recursors: Vec<SocketAddr>,
-    /// TTL of DNS answers, seconds.
-    #[serde(default = "default_ttl")]
-    pub dns_ttl: u32,
-    /// Availability zone of the host, gossiped with its metadata.
-    #[serde(default)]
-    pub zone: Option<String>,
-    /// gRPC URLs of servers to follow besides those found through gossip.
-    #[serde(default)]
-    pub servers: Vec<String>,
-    /// Instances registered by the config file (re-read at every start).
-    #[serde(default, rename = "instance")]
-    pub instances: Vec<ConfigInstance>,
-}
-
-fn default_api_opt() -> Option<SocketAddr> {
-    Some(default_api())
-}
-
-/// Default xDS address of an agent.
-pub fn default_xds() -> SocketAddr {
-    "127.0.0.1:18000".parse().expect("literal")
-}
-
-fn default_xds_opt() -> Option<SocketAddr> {
-    Some(default_xds())
-}
-
-fn default_dns_opt() -> Option<SocketAddr> {
-    Some(default_dns())
-}
-
-/// An instance in the agent's config file (`[[instance]]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigInstance {
-    /// Cloud Map namespace.
-    #[serde(default)]
-    pub namespace: String,
-    /// Cloud Map service.
-    #[serde(default)]
-    pub service: String,
-    /// Mesh of the virtual node.
-    #[serde(default)]
-    pub mesh: String,
-    /// Virtual node.
-    #[serde(default)]
-    pub virtual_node: String,
-    /// Instance id.
-    pub id: String,
-    /// Address.
-    pub address: std::net::IpAddr,
-    /// Port.
-    pub port: u16,
-    /// Custom attributes.
-    #[serde(default)]
-    pub attributes: std::collections::BTreeMap<String, String>,
-}
-
-impl ConfigInstance {
-    /// The instance, checked.
-    pub fn to_instance(&self) -> anyhow::Result<Instance> {
-        Ok(Instance {
-            namespace: self.namespace.clone(),
-            service: self.service.clone(),
-            mesh: self.mesh.clone(),
-            virtual_node: self.virtual_node.clone(),
-            id: self.id.clone(),
-            address: self.address,
-            port: self.port,
-            attributes: self.attributes.clone(),
-        }
-        .normalize()?)
-    }
-}
-
-impl AgentConfig {
-    /// A configuration with defaults for everything but the data dir and gossip address.
-    pub fn new(data_dir: PathBuf, gossip: SocketAddr) -> Self {
-        AgentConfig {
-            name: None,
-            data_dir,
-            gossip,
-            join: Vec::new(),
-            api: Some(default_api()),
-            dns: Some(default_dns()),
-            xds: Some(default_xds()),
-            recursors: Vec::new(),
-            dns_ttl: default_ttl(),
-            zone: None,
-            servers: Vec::new(),
-            instances: Vec::new(),
-        }
-    }
-
-    /// Checks the configuration before anything is opened or bound.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.dns_ttl > 86_400 {
-            bail!("--dns-ttl must be at most 86400 seconds");
-        }
-        if !self.join.is_empty() && (self.gossip.ip().is_unspecified() || self.gossip.port() == 0) {
-            bail!(
-                "--gossip must be this host's own address and a fixed port to join others, not {}",
-                self.gossip
-            );
-        }
-        for i in &self.instances {
-            i.to_instance()
-                .with_context(|| format!("instance {:?} in the config", i.id))?;
-        }
-        Ok(())
-    }
-
-    /// The gossip name: the configured one, else the host name, else `agent-<gossip addr>`.
-    pub fn node_name(&self) -> String {
-        if let Some(n) = &self.name {
-            return n.clone();
-        }
-        std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| format!("agent-{}", self.gossip))
-    }
-}
+pub use config::{AgentConfig, ConfigInstance};
 
 /// Everything the agent's tasks and API share. Cheap to clone.
 #[derive(Clone)]
@@ -271,10 +106,48 @@ impl Started {
     }
 }
 
+/// The agent's data path, hop by hop: the one place that names every channel from a server's
+/// watch stream to DNS answers and Envoy configuration.
+///
+/// ```text
+///  server Watch ──▶ follow::run ──[model: watch<Arc<Model>>]──┬──▶ view::run ──┬─[dns: SharedView]──▶ DNS handler
+///  (model.json/.log written first)                             │       ▲        └─[inputs: watch<Inputs>]──▶ Proxies::run ──▶ ADS
+///                                                              │       │ gossip endpoints (every host's instances + health)
+///                                                              └──▶ local::run ──▶ health checks ──▶ gossip inst:<key>
+/// ```
+///
+/// A route change therefore travels: API → Raft → the server's watch hub → `follow::run`
+/// (cache written) → `model` → `view::run` (joined with the endpoints) → `inputs` →
+/// `shoal_xds::Proxies::refresh` (translated per proxy, interned) → the ADS stream of each Envoy.
+struct Pipeline {
+    /// Hop 1, written by [`follow::run`]: the model as last received (or read from the cache).
+    model: watch::Sender<Arc<Model>>,
+    /// Hop 2, written by [`view::run`]: the model joined with the endpoints, published as the
+    /// DNS view and as the xDS [`shoal_xds::Inputs`].
+    view: view::View,
+    /// Hop 3, fed by the view's inputs: one snapshot per connected Envoy.
+    proxies: shoal_xds::Proxies,
+}
+
+impl Pipeline {
+    /// The channels, starting from `model` (the cached one, or empty).
+    fn new(model: Model) -> Self {
+        let (model, _) = watch::channel(Arc::new(model));
+        let view = view::View::new();
+        let proxies = shoal_xds::Proxies::new(view.subscribe_inputs());
+        Pipeline {
+            model,
+            view,
+            proxies,
+        }
+    }
+}
+
 /// Starts the agent's parts until `stop` turns true: the model follower and its cache, the
-/// local instances with their checks, the view, and DNS. On `gossip` when given (a server
-/// embedding the agent publishes through its own member); otherwise the agent joins gossip
-/// itself as an agent member. The API is not served here (see [`run`] and [`routes`]).
+/// local instances with their checks, the view, DNS and xDS (see [`Pipeline`] for how they
+/// connect). On `gossip` when given (a server embedding the agent publishes through its own
+/// member); otherwise the agent joins gossip itself as an agent member. The API is not served
+/// here (see [`run`] and [`routes`]).
 pub async fn start(
     cfg: AgentConfig,
     gossip: Option<Gossip>,
@@ -302,17 +175,9 @@ pub async fn start(
         .iter()
         .map(|i| i.to_instance())
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Every port is bound before anything starts, so that a taken one fails the start.
     let dns_sockets = match cfg.dns {
-        Some(addr) => {
-            let udp = tokio::net::UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("binding DNS (udp) to {addr}"))?;
-            let bound = udp.local_addr()?;
-            let tcp = tokio::net::TcpListener::bind(bound)
-                .await
-                .with_context(|| format!("binding DNS (tcp) to {bound}"))?;
-            Some((udp, tcp, bound))
-        }
+        Some(addr) => Some(dns::Sockets::bind(addr).await?),
         None => None,
     };
     let xds_listener = match cfg.xds {
@@ -324,12 +189,13 @@ pub async fn start(
         None => None,
     };
     let xds_addr = xds_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let dns_addr = dns_sockets.as_ref().map(|d| d.addr);
     let gossip = match gossip {
         Some(g) => g,
         None => {
             let mut meta = NodeMeta::new(Role::Agent, env!("CARGO_PKG_VERSION"));
             meta.api_addr = api_addr.map(|a| a.to_string());
-            meta.dns_addr = dns_sockets.as_ref().map(|(_, _, a)| a.to_string());
+            meta.dns_addr = dns_addr.map(|a| a.to_string());
             meta.xds_addr = xds_addr.map(|a| a.to_string());
             meta.zone = cfg.zone.clone();
             let mut gcfg = GossipConfig::new(cfg.node_name(), cfg.gossip);
@@ -346,77 +212,72 @@ pub async fn start(
         .map_or(cfg.gossip, |m| m.gossip_addr);
 
     let cfg = Arc::new(cfg);
-    let (model_tx, model_rx) = watch::channel(Arc::new(cached.unwrap_or_default()));
+    let pipeline = Pipeline::new(cached.unwrap_or_default());
     let follow_status = Arc::new(Mutex::new(follow::FollowStatus {
         from_cache,
         ..Default::default()
     }));
     let local = local::Local::new(registrations, registered, config_instances);
-    let view = view::View::new();
     let dns_handler = dns_sockets
         .as_ref()
-        .map(|_| shoal_dns::DnsHandler::new(view.shared(), view::dns_config(&cfg)));
-    let proxies = shoal_xds::Proxies::new(view.subscribe_inputs());
+        .map(|_| shoal_dns::DnsHandler::new(pipeline.view.shared(), dns::dns_config(&cfg)));
     let ads = xds_listener
         .as_ref()
-        .map(|_| shoal_xds::server::AdsServer::new(proxies.clone()));
+        .map(|_| shoal_xds::server::AdsServer::new(pipeline.proxies.clone()));
     let state = AgentState {
         cfg: cfg.clone(),
         gossip: gossip.clone(),
-        model: model_rx.clone(),
+        model: pipeline.model.subscribe(),
         follow: follow_status.clone(),
         local: local.clone(),
-        view: view.clone(),
+        view: pipeline.view.clone(),
         dns: dns_handler.clone(),
-        proxies: proxies.clone(),
+        proxies: pipeline.proxies.clone(),
         ads: ads.clone(),
         bound: Arc::new(Bound {
             api: api_addr,
-            dns: dns_sockets.as_ref().map(|(_, _, a)| *a),
+            dns: dns_addr,
             xds: xds_addr,
             gossip: gossip_addr,
         }),
     };
 
+    let Pipeline {
+        model,
+        view,
+        proxies,
+    } = pipeline;
+    let model_rx = model.subscribe();
     let mut tasks = Vec::new();
     {
         let (cfg, g) = (cfg.clone(), gossip.clone());
         tasks.push(tokio::spawn(follow::run(
             move || servers(&cfg, &g),
             cache,
-            model_tx,
+            model,
             follow_status,
             stop_rx.clone(),
         )));
     }
     tasks.push(tokio::spawn(local::run(
-        local.clone(),
+        local,
         gossip.clone(),
         model_rx.clone(),
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(view::run(
-        view.clone(),
+        view,
         gossip.clone(),
-        model_rx.clone(),
+        model_rx,
         stop_rx.clone(),
     )));
-    if let (Some((udp, tcp, addr)), Some(handler)) = (dns_sockets, dns_handler) {
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = shoal_dns::serve_with(udp, tcp, handler, stopped).await {
-                tracing::error!(error = %e, "the DNS server stopped");
-            }
-        }));
-        tracing::info!(dns = %addr, "DNS ready");
-    }
     tasks.push(tokio::spawn(proxies.run(stop_rx.clone())));
+    if let (Some(sockets), Some(handler)) = (dns_sockets, dns_handler) {
+        tracing::info!(dns = %sockets.addr, "DNS ready");
+        tasks.push(tokio::spawn(sockets.serve(handler, stop_rx.clone())));
+    }
     if let (Some(listener), Some(ads)) = (xds_listener, ads) {
         let mut stop = stop_rx.clone();
-        let addr = xds_addr;
         tasks.push(tokio::spawn(async move {
             // `serve` ends every ADS stream at shutdown (they never end by themselves).
             let served = ads
@@ -428,7 +289,7 @@ pub async fn start(
                 tracing::error!(error = %e, "the xDS server stopped");
             }
         }));
-        tracing::info!(xds = ?addr, "xDS ready");
+        tracing::info!(xds = ?xds_addr, "xDS ready");
     }
     tracing::info!(name = %gossip.local_name(), api = ?api_addr, gossip = %gossip_addr, "agent ready");
     Ok(Started { state, tasks })
@@ -482,47 +343,4 @@ where
         tracing::warn!(error = %e, "gossip did not stop cleanly");
     }
     served
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_deployed_example_config_is_valid() {
-        let cfg: AgentConfig = toml::from_str(include_str!("../../../deploy/agent.toml.example"))
-            .expect("the example parses");
-        cfg.validate().unwrap();
-        assert_eq!(cfg.instances.len(), 1);
-        assert_eq!(
-            cfg.instances[0].to_instance().unwrap().key(),
-            "apps.local/colorteller/colorteller-red-1"
-        );
-        assert_eq!(cfg.dns, Some("127.0.0.1:8600".parse().unwrap()));
-    }
-
-    #[test]
-    fn bad_configs_are_refused_before_anything_starts() {
-        let mut c = AgentConfig::new("/tmp/x".into(), "0.0.0.0:7946".parse().unwrap());
-        c.validate().unwrap();
-        c.join = vec!["10.0.0.1:7946".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("--gossip"));
-        c.join.clear();
-        c.instances.push(ConfigInstance {
-            namespace: "apps.local".into(),
-            service: "web".into(),
-            mesh: String::new(),
-            virtual_node: String::new(),
-            id: "bad/id".into(),
-            address: "10.0.0.1".parse().unwrap(),
-            port: 80,
-            attributes: Default::default(),
-        });
-        let e = format!("{:#}", c.validate().unwrap_err());
-        assert!(e.contains("bad/id") && e.contains("instance id"), "{e}");
-        assert!(toml::from_str::<AgentConfig>(
-            "data_dir = \"/x\"\ngossip = \"1.2.3.4:1\"\nnope = 1"
-        )
-        .is_err());
-    }
 }

@@ -1,25 +1,17 @@
-//! The view: the model joined with the endpoints gossip reports, as DNS names. Rebuilt whenever
-//! either side changes; DNS answers read it under a read lock.
+//! The view: the model joined with the endpoints gossip reports (`model::discovery`), rebuilt
+//! whenever either side changes, and published to both readers at once: the DNS view (names →
+//! endpoints, read by the DNS handler under a read lock) and the xDS [`Inputs`] (read by the
+//! proxies' snapshot cache). DNS and xDS therefore always serve the same view.
 
 use std::sync::{Arc, RwLock};
 
-use shoal_dns::{DnsConfig, DnsView, SharedView};
+use shoal_dns::{DnsView, SharedView};
 use shoal_gossip::Gossip;
-use shoal_model::discovery::{dns_names, dns_zones, Endpoint};
+use shoal_model::discovery::Endpoint;
 use shoal_model::Model;
 use tokio::sync::watch;
 
-use super::AgentConfig;
 use shoal_xds::Inputs;
-
-/// The DNS settings of an agent's configuration.
-pub fn dns_config(cfg: &AgentConfig) -> DnsConfig {
-    DnsConfig {
-        ttl: cfg.dns_ttl,
-        recursors: cfg.recursors.clone(),
-        ..DnsConfig::default()
-    }
-}
 
 /// The agent's current view. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -72,33 +64,13 @@ impl View {
 
     /// Rebuilds from `model` and `endpoints`.
     pub fn rebuild(&self, model: Arc<Model>, endpoints: Vec<Endpoint>) {
-        let dns = build_dns(&model, &endpoints);
+        let dns = super::dns::build_dns(&model, &endpoints);
         self.dns.replace(dns);
         let endpoints = Arc::new(endpoints);
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints.clone();
         *self.revision.write().unwrap_or_else(|e| e.into_inner()) = model.revision();
         self.inputs.send_replace(Inputs::new(model, endpoints));
     }
-}
-
-/// The DNS view of `model` and `endpoints` (pure).
-pub fn build_dns(model: &Model, endpoints: &[Endpoint]) -> DnsView {
-    let names = dns_names(model, endpoints);
-    let zones = dns_zones(model, endpoints, &names);
-    let mut view = DnsView::new(zones.into_iter().collect());
-    for (name, eps) in &names {
-        view.insert(
-            name,
-            eps.iter()
-                .map(|e| shoal_dns::Endpoint {
-                    address: e.instance.address,
-                    port: e.instance.port,
-                    healthy: e.healthy,
-                })
-                .collect(),
-        );
-    }
-    view
 }
 
 /// Runs until `stop`: rebuilds `view` when the model or the endpoints change.
