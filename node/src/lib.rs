@@ -22,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod dev;
 mod http;
+pub mod registration;
 pub mod server;
 pub mod watch;
 

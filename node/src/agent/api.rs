@@ -1,9 +1,6 @@
 //! The agent's HTTP API: registration (`shoal register` / `deregister`), the local instances,
 //! the endpoint view, members, status and metrics. Errors use the App Mesh error shape.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -11,70 +8,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use shoal_model::discovery::Instance;
 use shoal_model::ApiError;
 
 use super::AgentState;
 use crate::http::error_response;
-
-/// A registration, as `shoal register` sends it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Register {
-    /// Cloud Map namespace.
-    #[serde(default)]
-    pub namespace: String,
-    /// Cloud Map service.
-    #[serde(default)]
-    pub service: String,
-    /// Mesh of the virtual node.
-    #[serde(default)]
-    pub mesh: String,
-    /// Virtual node.
-    #[serde(default)]
-    pub virtual_node: String,
-    /// Instance id.
-    pub instance_id: String,
-    /// Address.
-    pub address: IpAddr,
-    /// Port.
-    pub port: u16,
-    /// Custom attributes.
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-}
-
-/// Which instance a deregistration means.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Deregister {
-    /// Cloud Map namespace.
-    #[serde(default)]
-    pub namespace: String,
-    /// Cloud Map service.
-    #[serde(default)]
-    pub service: String,
-    /// Mesh of the virtual node.
-    #[serde(default)]
-    pub mesh: String,
-    /// Virtual node.
-    #[serde(default)]
-    pub virtual_node: String,
-    /// Instance id.
-    pub instance_id: String,
-}
-
-impl Deregister {
-    fn key(&self) -> String {
-        shoal_model::discovery::instance_key(
-            &self.namespace,
-            &self.service,
-            &self.mesh,
-            &self.virtual_node,
-            &self.instance_id,
-        )
-    }
-}
+use crate::registration::{InstanceName, Registration};
 
 /// The agent's routes. `standalone`: also `/v1/status`, `/v1/members` and `/metrics`, which a
 /// server embedding the agent serves itself.
@@ -110,21 +48,11 @@ fn bad(msg: impl Into<String>) -> Response {
 }
 
 async fn register(State(s): State<AgentState>, body: axum::body::Bytes) -> Response {
-    let req: Register = match serde_json::from_slice(&body) {
+    let req: Registration = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad(format!("invalid registration: {e}")),
     };
-    let inst = Instance {
-        namespace: req.namespace,
-        service: req.service,
-        mesh: req.mesh,
-        virtual_node: req.virtual_node,
-        id: req.instance_id,
-        address: req.address,
-        port: req.port,
-        attributes: req.attributes,
-    };
-    let inst = match inst.normalize() {
+    let inst = match req.to_instance() {
         Ok(i) => i,
         Err(e) => return bad(e.0),
     };
@@ -148,7 +76,7 @@ async fn register(State(s): State<AgentState>, body: axum::body::Bytes) -> Respo
     }
 }
 
-async fn deregister(State(s): State<AgentState>, q: Query<Deregister>) -> Response {
+async fn deregister(State(s): State<AgentState>, q: Query<InstanceName>) -> Response {
     let key = q.key();
     match s.local.deregister(&key) {
         Ok(true) => {

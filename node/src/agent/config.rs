@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use shoal_model::discovery::Instance;
+
+use crate::registration::Registration;
 
 /// Default DNS address of an agent.
 pub fn default_dns() -> SocketAddr {
@@ -62,7 +63,7 @@ pub struct AgentConfig {
     pub servers: Vec<String>,
     /// Instances registered by the config file (re-read at every start).
     #[serde(default, rename = "instance")]
-    pub instances: Vec<ConfigInstance>,
+    pub instances: Vec<Registration>,
 }
 
 fn default_api_opt() -> Option<SocketAddr> {
@@ -80,50 +81,6 @@ fn default_xds_opt() -> Option<SocketAddr> {
 
 fn default_dns_opt() -> Option<SocketAddr> {
     Some(default_dns())
-}
-
-/// An instance in the agent's config file (`[[instance]]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigInstance {
-    /// Cloud Map namespace.
-    #[serde(default)]
-    pub namespace: String,
-    /// Cloud Map service.
-    #[serde(default)]
-    pub service: String,
-    /// Mesh of the virtual node.
-    #[serde(default)]
-    pub mesh: String,
-    /// Virtual node.
-    #[serde(default)]
-    pub virtual_node: String,
-    /// Instance id.
-    pub id: String,
-    /// Address.
-    pub address: std::net::IpAddr,
-    /// Port.
-    pub port: u16,
-    /// Custom attributes.
-    #[serde(default)]
-    pub attributes: std::collections::BTreeMap<String, String>,
-}
-
-impl ConfigInstance {
-    /// The instance, checked.
-    pub fn to_instance(&self) -> anyhow::Result<Instance> {
-        Ok(Instance {
-            namespace: self.namespace.clone(),
-            service: self.service.clone(),
-            mesh: self.mesh.clone(),
-            virtual_node: self.virtual_node.clone(),
-            id: self.id.clone(),
-            address: self.address,
-            port: self.port,
-            attributes: self.attributes.clone(),
-        }
-        .normalize()?)
-    }
 }
 
 impl AgentConfig {
@@ -158,7 +115,7 @@ impl AgentConfig {
         }
         for i in &self.instances {
             i.to_instance()
-                .with_context(|| format!("instance {:?} in the config", i.id))?;
+                .with_context(|| format!("instance {:?} in the config", i.name.instance_id))?;
         }
         Ok(())
     }
@@ -200,15 +157,16 @@ mod tests {
         c.join = vec!["10.0.0.1:7946".into()];
         assert!(c.validate().unwrap_err().to_string().contains("--gossip"));
         c.join.clear();
-        c.instances.push(ConfigInstance {
-            namespace: "apps.local".into(),
-            service: "web".into(),
-            mesh: String::new(),
-            virtual_node: String::new(),
-            id: "bad/id".into(),
+        c.instances.push(Registration {
+            name: crate::registration::InstanceName {
+                namespace: "apps.local".into(),
+                service: "web".into(),
+                instance_id: "bad/id".into(),
+                ..Default::default()
+            },
             address: "10.0.0.1".parse().unwrap(),
             port: 80,
-            attributes: Default::default(),
+            attributes: Vec::new(),
         });
         let e = format!("{:#}", c.validate().unwrap_err());
         assert!(e.contains("bad/id") && e.contains("instance id"), "{e}");

@@ -33,7 +33,7 @@ use shoal_model::Model;
 use tokio::sync::watch;
 
 pub use api::routes;
-pub use config::{AgentConfig, ConfigInstance};
+pub use config::AgentConfig;
 
 /// Everything the agent's tasks and API share. Cheap to clone.
 #[derive(Clone)]
@@ -174,7 +174,7 @@ pub async fn start(
         .instances
         .iter()
         .map(|i| i.to_instance())
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     // Every port is bound before anything starts, so that a taken one fails the start.
     let dns_sockets = match cfg.dns {
         Some(addr) => Some(dns::Sockets::bind(addr).await?),
