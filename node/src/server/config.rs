@@ -1,0 +1,199 @@
+//! A server's configuration: flags or a TOML file (`shoal server --config FILE`), checked before
+//! any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use serde::Deserialize;
+
+/// A server's configuration, from flags or a TOML file (`shoal server --config FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This server's Raft id, unique in the cluster and never reused.
+    pub node_id: u64,
+    /// Where the Raft log, vote and snapshots live.
+    pub data_dir: PathBuf,
+    /// HTTP API address.
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// Raft RPC address.
+    #[serde(default = "default_raft")]
+    pub raft: SocketAddr,
+    /// Gossip address (used by the cluster issue; unused by a single server).
+    #[serde(default)]
+    pub gossip: Option<SocketAddr>,
+    /// Gossip addresses of existing members.
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// Servers to wait for before bootstrapping.
+    #[serde(default = "one")]
+    pub bootstrap_expect: u32,
+    /// Account id written into ARNs.
+    #[serde(default = "default_account")]
+    pub account: String,
+    /// Region written into ARNs.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Raft heartbeat interval.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout, lower bound.
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min_ms: u64,
+    /// Raft election timeout, upper bound.
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max_ms: u64,
+    /// Log entries between snapshots.
+    #[serde(default = "default_snapshot")]
+    pub snapshot_after_logs: u64,
+    /// DNS address of the agent a clustered server embeds (servers run the agent role too:
+    /// registration API, health checks, gossip of instances); `None`: no DNS.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+    /// Recursors of the embedded agent's DNS.
+    #[serde(default)]
+    pub recursors: Vec<SocketAddr>,
+    /// xDS address of the embedded agent, for Envoys on the server's host; `None`: no xDS.
+    #[serde(default)]
+    pub xds: Option<SocketAddr>,
+}
+
+fn default_api() -> SocketAddr {
+    "127.0.0.1:7070".parse().expect("literal")
+}
+fn default_raft() -> SocketAddr {
+    "127.0.0.1:7071".parse().expect("literal")
+}
+fn one() -> u32 {
+    1
+}
+/// The account id shoal uses when none is configured.
+fn default_account() -> String {
+    "000000000000".into()
+}
+/// The region shoal uses when none is configured.
+fn default_region() -> String {
+    "us-east-1".into()
+}
+// Failover takes about election_timeout_max (openraft's leader lease) plus a random election
+// timeout after the last heartbeat: 600 + 400..600 ms keeps it near one second, and a
+// heartbeat every 100 ms leaves four missed heartbeats before anyone moves.
+fn default_heartbeat() -> u64 {
+    100
+}
+fn default_election_min() -> u64 {
+    400
+}
+fn default_election_max() -> u64 {
+    600
+}
+fn default_snapshot() -> u64 {
+    5000
+}
+
+impl ServerConfig {
+    /// A single-server configuration with defaults for everything else.
+    pub fn new(node_id: u64, data_dir: PathBuf) -> Self {
+        ServerConfig {
+            node_id,
+            data_dir,
+            api: default_api(),
+            raft: default_raft(),
+            gossip: None,
+            join: Vec::new(),
+            bootstrap_expect: 1,
+            account: default_account(),
+            region: default_region(),
+            heartbeat_ms: default_heartbeat(),
+            election_timeout_min_ms: default_election_min(),
+            election_timeout_max_ms: default_election_max(),
+            snapshot_after_logs: default_snapshot(),
+            dns: None,
+            recursors: Vec::new(),
+            xds: None,
+        }
+    }
+
+    /// Checks the configuration before anything is opened or bound.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("--node-id must be at least 1");
+        }
+        if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("account must be 12 digits, got {:?}", self.account);
+        }
+        if self.region.is_empty() || self.region.contains([':', '/']) {
+            bail!("region {:?} cannot appear in an ARN", self.region);
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_ms
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            bail!("need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+        }
+        if self.bootstrap_expect == 0 {
+            bail!("--bootstrap-expect must be at least 1");
+        }
+        if let Some(g) = self.gossip {
+            // Other servers dial these addresses as they are: 0.0.0.0 would make a peer dial
+            // itself (openraft's leader must never replicate to itself).
+            for (flag, addr) in [("--api", self.api), ("--raft", self.raft), ("--gossip", g)] {
+                if addr.ip().is_unspecified() || addr.port() == 0 {
+                    bail!("in a cluster {flag} must be this host's own address and a fixed port, not {addr}");
+                }
+            }
+        }
+        if self.gossip.is_none() && (self.dns.is_some() || self.xds.is_some()) {
+            bail!("--dns and --xds need --gossip: the agent a server embeds gossips its instances");
+        }
+        if self.gossip.is_none() && (self.bootstrap_expect > 1 || !self.join.is_empty()) {
+            bail!("a multi-server cluster needs --gossip (servers find each other through gossip)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deployed_example_config_is_valid() {
+        let text = include_str!("../../../deploy/server.toml.example");
+        let cfg: ServerConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.node_id, 1);
+        assert_eq!(cfg.api.port(), 7070);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_anything_starts() {
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.validate().unwrap();
+        c.node_id = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--node-id must be at least 1"
+        );
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.account = "123".into();
+        assert!(c.validate().unwrap_err().to_string().contains("12 digits"));
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.election_timeout_min_ms = 100;
+        assert!(c.validate().is_err());
+        let e = toml::from_str::<ServerConfig>("node_id = 1\ndata_dir = \"/d\"\nbogus = 1\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.gossip = Some("10.0.0.1:7946".parse().unwrap());
+        c.api = "0.0.0.0:7070".parse().unwrap();
+        c.raft = "10.0.0.1:7071".parse().unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "in a cluster --api must be this host's own address and a fixed port, not 0.0.0.0:7070"
+        );
+        c.api = "10.0.0.1:7070".parse().unwrap();
+        c.validate().unwrap();
+    }
+}
