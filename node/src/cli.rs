@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use shoal_model::Kind;
 
+mod layered;
+pub use layered::layered;
+
 use crate::client::{self, Client};
 
 /// shoal: a self-hosted App Mesh control plane.

@@ -5,105 +5,111 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::registration::Registration;
 
 /// Default DNS address of an agent.
-pub fn default_dns() -> SocketAddr {
-    "127.0.0.1:8600".parse().expect("literal")
-}
-
+const DEFAULT_DNS: &str = "127.0.0.1:8600";
 /// Default HTTP API address of an agent (the same port as a server's: a host runs one or the
 /// other, and `shoal register` finds either at the default address).
-pub fn default_api() -> SocketAddr {
-    "127.0.0.1:7070".parse().expect("literal")
+const DEFAULT_API: &str = "127.0.0.1:7070";
+/// Default xDS address of an agent.
+const DEFAULT_XDS: &str = "127.0.0.1:18000";
+
+fn default_gossip() -> SocketAddr {
+    "127.0.0.1:7946".parse().expect("literal")
 }
 
 fn default_ttl() -> u32 {
     5
 }
 
-/// An agent's configuration, from flags or a TOML file (`shoal agent --config FILE`).
-#[derive(Debug, Clone, Deserialize)]
+/// An agent's configuration. One definition per key: each field is a flag of `shoal agent`
+/// (`--dns-ttl`, kebab-case) and a key of its TOML file (`dns_ttl`), with one default for both;
+/// flags override the file (see `cli::layered`). Only `[[instance]]` has no flag (`shoal
+/// register` is its command-line form).
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// This host's name in gossip: stable across restarts, unique in the cluster (default: the
+    /// This host's gossip name: stable across restarts, unique in the cluster (default: the
     /// host name). A restarted agent keeps its name and replaces its old state.
+    #[arg(long)]
     #[serde(default)]
     pub name: Option<String>,
-    /// Where registrations and the model cache live.
+    /// Where registrations and the model cache live (required).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    #[serde(default)]
     pub data_dir: PathBuf,
-    /// Gossip address (UDP).
+    /// Gossip address (UDP); this host's own address when it joins others.
+    #[arg(long, default_value_t = default_gossip())]
+    #[serde(default = "default_gossip")]
     pub gossip: SocketAddr,
-    /// Gossip addresses of existing members (servers or agents).
+    /// Gossip address of an existing member, server or agent (repeatable).
+    #[arg(long)]
     #[serde(default)]
     pub join: Vec<String>,
-    /// HTTP API address (registration, status, metrics); `None` when a server embeds the agent
+    /// HTTP API address (registration, status, metrics); none when a server embeds the agent
     /// and serves its routes on its own API.
+    #[arg(long, default_value = DEFAULT_API)]
     #[serde(default = "default_api_opt")]
     pub api: Option<SocketAddr>,
-    /// DNS address (UDP and TCP); `None` turns DNS off.
+    /// DNS address, UDP and TCP (`--no-dns` turns DNS off).
+    #[arg(long, default_value = DEFAULT_DNS)]
     #[serde(default = "default_dns_opt")]
     pub dns: Option<SocketAddr>,
-    /// xDS (ADS) address the local Envoys connect to; `None` turns xDS off.
+    /// xDS (ADS) address for the local Envoys (`--no-xds` turns xDS off).
+    #[arg(long, default_value = DEFAULT_XDS)]
     #[serde(default = "default_xds_opt")]
     pub xds: Option<SocketAddr>,
-    /// DNS servers for names outside the mesh; none: such names get REFUSED.
+    /// DNS server for names outside the mesh, `ip:port` (repeatable); none: such names get
+    /// REFUSED.
+    #[arg(long = "recursor")]
     #[serde(default)]
     pub recursors: Vec<SocketAddr>,
     /// TTL of DNS answers, seconds.
+    #[arg(long, default_value_t = default_ttl())]
     #[serde(default = "default_ttl")]
     pub dns_ttl: u32,
-    /// Availability zone of the host, gossiped with its metadata.
+    /// Availability zone of this host, gossiped with its metadata.
+    #[arg(long)]
     #[serde(default)]
     pub zone: Option<String>,
-    /// gRPC URLs of servers to follow besides those found through gossip.
+    /// gRPC URL of a server to follow besides those gossip finds (repeatable).
+    #[arg(long = "server")]
     #[serde(default)]
     pub servers: Vec<String>,
     /// Instances registered by the config file (re-read at every start).
+    #[arg(skip)]
     #[serde(default, rename = "instance")]
     pub instances: Vec<Registration>,
 }
 
 fn default_api_opt() -> Option<SocketAddr> {
-    Some(default_api())
-}
-
-/// Default xDS address of an agent.
-pub fn default_xds() -> SocketAddr {
-    "127.0.0.1:18000".parse().expect("literal")
+    DEFAULT_API.parse().ok()
 }
 
 fn default_xds_opt() -> Option<SocketAddr> {
-    Some(default_xds())
+    DEFAULT_XDS.parse().ok()
 }
 
 fn default_dns_opt() -> Option<SocketAddr> {
-    Some(default_dns())
+    DEFAULT_DNS.parse().ok()
 }
 
 impl AgentConfig {
-    /// A configuration with defaults for everything but the data dir and gossip address.
+    /// A configuration with defaults for everything but the data dir and gossip address (the
+    /// same defaults a config file gets).
     pub fn new(data_dir: PathBuf, gossip: SocketAddr) -> Self {
-        AgentConfig {
-            name: None,
-            data_dir,
-            gossip,
-            join: Vec::new(),
-            api: Some(default_api()),
-            dns: Some(default_dns()),
-            xds: Some(default_xds()),
-            recursors: Vec::new(),
-            dns_ttl: default_ttl(),
-            zone: None,
-            servers: Vec::new(),
-            instances: Vec::new(),
-        }
+        Self::deserialize(serde_json::json!({"data_dir": data_dir, "gossip": gossip}))
+            .expect("the defaults make a configuration")
     }
 
     /// Checks the configuration before anything is opened or bound.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("--data-dir is required (or data_dir in the --config file)");
+        }
         if self.dns_ttl > 86_400 {
             bail!("--dns-ttl must be at most 86400 seconds");
         }

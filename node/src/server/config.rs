@@ -5,57 +5,78 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::bail;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// A server's configuration, from flags or a TOML file (`shoal server --config FILE`).
-#[derive(Debug, Clone, Deserialize)]
+/// A server's configuration. One definition per key: each field is a flag of `shoal server`
+/// (`--node-id`, kebab-case) and a key of its TOML file (`node_id`), with one default for both;
+/// flags override the file (see `cli::layered`).
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// This server's Raft id, unique in the cluster and never reused.
+    /// Raft id of this server: unique in the cluster, never reused (required).
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    #[serde(default)]
     pub node_id: u64,
-    /// Where the Raft log, vote and snapshots live.
+    /// Where the Raft log, vote and snapshots live (required).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    #[serde(default)]
     pub data_dir: PathBuf,
     /// HTTP API address.
+    #[arg(long, default_value_t = default_api())]
     #[serde(default = "default_api")]
     pub api: SocketAddr,
-    /// Raft RPC address.
+    /// Raft (and watch) gRPC address.
+    #[arg(long, default_value_t = default_raft())]
     #[serde(default = "default_raft")]
     pub raft: SocketAddr,
-    /// Gossip address (used by the cluster issue; unused by a single server).
+    /// Gossip address; none: a lone server that bootstraps by itself.
+    #[arg(long)]
     #[serde(default)]
     pub gossip: Option<SocketAddr>,
-    /// Gossip addresses of existing members.
+    /// Gossip address of an existing member (repeatable).
+    #[arg(long)]
     #[serde(default)]
     pub join: Vec<String>,
-    /// Servers to wait for before bootstrapping.
+    /// Servers to wait for before forming the cluster.
+    #[arg(long, default_value_t = one())]
     #[serde(default = "one")]
     pub bootstrap_expect: u32,
-    /// Account id written into ARNs.
+    /// Account id written into ARNs (12 digits).
+    #[arg(long, default_value_t = default_account())]
     #[serde(default = "default_account")]
     pub account: String,
     /// Region written into ARNs.
+    #[arg(long, default_value_t = default_region())]
     #[serde(default = "default_region")]
     pub region: String,
-    /// Raft heartbeat interval.
+    /// Raft heartbeat interval, ms (every AppendEntries must answer within it).
+    #[arg(long, default_value_t = default_heartbeat())]
     #[serde(default = "default_heartbeat")]
     pub heartbeat_ms: u64,
-    /// Raft election timeout, lower bound.
+    /// Raft election timeout, lower bound, ms.
+    #[arg(long, default_value_t = default_election_min())]
     #[serde(default = "default_election_min")]
     pub election_timeout_min_ms: u64,
-    /// Raft election timeout, upper bound.
+    /// Raft election timeout, upper bound, ms.
+    #[arg(long, default_value_t = default_election_max())]
     #[serde(default = "default_election_max")]
     pub election_timeout_max_ms: u64,
     /// Log entries between snapshots.
+    #[arg(long, default_value_t = default_snapshot())]
     #[serde(default = "default_snapshot")]
     pub snapshot_after_logs: u64,
-    /// DNS address of the agent a clustered server embeds (servers run the agent role too:
-    /// registration API, health checks, gossip of instances); `None`: no DNS.
+    /// DNS address of the agent role a clustered server runs (UDP and TCP; servers run the agent
+    /// role too: registration API, health checks, gossip of instances); none: no DNS.
+    #[arg(long)]
     #[serde(default)]
     pub dns: Option<SocketAddr>,
-    /// Recursors of the embedded agent's DNS.
+    /// DNS server for names outside the mesh, `ip:port` (repeatable).
+    #[arg(long = "recursor")]
     #[serde(default)]
     pub recursors: Vec<SocketAddr>,
-    /// xDS address of the embedded agent, for Envoys on the server's host; `None`: no xDS.
+    /// xDS address of the agent role a clustered server runs, for Envoys on its host; none: no
+    /// xDS.
+    #[arg(long)]
     #[serde(default)]
     pub xds: Option<SocketAddr>,
 }
@@ -94,32 +115,20 @@ fn default_snapshot() -> u64 {
 }
 
 impl ServerConfig {
-    /// A single-server configuration with defaults for everything else.
+    /// A single-server configuration with defaults for everything else (the same defaults a
+    /// config file gets).
     pub fn new(node_id: u64, data_dir: PathBuf) -> Self {
-        ServerConfig {
-            node_id,
-            data_dir,
-            api: default_api(),
-            raft: default_raft(),
-            gossip: None,
-            join: Vec::new(),
-            bootstrap_expect: 1,
-            account: default_account(),
-            region: default_region(),
-            heartbeat_ms: default_heartbeat(),
-            election_timeout_min_ms: default_election_min(),
-            election_timeout_max_ms: default_election_max(),
-            snapshot_after_logs: default_snapshot(),
-            dns: None,
-            recursors: Vec::new(),
-            xds: None,
-        }
+        Self::deserialize(serde_json::json!({"node_id": node_id, "data_dir": data_dir}))
+            .expect("the defaults make a configuration")
     }
 
     /// Checks the configuration before anything is opened or bound.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.node_id == 0 {
             bail!("--node-id must be at least 1");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("--data-dir is required (or data_dir in the --config file)");
         }
         if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
             bail!("account must be 12 digits, got {:?}", self.account);
