@@ -1,4 +1,4 @@
-//! `shoal bench xds`: fan-out of one route change to many proxies through one real agent.
+//! `shoal-bench xds`: fan-out of one route change to many proxies through one real agent.
 //!
 //! Builds a mesh `fanout` with `--services` virtual services (each a router with one route to
 //! its own virtual node, one registered instance each) and `--count` distinct client virtual
@@ -13,13 +13,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
+use shoal::client::{Client, Doc};
 use shoal_xds::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
 use shoal_xds::ResourceType;
 use tokio::time::Instant;
 
-use crate::client::{Client, Doc};
-
-/// `shoal bench xds`.
+/// `shoal-bench xds`.
 #[derive(Debug, Args)]
 pub struct XdsBenchArgs {
     /// The API of a server (where the mesh is written).
