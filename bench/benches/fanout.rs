@@ -10,7 +10,7 @@
 //! `SHOAL_FANOUT_SERVER=<n>`) so that its RSS and CPU are its own and not the load generator's;
 //! both share the machine's cores, as an agent and its Envoys would.
 //!
-//! `cargo bench -p shoal-xds --bench fanout`; `FANOUT_SIZES=100,1000` and
+//! `cargo bench -p shoal-bench --bench fanout`; `FANOUT_SIZES=100,1000` and
 //! `FANOUT_PROTOCOLS=sotw` (or `delta`) narrow the run.
 
 use std::collections::HashMap;
@@ -43,7 +43,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
-use shoal_xds::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
+use shoal_bench::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
 use shoal_xds::{AdsServer, ProxyId, ProxyOptions, ResourceType, Snapshot, SnapshotSource};
 use tokio::sync::watch;
 
