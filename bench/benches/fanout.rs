@@ -1,10 +1,11 @@
-//! Fan-out benchmark (issue 5, benchmark 1): one ADS server, N simulated Envoys (N = 100, 1,000,
-//! 5,000), each a distinct virtual node of a mesh with 100 virtual services (100 EDS clusters,
-//! 100 endpoint assignments of 3 endpoints, one egress listener of its own, one route
-//! configuration with 100 virtual hosts). The route configuration of every proxy changes at
-//! once; the benchmark reports the time from the change to each proxy's response (its ACK
-//! follows immediately; p50/p99/max over streams) and to the server's last ACK, and the
-//! server's CPU time and resident memory per stream.
+//! Fan-out benchmark (issue 5, benchmark 1): one ADS server over the real per-proxy cache
+//! (`shoal_xds::Proxies`, as the agent runs it), N simulated Envoys (N = 100, 1,000, 5,000),
+//! each a distinct client virtual node `vn-<i>` of a mesh `bench` with 100 virtual services
+//! (each a virtual router with one route to its own virtual node, Cloud Map discovery, 3
+//! endpoints), every service a backend of every client. One route changes (a new model
+//! revision); the benchmark reports the time from the change to each proxy's response (its ACK
+//! follows immediately; p50/p99/max over streams), the server's time to rebuild every proxy's
+//! snapshot and to its last ACK, and the server's CPU time and resident memory per stream.
 //!
 //! The server runs in a child process (this same binary, re-executed with
 //! `SHOAL_FANOUT_SERVER=<n>`) so that its RSS and CPU are its own and not the load generator's;
@@ -15,40 +16,24 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
-};
-use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers::Thresholds, CircuitBreakers, Cluster, OutlierDetection,
-};
-use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, Address,
-    AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Node, SocketAddress,
-};
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, RetryPolicy, Route, RouteAction, RouteConfiguration,
-    RouteMatch, VirtualHost,
-};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
-};
-use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
-use envoy_types::util::pack_any;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use prost::Message;
+use serde_json::{json, Value};
 use shoal_bench::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
-use shoal_xds::{AdsServer, ProxyId, ProxyOptions, ResourceType, Snapshot, SnapshotSource};
+use shoal_model::discovery::{Endpoint, Instance};
+use shoal_model::request::{parse_create, parse_update};
+use shoal_model::{Kind, Model, PutMode, ResourceKey, Stamp};
+use shoal_xds::{AdsServer, Inputs, Proxies, ProxyId, ProxyOptions, ResourceType};
 use tokio::sync::watch;
 
 const SERVICES: usize = 100;
-const ROUTE_NAME: &str = "rds_egress_http_15001";
+const ENDPOINTS_PER_SERVICE: usize = 3;
+const MESH: &str = "bench";
 
 fn main() {
     if let Ok(n) = std::env::var("SHOAL_FANOUT_SERVER") {
@@ -70,7 +55,8 @@ fn main() {
         })
         .collect();
     println!(
-        "fan-out: {SERVICES} virtual services per proxy (100 CDS, 100 EDS, 1 LDS, 1 RDS of 100 virtual hosts); {} cores",
+        "fan-out: {SERVICES} virtual services per proxy ({}); {} cores",
+        shape(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for protocol in &protocols {
@@ -79,6 +65,156 @@ fn main() {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// The mesh, built as a server's log builds it (create requests applied to a `Model`).
+
+/// Applies one App Mesh request body to `model` as its next revision: `Create…` or `Update…`
+/// input, parsed and checked as the API does, then `Model::apply`. Panics if it is refused.
+fn put(model: &mut Model, key: ResourceKey, body: Value, mode: PutMode) {
+    let bytes = body.to_string();
+    let spec = match mode {
+        PutMode::Create => parse_create(key.kind, bytes.as_bytes()).map(|r| r.spec),
+        PutMode::Update => parse_update(key.kind, bytes.as_bytes()).map(|r| r.spec),
+    }
+    .unwrap_or_else(|e| panic!("{}: {body}", e.message));
+    let index = model.revision() + 1;
+    let applied = model.apply(
+        index,
+        &shoal_model::Command::Put {
+            key,
+            spec: Box::new(spec),
+            mode,
+            tags: vec![],
+            client_token: None,
+            stamp: Stamp {
+                now: 1.0,
+                uid: format!("u{index}"),
+                account: "000000000000".into(),
+                region: "us-east-1".into(),
+            },
+        },
+    );
+    if let Err(e) = applied.outcome {
+        panic!("{}: {body}", e.message);
+    }
+}
+
+fn route_key(i: usize) -> ResourceKey {
+    ResourceKey::child(MESH, Kind::Route, &format!("vr-{i}"), &format!("r-{i}"))
+}
+
+/// Route `r-<i>`: everything to `svc-<i>`; its per-request timeout is what the change changes.
+fn route_spec(i: usize, timeout_s: u64) -> Value {
+    json!({"httpRoute": {
+        "match": {"prefix": "/"},
+        "action": {"weightedTargets": [{"virtualNode": format!("svc-{i}"), "weight": 1}]},
+        "timeout": {"perRequest": {"value": timeout_s, "unit": "s"}}}})
+}
+
+/// The mesh with `clients` client virtual nodes `vn-<j>`, each with every service as a backend.
+fn model(clients: usize) -> Model {
+    let mut m = Model::default();
+    put(
+        &mut m,
+        ResourceKey::mesh(MESH),
+        json!({"meshName": MESH}),
+        PutMode::Create,
+    );
+    let http_8080 = || json!([{"portMapping": {"port": 8080, "protocol": "http"}}]);
+    for i in 0..SERVICES {
+        let (node, router) = (format!("svc-{i}"), format!("vr-{i}"));
+        put(
+            &mut m,
+            ResourceKey::in_mesh(MESH, Kind::VirtualNode, &node),
+            json!({"virtualNodeName": node, "spec": {
+                "serviceDiscovery": {"awsCloudMap": {"namespaceName": "bench.local", "serviceName": node}},
+                "listeners": http_8080()}}),
+            PutMode::Create,
+        );
+        put(
+            &mut m,
+            ResourceKey::in_mesh(MESH, Kind::VirtualRouter, &router),
+            json!({"virtualRouterName": router, "spec": {"listeners": http_8080()}}),
+            PutMode::Create,
+        );
+        put(
+            &mut m,
+            route_key(i),
+            json!({"routeName": format!("r-{i}"), "spec": route_spec(i, 15)}),
+            PutMode::Create,
+        );
+        let service = format!("vs-{i}.bench.local");
+        put(
+            &mut m,
+            ResourceKey::in_mesh(MESH, Kind::VirtualService, &service),
+            json!({"virtualServiceName": service,
+                "spec": {"provider": {"virtualRouter": {"virtualRouterName": router}}}}),
+            PutMode::Create,
+        );
+    }
+    let backends: Vec<Value> = (0..SERVICES)
+        .map(|i| json!({"virtualService": {"virtualServiceName": format!("vs-{i}.bench.local")}}))
+        .collect();
+    for j in 0..clients {
+        let name = format!("vn-{j}");
+        put(
+            &mut m,
+            ResourceKey::in_mesh(MESH, Kind::VirtualNode, &name),
+            json!({"virtualNodeName": name, "spec": {"backends": backends}}),
+            PutMode::Create,
+        );
+    }
+    m
+}
+
+/// The instances of every service's virtual node, as gossip would report them.
+fn endpoints() -> Vec<Endpoint> {
+    (0..SERVICES)
+        .flat_map(|i| {
+            (1..=ENDPOINTS_PER_SERVICE).map(move |h| Endpoint {
+                instance: Instance::cloud_map(
+                    "bench.local",
+                    &format!("svc-{i}"),
+                    &format!("i{h}"),
+                    IpAddr::from([10, (i / 250) as u8, (i % 250) as u8, h as u8]),
+                    8080,
+                ),
+                host: "bench-host".into(),
+                healthy: true,
+            })
+        })
+        .collect()
+}
+
+/// What one client's snapshot holds, per type, from a real translation (so the header says
+/// what the streams carry, not what this file assumes).
+fn shape() -> String {
+    let proxy = ProxyId::parse(&node_id(0)).expect("a node id");
+    let snap = shoal_xds::translate(&model(1), &endpoints(), &proxy, &ProxyOptions::default())
+        .expect("the mesh translates");
+    let count = |ty| snap.resources(ty).len();
+    let hosts: usize = snap
+        .resources(ResourceType::Route)
+        .values()
+        .map(|r| {
+            RouteConfiguration::decode(r.any.value.as_slice())
+                .expect("a route configuration")
+                .virtual_hosts
+                .len()
+        })
+        .sum();
+    format!(
+        "{} CDS, {} EDS, {} LDS, {} RDS of {hosts} virtual hosts",
+        count(ResourceType::Cluster),
+        count(ResourceType::Endpoint),
+        count(ResourceType::Listener),
+        count(ResourceType::Route),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// The parent: the load generator and the figures.
 
 /// Resident memory and CPU time of a process, from /proc.
 #[derive(Debug, Clone, Copy, Default)]
@@ -227,215 +363,29 @@ fn run(n: usize, protocol: Protocol) {
 // ------------------------------------------------------------------------------------------
 // The server side.
 
-fn eds_source() -> ConfigSource {
-    ConfigSource {
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        resource_api_version: ApiVersion::V3 as i32,
-        ..Default::default()
-    }
-}
-
-fn cluster_name(i: usize) -> String {
-    format!("cds_egress_bench_vs-{i}_http_8080")
-}
-
-fn cluster(i: usize) -> Cluster {
-    Cluster {
-        name: cluster_name(i),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(EdsClusterConfig {
-            eds_config: Some(eds_source()),
-            service_name: String::new(),
-        }),
-        connect_timeout: Some(PbDuration {
-            seconds: 1,
-            nanos: 0,
-        }),
-        lb_policy: LbPolicy::RoundRobin as i32,
-        circuit_breakers: Some(CircuitBreakers {
-            thresholds: vec![Thresholds {
-                max_connections: Some(UInt32Value { value: 2147483647 }),
-                max_pending_requests: Some(UInt32Value { value: 2147483647 }),
-                max_requests: Some(UInt32Value { value: 2147483647 }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        outlier_detection: Some(OutlierDetection {
-            consecutive_5xx: Some(UInt32Value { value: 5 }),
-            interval: Some(PbDuration {
-                seconds: 10,
-                nanos: 0,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn assignment(i: usize) -> ClusterLoadAssignment {
-    ClusterLoadAssignment {
-        cluster_name: cluster_name(i),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: (1..=3)
-                .map(|h| LbEndpoint {
-                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(&format!("10.{}.{}.{h}", i / 250, i % 250), 8080)),
-                        ..Default::default()
-                    })),
-                    health_status: HealthStatus::Healthy as i32,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn socket(ip: &str, port: u32) -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.into(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    }
-}
-
-fn route_config(generation: u32) -> RouteConfiguration {
-    RouteConfiguration {
-        name: ROUTE_NAME.into(),
-        virtual_hosts: (0..SERVICES)
-            .map(|i| VirtualHost {
-                name: format!("bench_vs-{i}"),
-                domains: vec![
-                    format!("vs-{i}.bench.local"),
-                    format!("vs-{i}.bench.local:8080"),
-                ],
-                routes: vec![Route {
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            cluster_name(i),
-                        )),
-                        // The change: the per-request timeout of the first service.
-                        timeout: Some(PbDuration {
-                            seconds: 15 + if i == 0 { generation as i64 } else { 0 },
-                            nanos: 0,
-                        }),
-                        retry_policy: Some(RetryPolicy {
-                            retry_on: "gateway-error,connect-failure,refused-stream".into(),
-                            num_retries: Some(UInt32Value { value: 2 }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn listener(proxy: &ProxyId) -> Listener {
-    let hcm = HttpConnectionManager {
-        stat_prefix: format!("egress_{}", proxy.name),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(eds_source()),
-            route_config_name: ROUTE_NAME.into(),
-        })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    Listener {
-        name: "lds_egress_0.0.0.0_15001".into(),
-        address: Some(socket("0.0.0.0", 15001)),
-        stat_prefix: format!("egress_{}", proxy.name),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-/// The proxies' snapshots: clusters, endpoints and the route configuration are shared
-/// (`Arc<Resource>`) by every proxy; each proxy's listener is its own. They are built before
-/// the streams open (as an agent that follows a mesh would have them), so that their memory
-/// and the streams' can be told apart.
-struct BenchSource {
-    base: Mutex<Snapshot>,
-    prebuilt: Mutex<HashMap<ProxyId, Arc<Snapshot>>>,
-    proxies: Mutex<Vec<watch::Sender<Arc<Snapshot>>>>,
-}
-
-impl BenchSource {
-    fn build(&self, proxy: &ProxyId) -> Snapshot {
-        let mut snap = self.base.lock().unwrap().clone();
-        snap.add(
-            ResourceType::Listener,
-            "lds_egress_0.0.0.0_15001",
-            &listener(proxy),
-        );
-        snap
-    }
-}
-
-impl SnapshotSource for BenchSource {
-    fn subscribe(
-        &self,
-        proxy: &ProxyId,
-        _opts: &ProxyOptions,
-        _node: &Node,
-    ) -> Result<watch::Receiver<Arc<Snapshot>>, tonic::Status> {
-        let prebuilt = self.prebuilt.lock().unwrap().remove(proxy);
-        let snap = prebuilt.unwrap_or_else(|| Arc::new(self.build(proxy)));
-        let (tx, rx) = watch::channel(snap);
-        self.proxies.lock().unwrap().push(tx);
-        Ok(rx)
-    }
-}
-
+/// The child: the mesh's [`Inputs`] in a watch channel, the real [`Proxies`] cache over it, an
+/// [`AdsServer`] serving it. Commands on stdin: `change` (one route's new revision) and `quit`.
 fn server_main(n: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mut base = Snapshot::default();
-    for i in 0..SERVICES {
-        base.add(ResourceType::Cluster, &cluster_name(i), &cluster(i));
-        base.add(ResourceType::Endpoint, &cluster_name(i), &assignment(i));
-    }
-    base.add(ResourceType::Route, ROUTE_NAME, &route_config(0));
-    let source = Arc::new(BenchSource {
-        base: Mutex::new(base),
-        prebuilt: Mutex::default(),
-        proxies: Mutex::default(),
-    });
+    let endpoints = Arc::new(endpoints());
+    let mut model = model(n);
+    let (inputs, watched) = watch::channel(Inputs::new(Arc::new(model.clone()), endpoints.clone()));
+    let proxies = Proxies::new(watched);
     let before = usage("self");
-    for i in 0..n {
-        let proxy = ProxyId::parse(&node_id(i)).unwrap();
-        let snap = Arc::new(source.build(&proxy));
-        source.prebuilt.lock().unwrap().insert(proxy, snap);
-    }
+    // Every proxy's snapshot is built before the streams open, through the very call a stream's
+    // first request makes (the load generator's nodes carry no metadata, so their options are
+    // the defaults), so that the snapshots' memory and the streams' can be told apart; each
+    // stream then finds its snapshot in the cache. Holding the receivers keeps them there.
+    let opts = ProxyOptions::default();
+    let _held: Vec<_> = (0..n)
+        .map(|i| proxies.subscribe(&ProxyId::parse(&node_id(i)).unwrap(), &opts))
+        .collect();
     let prebuilt = usage("self");
-    let ads = AdsServer::new(source.clone());
+    let ads = AdsServer::new(proxies.clone());
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -446,27 +396,29 @@ fn server_main(n: usize) {
         prebuilt.rss_kib.saturating_sub(before.rss_kib)
     );
 
-    let mut generation = 0u32;
+    let mut generation = 0u64;
     for line in std::io::stdin().lines() {
         match line.unwrap().trim() {
             "change" => {
                 generation += 1;
                 let t0 = Instant::now();
-                let mut route = Snapshot::default();
-                route.add(ResourceType::Route, ROUTE_NAME, &route_config(generation));
-                let route = route.resources(ResourceType::Route)[ROUTE_NAME].clone();
-                source
-                    .base
-                    .lock()
-                    .unwrap()
-                    .insert(ResourceType::Route, route.clone());
-                for tx in source.proxies.lock().unwrap().iter() {
-                    let mut snap = Snapshot::clone(&tx.borrow());
-                    snap.insert(ResourceType::Route, route.clone());
-                    tx.send_replace(Arc::new(snap));
-                }
+                // A new revision of the model with route r-0's timeout changed, as the agent
+                // gets it from its watch stream; then every proxy's snapshot is recomputed.
+                put(
+                    &mut model,
+                    route_key(0),
+                    json!({"spec": route_spec(0, 15 + generation)}),
+                    PutMode::Update,
+                );
+                inputs.send_replace(Inputs::new(Arc::new(model.clone()), endpoints.clone()));
+                proxies.refresh();
                 let rebuilt = t0.elapsed();
-                let target = (n as u64) * (generation as u64 + 1);
+                assert_eq!(
+                    proxies.count(),
+                    n,
+                    "the streams subscribed other proxies than the ones built in advance"
+                );
+                let target = (n as u64) * (generation + 1);
                 let deadline = t0 + Duration::from_secs(120);
                 while ads.stats().acks.get(ResourceType::Route) < target
                     && Instant::now() < deadline
