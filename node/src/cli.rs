@@ -51,9 +51,6 @@ pub enum Command {
     /// Envoy helpers.
     #[command(subcommand)]
     Envoy(EnvoyCommand),
-    /// Benchmarks that print their figures.
-    #[command(subcommand)]
-    Bench(BenchCommand),
     /// Cluster operations.
     #[command(subcommand)]
     Operator(OperatorCommand),
@@ -185,22 +182,6 @@ pub struct SnapshotArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub target: Target,
-}
-
-/// `shoal bench …`.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Closed-loop writes against running shoal servers and/or etcd members: writes/s and
-    /// latency percentiles, side by side with `--target both`.
-    Writes(crate::bench::WriteBenchArgs),
-    /// Kill -9 the leader of a running cluster, time until writes succeed again, restart it.
-    Failover(crate::bench::FailoverArgs),
-    /// Many gossip peers in this process against one running agent: convergence through the
-    /// agent's view, and the agent's memory.
-    Peers(crate::bench::peers::PeersArgs),
-    /// One route change fanned out through one agent to many simulated ADS clients: time to
-    /// the last ACK, agent CPU and memory per proxy.
-    Xds(crate::bench::xds::XdsBenchArgs),
 }
 
 /// Where the client commands send their requests.

@@ -5,7 +5,8 @@
 //! - `agent`: agent mode (instances, health checks, gossip, the model cache, DNS).
 //! - `health`: the health checks agents run on their instances.
 //! - `cli`: flags of every subcommand and the client commands' output.
-//! - `client`: HTTP client for the App Mesh API (used by `apply`, `get`, `delete`, `dev`).
+//! - `client`: HTTP client for the App Mesh API (used by `apply`, `get`, `delete`, `dev`, and
+//!   by the `shoal-bench` drivers).
 //! - `server`: server mode (Raft store + HTTP API), its configuration and `/v1/status`.
 //! - `appmesh`: the App Mesh REST API handlers.
 //! - `forward`: followers forward writes and read-index requests to the leader.
@@ -13,11 +14,8 @@
 //! - `metrics`: Prometheus metrics.
 //! - `watch`: the `Watch` gRPC stream agents follow the model with; `proto`: its messages.
 //! - `dev`: `shoal dev` and its example mesh.
-//! - `bench`: `shoal bench writes` (API writes, optionally side by side with etcd) and
-//!   `shoal bench failover` (kill -9 of the leader to the first successful write).
 
 pub mod agent;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod dev;

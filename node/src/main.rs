@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use shoal::cli::{self, Cli, Command};
-use shoal::{bench, dev, server, shutdown_signal};
+use shoal::{dev, server, shutdown_signal};
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
@@ -163,7 +163,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(a) => cli::delete(a).await,
         Command::Status(a) => cli::status(a).await,
         Command::Envoy(cli::EnvoyCommand::Bootstrap(a)) => cli::envoy_bootstrap(a),
-        Command::Bench(b) => bench::run(b).await,
         Command::Operator(cli::OperatorCommand::RemoveServer(a)) => cli::remove_server(a).await,
         Command::Snapshot(cli::SnapshotCommand::Save(a)) => cli::snapshot_save(a).await,
         Command::Snapshot(cli::SnapshotCommand::Restore(a)) => cli::snapshot_restore(a).await,

@@ -9,14 +9,12 @@
 //! * [`cache`]: one snapshot per connected proxy, recomputed when the [`cache::Inputs`]
 //!   change, resources interned across proxies; the agent's [`SnapshotSource`].
 //! * [`server`]: Aggregated Discovery Service, state-of-the-world and incremental, over tonic.
-//! * [`loadgen`]: many simulated Envoys against an ADS server, for the fan-out benchmark.
 //!
 //! **Invariant:** this crate knows nothing about Raft or gossip; it sees the model and the
 //! endpoints (`shoal_model::discovery::Endpoint`) it is given.
 
 pub mod bootstrap;
 pub mod cache;
-pub mod loadgen;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;

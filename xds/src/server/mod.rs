@@ -73,8 +73,8 @@ pub type SnapshotWatch = watch::Receiver<Arc<Snapshot>>;
 
 /// Largest request the server decodes: Envoy's delta reconnect lists every resource it has.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
-/// Largest response a client should accept (the load generator's limit): a state-of-the-world
-/// CDS or EDS response carries every cluster or assignment of the proxy at once.
+/// Largest response a client should accept (the limit of shoal-bench's load generator): a
+/// state-of-the-world CDS or EDS response carries every cluster or assignment of the proxy at once.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 /// What the ADS server needs from its embedder: each proxy's configuration, kept current.

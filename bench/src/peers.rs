@@ -1,4 +1,4 @@
-//! `shoal bench peers`: many gossip peers in this process against one real agent process.
+//! `shoal-bench peers`: many gossip peers in this process against one real agent process.
 //!
 //! Starts `--count` gossip members (agents, each publishing `--instances` instances) that join
 //! the agent at `--join`, then measures, through the agent's own API:
@@ -19,9 +19,9 @@ use clap::Args;
 use shoal_gossip::{Gossip, GossipConfig, NodeMeta, Role};
 use shoal_model::discovery::Instance;
 
-use super::percentile;
+use crate::stats::percentile;
 
-/// `shoal bench peers`.
+/// `shoal-bench peers`.
 #[derive(Debug, Args)]
 pub struct PeersArgs {
     /// Gossip address of the agent under test.

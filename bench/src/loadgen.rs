@@ -2,9 +2,9 @@
 //! node id, that subscribe the way Envoy does, ACK every response, and record when each
 //! response arrived.
 //!
-//! It exists for the fan-out benchmark (`xds/benches/fanout.rs`: how long until every proxy
-//! has a change, and what each stream costs the server), and works against any ADS server, so
-//! it can also be pointed at a running agent.
+//! It exists for the fan-out benchmarks (`bench/benches/fanout.rs`: how long until every proxy
+//! has a change, and what each stream costs the server; `shoal-bench xds`, the same through a
+//! running agent): it works against any ADS server.
 //!
 //! Each simulated proxy subscribes to clusters and listeners (wildcard), then to the endpoints
 //! of the EDS clusters and the route configurations the listeners' HTTP connection managers
@@ -34,8 +34,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Endpoint;
 use tonic::Streaming;
 
-pub use crate::server::Protocol;
-use crate::snapshot::ResourceType;
+pub use shoal_xds::server::Protocol;
+use shoal_xds::server::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use shoal_xds::ResourceType;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -348,8 +349,8 @@ async fn open(
             source,
         })?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(crate::server::MAX_RESPONSE_BYTES)
-        .max_encoding_message_size(crate::server::MAX_REQUEST_BYTES);
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
     let record = Arc::new(Record {
         arrivals: Mutex::default(),
         error: Mutex::default(),

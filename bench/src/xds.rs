@@ -1,9 +1,9 @@
-//! `shoal bench xds`: fan-out of one route change to many proxies through one real agent.
+//! `shoal-bench xds`: fan-out of one route change to many proxies through one real agent.
 //!
 //! Builds a mesh `fanout` with `--services` virtual services (each a router with one route to
 //! its own virtual node, one registered instance each) and `--count` distinct client virtual
 //! nodes that have every service as a backend, opens one simulated ADS stream per client
-//! (`shoal_xds::loadgen`, which ACKs every response), then commits route changes through the API
+//! (`shoal_bench::loadgen`, which ACKs every response), then commits route changes through the API
 //! and measures, per stream, the time from the commit to the response carrying the change (the
 //! ACK follows at once). Prints p50/p99/max, the agent's CPU time per stream and its memory per
 //! stream (VmRSS of `--agent-pid` with the streams open, minus before).
@@ -13,13 +13,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
-use shoal_xds::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
+use shoal::client::{Client, Doc};
+use shoal_bench::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
 use shoal_xds::ResourceType;
 use tokio::time::Instant;
 
-use crate::client::{Client, Doc};
-
-/// `shoal bench xds`.
+/// `shoal-bench xds`.
 #[derive(Debug, Args)]
 pub struct XdsBenchArgs {
     /// The API of a server (where the mesh is written).

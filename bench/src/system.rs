@@ -1,0 +1,223 @@
+//! The systems under test, shoal or etcd: reaching a cluster's members, finding its leader,
+//! and one writer per key (shoal's App Mesh API, or etcd's JSON gateway).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use serde_json::{json, Value};
+use shoal::client::{self, Client, Doc};
+
+use crate::etcd::base64;
+
+/// A system the benchmarks can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum System {
+    /// shoal servers (App Mesh API).
+    Shoal,
+    /// etcd members (v3 JSON gateway).
+    Etcd,
+}
+
+/// The spec every shoal writer writes (and etcd's writers write as their value).
+pub(crate) fn node_spec(port: u64) -> Value {
+    // A realistic virtual node (~600 bytes of JSON): listener with health check and timeouts,
+    // Cloud Map discovery, two backends.
+    json!({
+        "listeners": [{
+            "portMapping": {"port": 8000 + (port % 1000), "protocol": "http"},
+            "healthCheck": {"protocol": "http", "path": "/health", "healthyThreshold": 2,
+                            "unhealthyThreshold": 3, "timeoutMillis": 2000, "intervalMillis": 5000},
+            "timeout": {"http": {"perRequest": {"value": 15, "unit": "s"}, "idle": {"value": 300, "unit": "s"}}}
+        }],
+        "serviceDiscovery": {"awsCloudMap": {"namespaceName": "bench.local", "serviceName": "svc",
+                                             "attributes": [{"key": "version", "value": "v1"}]}},
+        "backends": [{"virtualService": {"virtualServiceName": "a.bench.local"}},
+                     {"virtualService": {"virtualServiceName": "b.bench.local"}}]
+    })
+}
+
+/// `http://host:port` without a trailing slash (a scheme is added when missing).
+pub(crate) fn base_url(addr: &str) -> String {
+    let a = addr.trim_end_matches('/');
+    if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
+/// `host:port` of an endpoint URL.
+pub(crate) fn host_port(url: &str) -> String {
+    let s = url.split_once("://").map_or(url, |(_, rest)| rest);
+    s.split('/').next().unwrap_or(s).to_string()
+}
+
+/// A short-timeout client for status queries.
+pub(crate) fn control_http() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("building the HTTP client")
+}
+
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading the answer")?;
+    if !status.is_success() {
+        bail!("GET {url}: HTTP {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("GET {url}: the answer is not JSON"))
+}
+
+pub(crate) async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let resp = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading the answer")?;
+    if !status.is_success() {
+        bail!("POST {url}: HTTP {status}: {}", text.trim());
+    }
+    serde_json::from_str(&text).with_context(|| format!("POST {url}: the answer is not JSON"))
+}
+
+/// The members of a cluster as one of its endpoints sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct View {
+    /// The leader's endpoint URL, if one is known.
+    pub(crate) leader: Option<String>,
+    /// Every member's endpoint URL.
+    pub(crate) all: Vec<String>,
+}
+
+/// shoal's view from `/v1/status` of the first endpoint that answers.
+pub(crate) async fn shoal_view(http: &reqwest::Client, addrs: &[String]) -> anyhow::Result<View> {
+    let mut last = None;
+    for a in addrs {
+        match get_json(http, &format!("{}/v1/status", base_url(a))).await {
+            Ok(st) => return Ok(shoal_view_of(&st)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no shoal endpoint given")))
+}
+
+fn shoal_view_of(status: &Value) -> View {
+    let members = status["members"].as_array().cloned().unwrap_or_default();
+    let url = |m: &Value| m["api_addr"].as_str().map(base_url);
+    View {
+        leader: members
+            .iter()
+            .find(|m| !status["leader_id"].is_null() && m["node_id"] == status["leader_id"])
+            .and_then(url),
+        all: members.iter().filter_map(url).collect(),
+    }
+}
+
+/// One writer's connection to one endpoint and the key it updates.
+pub(crate) enum Sink {
+    Shoal {
+        client: Client,
+        path: Vec<String>,
+    },
+    Etcd {
+        http: reqwest::Client,
+        put_url: String,
+        key: String,
+    },
+}
+
+impl Sink {
+    pub(crate) fn shoal(endpoint: &str, mesh: &str, node: &str) -> anyhow::Result<Sink> {
+        let mut path = client::collection(shoal_model::Kind::VirtualNode, mesh, "");
+        path.push(node.to_string());
+        Ok(Sink::Shoal {
+            client: Client::new(endpoint)?,
+            path,
+        })
+    }
+
+    pub(crate) fn etcd(endpoint: &str, prefix: &str, key: &str) -> anyhow::Result<Sink> {
+        Ok(Sink::Etcd {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("building the HTTP client")?,
+            put_url: format!("{}{prefix}/kv/put", base_url(endpoint)),
+            key: base64(key.as_bytes()),
+        })
+    }
+
+    /// One write of `body`: shoal's update request, or etcd's value.
+    pub(crate) async fn write(&self, body: Value) -> anyhow::Result<()> {
+        match self {
+            Sink::Shoal { client, path } => {
+                client
+                    .call(reqwest::Method::PUT, path, &[], Some(body))
+                    .await?;
+            }
+            Sink::Etcd { http, put_url, key } => {
+                let value = serde_json::to_vec(&body)?;
+                post_json(http, put_url, &json!({"key": key, "value": base64(&value)})).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates the mesh (if missing) and the virtual nodes `names` (created or updated).
+pub(crate) async fn shoal_setup(
+    endpoint: &str,
+    mesh: &str,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let c = Client::new(endpoint)?;
+    let mesh_doc = Doc::from_json(&json!({"meshName": mesh}), "bench")?;
+    c.apply(&mesh_doc).await?;
+    for name in names {
+        let doc = Doc::from_json(
+            &json!({"meshName": mesh, "virtualNodeName": name, "spec": node_spec(0)}),
+            "bench",
+        )?;
+        c.apply(&doc).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_normalize() {
+        assert_eq!(base_url("127.0.0.1:2379/"), "http://127.0.0.1:2379");
+        assert_eq!(host_port("http://127.0.0.1:2379/v3"), "127.0.0.1:2379");
+    }
+
+    #[test]
+    fn the_leader_comes_from_status() {
+        let st = json!({"leader_id": 2, "members": [
+            {"node_id": 1, "api_addr": "127.0.0.11:7070"},
+            {"node_id": 2, "api_addr": "127.0.0.12:7070"}]});
+        let v = shoal_view_of(&st);
+        assert_eq!(v.leader.as_deref(), Some("http://127.0.0.12:7070"));
+        assert_eq!(v.all.len(), 2);
+        let v = shoal_view_of(
+            &json!({"leader_id": null, "members": [{"node_id": 1, "api_addr": "a:1"}]}),
+        );
+        assert_eq!(v.leader, None);
+    }
+}
