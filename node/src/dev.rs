@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::agent::{self, AgentConfig};
+use crate::cli::client::{Client, Doc};
 use crate::cli::DevArgs;
-use crate::client::{Client, Doc};
 use crate::server::{self, ServerConfig};
 
 /// The example mesh: a gateway, a router with weighted and header routes across three

@@ -1,23 +1,19 @@
 //! shoal: the server, agent and CLI that the `shoal` binary runs. Everything is here so
 //! that tests can start a server in-process; `main.rs` only parses the command line.
 //!
-//! # Layout
-//! - `agent`: agent mode (instances, health checks, gossip, the model cache, DNS).
-//! - `health`: the health checks agents run on their instances.
-//! - `cli`: flags of every subcommand and the client commands' output.
-//! - `client`: HTTP client for the App Mesh API (used by `apply`, `get`, `delete`, `dev`, and
-//!   by the `shoal-bench` drivers).
-//! - `server`: server mode (Raft store + HTTP API), its configuration and `/v1/status`.
-//! - `appmesh`: the App Mesh REST API handlers.
-//! - `forward`: followers forward writes and read-index requests to the leader.
-//! - `cluster`: forming and growing the Raft cluster from gossip (`plan` is pure).
-//! - `metrics`: Prometheus metrics.
-//! - `watch`: the `Watch` gRPC stream agents follow the model with; `proto`: its messages.
-//! - `dev`: `shoal dev` and its example mesh.
+//! # Layout (one module per role)
+//! - [`server`]: server mode: the Raft store, the App Mesh API, forwarding to the leader,
+//!   cluster membership, the operator's endpoints, metrics.
+//! - [`agent`]: agent mode: the model follower and its cache, local registrations and their
+//!   health probes, the view, DNS and xDS wiring, the agent API.
+//! - [`watch`]: the protocol between them: the server's hub and the agent's client.
+//! - [`cli`]: the command line: flags, the HTTP client, commands and their output.
+//! - [`dev`]: `shoal dev`, a server and an agent in one process with an example mesh.
+//! - [`registration`]: the registration record the CLI, the agent API and its config share.
+//! - `http`: the HTTP edge both APIs share (error shape, metrics response, member listing).
 
 pub mod agent;
 pub mod cli;
-pub mod client;
 pub mod dev;
 mod http;
 pub mod registration;

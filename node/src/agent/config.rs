@@ -38,7 +38,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub name: Option<String>,
     /// Where registrations and the model cache live (required).
-    #[arg(long, default_value = "", hide_default_value = true)]
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = crate::cli::path_or_empty)]
     #[serde(default)]
     pub data_dir: PathBuf,
     /// Gossip address (UDP); this host's own address when it joins others.

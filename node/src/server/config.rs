@@ -18,7 +18,7 @@ pub struct ServerConfig {
     #[serde(default)]
     pub node_id: u64,
     /// Where the Raft log, vote and snapshots live (required).
-    #[arg(long, default_value = "", hide_default_value = true)]
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = crate::cli::path_or_empty)]
     #[serde(default)]
     pub data_dir: PathBuf,
     /// HTTP API address.

@@ -1,0 +1,131 @@
+//! The `shoal` command line: every subcommand's flags and what it does. `main.rs` only parses
+//! and calls [`run`].
+//!
+//! - [`roles`]: `shoal server`, `shoal agent` and `shoal dev` (their flags are the role's
+//!   configuration type, merged over a TOML file by [`layered`]).
+//! - [`resources`]: `apply`, `get`, `delete` against the App Mesh API; [`output`] their tables.
+//! - [`instances`]: `register` and `deregister` against the local agent.
+//! - [`cluster`]: `status`, `members`, `endpoints`, `operator`, `snapshot`.
+//! - [`envoy`]: `envoy bootstrap`.
+//! - [`client`]: the HTTP client of them all (also used by `shoal dev` and `shoal-bench`).
+
+pub mod client;
+mod cluster;
+mod envoy;
+mod instances;
+mod layered;
+mod output;
+mod resources;
+mod roles;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use layered::layered;
+pub use roles::DevArgs;
+
+use cluster::{MembersArgs, OperatorCommand, SnapshotCommand, StatusArgs};
+use envoy::EnvoyCommand;
+use instances::{DeregisterArgs, RegisterArgs};
+use resources::{ApplyArgs, DeleteArgs, GetArgs};
+use roles::{AgentArgs, ServerArgs};
+
+/// shoal: a self-hosted App Mesh control plane.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One process with a single-node server and an example mesh, for trying shoal out.
+    Dev(DevArgs),
+    /// Run a server (Raft member and API).
+    Server(ServerArgs),
+    /// Run an agent (one per host): instances, health checks, gossip, the model cache, DNS.
+    Agent(AgentArgs),
+    /// Register a service instance with the local agent.
+    Register(RegisterArgs),
+    /// Deregister a service instance from the local agent.
+    Deregister(DeregisterArgs),
+    /// List the gossip members (servers and agents) a node sees.
+    Members(MembersArgs),
+    /// List the endpoints (every host's instances and their health) a node sees.
+    Endpoints(MembersArgs),
+    /// Create or update resources from JSON files in the API's request shape.
+    Apply(ApplyArgs),
+    /// Show resources.
+    Get(GetArgs),
+    /// Delete resources.
+    Delete(DeleteArgs),
+    /// Show the cluster's Raft status.
+    Status(StatusArgs),
+    /// Envoy helpers.
+    #[command(subcommand)]
+    Envoy(EnvoyCommand),
+    /// Cluster operations.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Back up and restore the whole model.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// Where the client commands send their requests.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Server API address.
+    #[arg(long, env = "SHOAL_ADDR", default_value = "http://127.0.0.1:7070")]
+    pub addr: String,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON.
+    Json,
+}
+
+/// Runs the command `cli` parsed from `matches` (the matches tell which flags were given, for
+/// configurations layered over a file) until it ends or `shutdown` resolves.
+pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .expect("the parsed subcommand")
+    };
+    match cli.command {
+        Command::Dev(a) => crate::dev::run(a).await,
+        Command::Server(a) => {
+            let cfg = roles::server_config(a, sub("server"))?;
+            crate::server::run(cfg, crate::shutdown_signal(), |_| tokio::spawn(async {})).await
+        }
+        Command::Agent(a) => {
+            let cfg = roles::agent_config(a, sub("agent"))?;
+            crate::agent::run(cfg, crate::shutdown_signal(), |_| {}).await
+        }
+        Command::Register(a) => instances::register(a).await,
+        Command::Deregister(a) => instances::deregister(a).await,
+        Command::Members(a) => cluster::members(a).await,
+        Command::Endpoints(a) => cluster::endpoints(a).await,
+        Command::Apply(a) => resources::apply(a).await,
+        Command::Get(a) => resources::get(a).await,
+        Command::Delete(a) => resources::delete(a).await,
+        Command::Status(a) => cluster::status(a).await,
+        Command::Envoy(EnvoyCommand::Bootstrap(a)) => envoy::bootstrap(a),
+        Command::Operator(OperatorCommand::RemoveServer(a)) => cluster::remove_server(a).await,
+        Command::Snapshot(SnapshotCommand::Save(a)) => cluster::snapshot_save(a).await,
+        Command::Snapshot(SnapshotCommand::Restore(a)) => cluster::snapshot_restore(a).await,
+    }
+}
+
+/// A path flag whose default is empty (the roles' `--data-dir`): clap's own path parser
+/// refuses an empty value, but "not given" must reach `validate`, which names the flag.
+pub(crate) fn path_or_empty(s: &str) -> Result<std::path::PathBuf, std::convert::Infallible> {
+    Ok(std::path::PathBuf::from(s))
+}
