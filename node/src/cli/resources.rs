@@ -22,14 +22,9 @@ pub struct ApplyArgs {
     pub target: Target,
 }
 
-/// `shoal get`.
-#[derive(Debug, Args)]
-pub struct GetArgs {
-    /// meshes, virtual-nodes (vn), virtual-routers (vr), routes, virtual-services (vs),
-    /// virtual-gateways (vg), gateway-routes (gr).
-    pub kind: String,
-    /// One resource to describe; all of the kind when absent.
-    pub name: Option<String>,
+/// Where a resource of a kind lives: its mesh, and the router or gateway of routes.
+#[derive(Debug, Args, Default)]
+pub struct Scope {
     /// The mesh (all kinds but meshes).
     #[arg(long, short = 'm')]
     pub mesh: Option<String>,
@@ -39,6 +34,18 @@ pub struct GetArgs {
     /// The virtual gateway of gateway routes.
     #[arg(long)]
     pub virtual_gateway: Option<String>,
+}
+
+/// `shoal get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// meshes, virtual-nodes (vn), virtual-routers (vr), routes, virtual-services (vs),
+    /// virtual-gateways (vg), gateway-routes (gr).
+    pub kind: String,
+    /// One resource to describe; all of the kind when absent.
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub scope: Scope,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Output,
@@ -56,15 +63,8 @@ pub struct DeleteArgs {
     pub kind: Option<String>,
     /// Name of the resource.
     pub name: Option<String>,
-    /// The mesh.
-    #[arg(long, short = 'm')]
-    pub mesh: Option<String>,
-    /// The virtual router of a route.
-    #[arg(long)]
-    pub virtual_router: Option<String>,
-    /// The virtual gateway of a gateway route.
-    #[arg(long)]
-    pub virtual_gateway: Option<String>,
+    #[command(flatten)]
+    pub scope: Scope,
     /// Delete what these files describe, in reverse dependency order.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
@@ -76,6 +76,18 @@ fn parse_kind(s: &str) -> anyhow::Result<Kind> {
     Kind::parse(s).with_context(|| {
         format!("unknown kind {s:?}: use meshes, virtual-nodes, virtual-routers, routes, virtual-services, virtual-gateways or gateway-routes")
     })
+}
+
+impl Scope {
+    /// The mesh and parent `kind` needs, from the flags.
+    fn resolve(&self, kind: Kind) -> anyhow::Result<(String, String)> {
+        scope(
+            kind,
+            &self.mesh,
+            &self.virtual_router,
+            &self.virtual_gateway,
+        )
+    }
 }
 
 /// Resolves the mesh and parent a kind needs from the flags.
@@ -135,12 +147,7 @@ fn display_name(kind: Kind, mesh: &str, parent: &str, name: &str) -> String {
 /// `shoal get`.
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let kind = parse_kind(&args.kind)?;
-    let (mesh, parent) = scope(
-        kind,
-        &args.mesh,
-        &args.virtual_router,
-        &args.virtual_gateway,
-    )?;
+    let (mesh, parent) = args.scope.resolve(kind)?;
     let mut c = Client::new(&args.target.addr)?;
     c.stale = args.stale;
     let items: Vec<Value> = match &args.name {
@@ -205,12 +212,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         bail!("say what to delete: KIND NAME, or -f FILE");
     };
     let kind = parse_kind(kind)?;
-    let (mesh, parent) = scope(
-        kind,
-        &args.mesh,
-        &args.virtual_router,
-        &args.virtual_gateway,
-    )?;
+    let (mesh, parent) = args.scope.resolve(kind)?;
     let mesh = if kind == Kind::Mesh {
         name.clone()
     } else {

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Query, RawPathParams, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, put, MethodRouter};
 use axum::Router;
 use serde_json::{json, Value};
 use shoal_model::request::{self, parse_create, parse_update};
@@ -334,131 +334,134 @@ async fn list_tags(state: AppState, q: HashMap<String, String>) -> ApiResult {
     Ok((StatusCode::OK, body))
 }
 
-type Params = RawPathParams;
-type Q = Query<HashMap<String, String>>;
+/// What an App Mesh operation reads from its request: the path parameters, the query and the
+/// body (empty for the operations without one).
+struct Call {
+    params: HashMap<String, String>,
+    query: HashMap<String, String>,
+    body: Bytes,
+}
 
-fn params(p: &RawPathParams) -> HashMap<String, String> {
-    p.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+impl<S: Send + Sync> FromRequest<S> for Call {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let Query(query) = Query::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let body = Bytes::from_request(axum::extract::Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Call {
+            params,
+            query,
+            body,
+        })
+    }
+}
+
+/// The operations of the API: five per kind, and the three on tags (which name their
+/// resource by ARN, whatever its kind).
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Create,
+    List,
+    Describe,
+    Update,
+    Delete,
+    Tag,
+    Untag,
+    ListTags,
+}
+
+impl Op {
+    /// The operation's name in the botocore model, for metrics and logs
+    /// (`CreateVirtualNode`, `TagResource`).
+    fn name(self, kind: Kind) -> String {
+        let verb = match self {
+            Op::Create => "Create",
+            Op::List => "List",
+            Op::Describe => "Describe",
+            Op::Update => "Update",
+            Op::Delete => "Delete",
+            Op::Tag => return "TagResource".into(),
+            Op::Untag => return "UntagResource".into(),
+            Op::ListTags => return "ListTagsForResource".into(),
+        };
+        op_name(verb, kind)
+    }
+}
+
+/// The handler of `op` on `kind`: runs it, then answers, logs and counts it under its
+/// operation name (`CreateVirtualNode`).
+fn handler(kind: Kind, op: Op) -> MethodRouter<AppState> {
+    let name = op.name(kind);
+    let run = move |State(s): State<AppState>, c: Call| async move {
+        let t = Instant::now();
+        let r = match op {
+            Op::Create => create(s.clone(), kind, c.params, c.query, c.body).await,
+            Op::List => list(s.clone(), kind, c.params, c.query).await,
+            Op::Describe => describe(s.clone(), kind, c.params, c.query).await,
+            Op::Update => update(s.clone(), kind, c.params, c.query, c.body).await,
+            Op::Delete => delete(s.clone(), kind, c.params, c.query).await,
+            Op::Tag => tag(s.clone(), c.query, c.body).await,
+            Op::Untag => untag(s.clone(), c.query, c.body).await,
+            Op::ListTags => list_tags(s.clone(), c.query).await,
+        };
+        respond(&s, &name, t, r)
+    };
+    match op {
+        Op::Create | Op::Update | Op::Tag | Op::Untag => put(run),
+        Op::List | Op::Describe | Op::ListTags => get(run),
+        Op::Delete => axum::routing::delete(run),
+    }
 }
 
 /// Adds the routes of one kind: `collection` (create, list) and `collection/{name}`
 /// (describe, update, delete).
 fn kind_routes(router: Router<AppState>, kind: Kind, collection: &str) -> Router<AppState> {
-    let item = format!("{collection}/{{name}}");
-    let (c, l, d, u, x) = (
-        op_name("Create", kind),
-        op_name("List", kind),
-        op_name("Describe", kind),
-        op_name("Update", kind),
-        op_name("Delete", kind),
-    );
     router
         .route(
             collection,
-            put(
-                move |State(s): State<AppState>, p: Params, Query(q): Q, body: Bytes| async move {
-                    let t = Instant::now();
-                    let r = create(s.clone(), kind, params(&p), q, body).await;
-                    respond(&s, &c, t, r)
-                },
-            )
-            .get(
-                move |State(s): State<AppState>, p: Params, Query(q): Q| async move {
-                    let t = Instant::now();
-                    let r = list(s.clone(), kind, params(&p), q).await;
-                    respond(&s, &l, t, r)
-                },
-            ),
+            handler(kind, Op::Create).merge(handler(kind, Op::List)),
         )
         .route(
-            &item,
-            get(
-                move |State(s): State<AppState>, p: Params, Query(q): Q| async move {
-                    let t = Instant::now();
-                    let r = describe(s.clone(), kind, params(&p), q).await;
-                    respond(&s, &d, t, r)
-                },
-            )
-            .put(
-                move |State(s): State<AppState>, p: Params, Query(q): Q, body: Bytes| async move {
-                    let t = Instant::now();
-                    let r = update(s.clone(), kind, params(&p), q, body).await;
-                    respond(&s, &u, t, r)
-                },
-            )
-            .delete(
-                move |State(s): State<AppState>, p: Params, Query(q): Q| async move {
-                    let t = Instant::now();
-                    let r = delete(s.clone(), kind, params(&p), q).await;
-                    respond(&s, &x, t, r)
-                },
-            ),
+            &format!("{collection}/{{name}}"),
+            handler(kind, Op::Describe)
+                .merge(handler(kind, Op::Update))
+                .merge(handler(kind, Op::Delete)),
         )
 }
 
 /// The App Mesh API routes.
 pub fn routes() -> Router<AppState> {
     let base = "/v20190125";
+    // The collection URI of each kind, as the botocore model gives them.
+    let collections = [
+        (Kind::Mesh, "meshes"),
+        (Kind::VirtualNode, "meshes/{mesh}/virtualNodes"),
+        (Kind::VirtualRouter, "meshes/{mesh}/virtualRouters"),
+        (Kind::VirtualService, "meshes/{mesh}/virtualServices"),
+        (Kind::VirtualGateway, "meshes/{mesh}/virtualGateways"),
+        (Kind::Route, "meshes/{mesh}/virtualRouter/{parent}/routes"),
+        (
+            Kind::GatewayRoute,
+            "meshes/{mesh}/virtualGateway/{parent}/gatewayRoutes",
+        ),
+    ];
     let mut r = Router::new();
-    r = kind_routes(r, Kind::Mesh, &format!("{base}/meshes"));
-    r = kind_routes(
-        r,
-        Kind::VirtualNode,
-        &format!("{base}/meshes/{{mesh}}/virtualNodes"),
-    );
-    r = kind_routes(
-        r,
-        Kind::VirtualRouter,
-        &format!("{base}/meshes/{{mesh}}/virtualRouters"),
-    );
-    r = kind_routes(
-        r,
-        Kind::VirtualService,
-        &format!("{base}/meshes/{{mesh}}/virtualServices"),
-    );
-    r = kind_routes(
-        r,
-        Kind::VirtualGateway,
-        &format!("{base}/meshes/{{mesh}}/virtualGateways"),
-    );
-    r = kind_routes(
-        r,
-        Kind::Route,
-        &format!("{base}/meshes/{{mesh}}/virtualRouter/{{parent}}/routes"),
-    );
-    r = kind_routes(
-        r,
-        Kind::GatewayRoute,
-        &format!("{base}/meshes/{{mesh}}/virtualGateway/{{parent}}/gatewayRoutes"),
-    );
-    r.route(
-        &format!("{base}/tag"),
-        put(
-            |State(s): State<AppState>, Query(q): Q, body: Bytes| async move {
-                let t = Instant::now();
-                let r = tag(s.clone(), q, body).await;
-                respond(&s, "TagResource", t, r)
-            },
-        ),
-    )
-    .route(
-        &format!("{base}/untag"),
-        put(
-            |State(s): State<AppState>, Query(q): Q, body: Bytes| async move {
-                let t = Instant::now();
-                let r = untag(s.clone(), q, body).await;
-                respond(&s, "UntagResource", t, r)
-            },
-        ),
-    )
-    .route(
-        &format!("{base}/tags"),
-        get(|State(s): State<AppState>, Query(q): Q| async move {
-            let t = Instant::now();
-            let r = list_tags(s.clone(), q).await;
-            respond(&s, "ListTagsForResource", t, r)
-        }),
-    )
+    for (kind, path) in collections {
+        r = kind_routes(r, kind, &format!("{base}/{path}"));
+    }
+    // Tag operations name their resource by ARN: the kind given here is unused.
+    r.route(&format!("{base}/tag"), handler(Kind::Mesh, Op::Tag))
+        .route(&format!("{base}/untag"), handler(Kind::Mesh, Op::Untag))
+        .route(&format!("{base}/tags"), handler(Kind::Mesh, Op::ListTags))
 }
