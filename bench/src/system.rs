@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use serde_json::{json, Value};
-use shoal::cli::client::{self, Client, Doc};
+use shoal::client::{self, Client, Doc};
 
 use crate::etcd::base64;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
-use shoal::cli::client::{Client, Doc};
+use shoal::client::{Client, Doc};
 use shoal_bench::loadgen::{LoadConfig, LoadGen, Marker, Protocol};
 use shoal_xds::ResourceType;
 use tokio::time::Instant;

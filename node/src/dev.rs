@@ -1,14 +1,44 @@
 //! `shoal dev`: a single-node server on localhost with an embedded agent (gossip, DNS, the
 //! registration API on the server's API) and an example mesh, for a first look.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::Args;
 
 use crate::agent::{self, AgentConfig};
-use crate::cli::client::{Client, Doc};
-use crate::cli::DevArgs;
+use crate::client::{Client, Doc};
 use crate::server::{self, ServerConfig};
+
+/// `shoal dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Keep data here (default: a fresh temporary directory, removed at exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// API address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api: SocketAddr,
+    /// Raft address.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub raft: SocketAddr,
+    /// Gossip address of the embedded agent.
+    #[arg(long, default_value = "127.0.0.1:7946")]
+    pub gossip: SocketAddr,
+    /// DNS address of the embedded agent (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    pub dns: SocketAddr,
+    /// xDS (ADS) address of the embedded agent, for local Envoys.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds: SocketAddr,
+    /// DNS server for names outside the mesh (repeatable).
+    #[arg(long)]
+    pub recursor: Vec<SocketAddr>,
+    /// Do not load the example mesh.
+    #[arg(long)]
+    pub no_example: bool,
+}
 
 /// The example mesh: a gateway, a router with weighted and header routes across three
 /// versions of a service, and a TCP backend.

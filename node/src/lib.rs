@@ -7,13 +7,17 @@
 //! - [`agent`]: agent mode: the model follower and its cache, local registrations and their
 //!   health probes, the view, DNS and xDS wiring, the agent API.
 //! - [`watch`]: the protocol between them: the server's hub and the agent's client.
-//! - [`cli`]: the command line: flags, the HTTP client, commands and their output.
+//! - [`cli`]: the command line: flags, commands and their output.
+//! - [`client`]: the HTTP client of the API (the CLI, `shoal dev` and `shoal-bench` use it).
 //! - [`dev`]: `shoal dev`, a server and an agent in one process with an example mesh.
+//! - [`config`]: flags over a TOML file over defaults, for the roles' configurations.
 //! - [`registration`]: the registration record the CLI, the agent API and its config share.
 //! - `http`: the HTTP edge both APIs share (error shape, metrics response, member listing).
 
 pub mod agent;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod dev;
 mod http;
 pub mod registration;

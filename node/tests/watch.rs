@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use shoal::cli::client::{Client, Doc};
+use shoal::client::{Client, Doc};
 use shoal::server::{self, Running, ServerConfig};
 use shoal::watch::{WatchUpdate, Watcher};
 use tokio::sync::oneshot;

@@ -27,7 +27,7 @@ fn default_ttl() -> u32 {
 
 /// An agent's configuration. One definition per key: each field is a flag of `shoal agent`
 /// (`--dns-ttl`, kebab-case) and a key of its TOML file (`dns_ttl`), with one default for both;
-/// flags override the file (see `cli::layered`). Only `[[instance]]` has no flag (`shoal
+/// flags override the file (see `crate::config::layered`). Only `[[instance]]` has no flag (`shoal
 /// register` is its command-line form).
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +38,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub name: Option<String>,
     /// Where registrations and the model cache live (required).
-    #[arg(long, default_value = "", hide_default_value = true, value_parser = crate::cli::path_or_empty)]
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = crate::config::path_or_empty)]
     #[serde(default)]
     pub data_dir: PathBuf,
     /// Gossip address (UDP); this host's own address when it joins others.

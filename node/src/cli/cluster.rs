@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::client::Client;
 use super::output::align;
 use super::{Output, Target};
+use crate::client::Client;
 
 /// `shoal operator …`.
 #[derive(Debug, Subcommand)]

@@ -3,8 +3,8 @@
 
 use clap::Args;
 
-use super::client::Client;
 use super::Target;
+use crate::client::Client;
 use crate::registration::{InstanceName, Registration};
 
 /// `shoal register`.

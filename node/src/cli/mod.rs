@@ -2,26 +2,22 @@
 //! and calls [`run`].
 //!
 //! - [`roles`]: `shoal server`, `shoal agent` and `shoal dev` (their flags are the role's
-//!   configuration type, merged over a TOML file by [`layered`]).
+//!   configuration type, merged over a TOML file by `crate::config::layered`).
 //! - [`resources`]: `apply`, `get`, `delete` against the App Mesh API; [`output`] their tables.
 //! - [`instances`]: `register` and `deregister` against the local agent.
 //! - [`cluster`]: `status`, `members`, `endpoints`, `operator`, `snapshot`.
 //! - [`envoy`]: `envoy bootstrap`.
-//! - [`client`]: the HTTP client of them all (also used by `shoal dev` and `shoal-bench`).
+//!
+//! The HTTP client they use is `crate::client` (shared with `shoal dev` and `shoal-bench`).
 
-pub mod client;
 mod cluster;
 mod envoy;
 mod instances;
-mod layered;
 mod output;
 mod resources;
 mod roles;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-pub use layered::layered;
-pub use roles::DevArgs;
 
 use cluster::{MembersArgs, OperatorCommand, SnapshotCommand, StatusArgs};
 use envoy::EnvoyCommand;
@@ -42,7 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// One process with a single-node server and an example mesh, for trying shoal out.
-    Dev(DevArgs),
+    Dev(crate::dev::DevArgs),
     /// Run a server (Raft member and API).
     Server(ServerArgs),
     /// Run an agent (one per host): instances, health checks, gossip, the model cache, DNS.
@@ -122,10 +118,4 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Snapshot(SnapshotCommand::Save(a)) => cluster::snapshot_save(a).await,
         Command::Snapshot(SnapshotCommand::Restore(a)) => cluster::snapshot_restore(a).await,
     }
-}
-
-/// A path flag whose default is empty (the roles' `--data-dir`): clap's own path parser
-/// refuses an empty value, but "not given" must reach `validate`, which names the flag.
-pub(crate) fn path_or_empty(s: &str) -> Result<std::path::PathBuf, std::convert::Infallible> {
-    Ok(std::path::PathBuf::from(s))
 }

@@ -8,9 +8,9 @@ use clap::Args;
 use serde_json::Value;
 use shoal_model::Kind;
 
-use super::client::{self, Client};
 use super::output::table;
 use super::{Output, Target};
+use crate::client::{self, Client};
 
 /// `shoal apply`.
 #[derive(Debug, Args)]

@@ -1,14 +1,12 @@
-//! `shoal server`, `shoal agent` and `shoal dev`: the long-running roles. The server's and the
-//! agent's flags are their configuration types themselves (`ServerConfig`, `AgentConfig`),
-//! layered over an optional TOML file.
+//! `shoal server` and `shoal agent`: the long-running roles. Their flags are their configuration
+//! types themselves (`ServerConfig`, `AgentConfig`), layered over an optional TOML file.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
 
-use super::layered;
 use crate::agent::AgentConfig;
+use crate::config::layered;
 use crate::server::ServerConfig;
 
 /// `shoal server`.
@@ -64,35 +62,6 @@ pub(super) fn agent_config(
     Ok(cfg)
 }
 
-/// `shoal dev`.
-#[derive(Debug, Args)]
-pub struct DevArgs {
-    /// Keep data here (default: a fresh temporary directory, removed at exit).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// API address.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    pub api: SocketAddr,
-    /// Raft address.
-    #[arg(long, default_value = "127.0.0.1:7071")]
-    pub raft: SocketAddr,
-    /// Gossip address of the embedded agent.
-    #[arg(long, default_value = "127.0.0.1:7946")]
-    pub gossip: SocketAddr,
-    /// DNS address of the embedded agent (UDP and TCP).
-    #[arg(long, default_value = "127.0.0.1:8600")]
-    pub dns: SocketAddr,
-    /// xDS (ADS) address of the embedded agent, for local Envoys.
-    #[arg(long, default_value = "127.0.0.1:18000")]
-    pub xds: SocketAddr,
-    /// DNS server for names outside the mesh (repeatable).
-    #[arg(long)]
-    pub recursor: Vec<SocketAddr>,
-    /// Do not load the example mesh.
-    #[arg(long)]
-    pub no_example: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +106,7 @@ mod tests {
         assert_eq!((c.node_id, c.api.port(), c.heartbeat_ms), (3, 7070, 100));
         assert_eq!(
             c.recursors,
-            vec!["10.0.0.2:53".parse::<SocketAddr>().unwrap()]
+            vec!["10.0.0.2:53".parse::<std::net::SocketAddr>().unwrap()]
         );
         let e = server(&["server", "--data-dir", "/d"]).unwrap_err();
         assert_eq!(e.to_string(), "--node-id must be at least 1");

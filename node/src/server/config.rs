@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// A server's configuration. One definition per key: each field is a flag of `shoal server`
 /// (`--node-id`, kebab-case) and a key of its TOML file (`node_id`), with one default for both;
-/// flags override the file (see `cli::layered`).
+/// flags override the file (see `crate::config::layered`).
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -18,7 +18,7 @@ pub struct ServerConfig {
     #[serde(default)]
     pub node_id: u64,
     /// Where the Raft log, vote and snapshots live (required).
-    #[arg(long, default_value = "", hide_default_value = true, value_parser = crate::cli::path_or_empty)]
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = crate::config::path_or_empty)]
     #[serde(default)]
     pub data_dir: PathBuf,
     /// HTTP API address.

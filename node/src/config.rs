@@ -1,4 +1,5 @@
-//! Flags over a TOML file over defaults, from one definition of each key.
+//! How the roles are configured: flags over a TOML file over defaults, from one definition of
+//! each key.
 //!
 //! A role's configuration (`ServerConfig`, `AgentConfig`) is one struct that derives both
 //! `clap::Args` and serde: each field is a flag (kebab-case) and a TOML key (snake_case) with one
@@ -13,6 +14,12 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// A path flag whose default is empty (the roles' `--data-dir`): clap's own path parser
+/// refuses an empty value, but "not given" must reach `validate`, which names the flag.
+pub(crate) fn path_or_empty(s: &str) -> Result<std::path::PathBuf, std::convert::Infallible> {
+    Ok(std::path::PathBuf::from(s))
+}
 
 /// `flags` (parsed from `matches`) over the TOML file at `file`, if any. Without a file the
 /// flags (with their defaults) are the configuration. With one, a key of the file is replaced
