@@ -17,7 +17,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
-pub mod config;
+mod config;
 pub mod dev;
 mod http;
 pub mod registration;

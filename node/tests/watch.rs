@@ -261,7 +261,7 @@ async fn an_agent_whose_cache_cannot_be_written_serves_on_and_says_so() {
     agent_has(&state, "third").await;
     let st = status();
     assert_eq!(st.cache_error, None, "{st:?}");
-    let cached = shoal::agent::store::ModelCache::new(dir.path())
+    let cached = shoal::agent::ModelCache::new(dir.path())
         .load()
         .unwrap()
         .expect("a cached model");

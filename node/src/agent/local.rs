@@ -18,7 +18,6 @@ use super::store::{Registrations, StoreError};
 
 /// A running check and what it was started for (a change of either restarts it).
 struct Running {
-    target: SocketAddr,
     spec: CheckSpec,
     handle: CheckHandle,
 }
@@ -143,7 +142,7 @@ impl Local {
                 let check = inner.checks.get(&key);
                 LocalStatus {
                     healthy: inner.published.get(&key).is_some_and(|(_, h)| *h),
-                    check_target: check.map(|c| c.target),
+                    check_target: check.map(|c| c.handle.target()),
                     last_failure: check.and_then(|c| c.handle.last_failure()),
                     key,
                     instance: inst,
@@ -210,7 +209,7 @@ fn reconcile(local: &Local, model: &Model) -> (Vec<(Instance, bool)>, Vec<String
     for (key, (inst, _)) in &want {
         let desired = check_for(model, inst);
         let keep = match (&desired, inner.checks.get(key)) {
-            (Some((t, spec)), Some(r)) => r.target == *t && r.spec == *spec,
+            (Some((t, spec)), Some(r)) => r.handle.target() == *t && r.spec == *spec,
             (None, None) => true,
             _ => false,
         };
@@ -228,14 +227,7 @@ fn reconcile(local: &Local, model: &Model) -> (Vec<(Instance, bool)>, Vec<String
                     wake.notify_one();
                 }
             });
-            inner.checks.insert(
-                key.clone(),
-                Running {
-                    target,
-                    spec,
-                    handle,
-                },
-            );
+            inner.checks.insert(key.clone(), Running { spec, handle });
         }
     }
     let mut publish = Vec::new();

@@ -16,12 +16,12 @@
 mod api;
 mod config;
 mod dns;
-pub mod follow;
-pub mod health;
-pub mod local;
+mod follow;
+mod health;
+mod local;
 mod metrics;
-pub mod store;
-pub mod view;
+mod store;
+mod view;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,8 @@ use tokio::sync::watch;
 
 pub use api::routes;
 pub use config::AgentConfig;
+pub use follow::FollowStatus;
+pub use store::ModelCache;
 
 /// Everything the agent's tasks and API share. Cheap to clone.
 #[derive(Clone)]

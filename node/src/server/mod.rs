@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 mod admin;
 mod appmesh;
-pub(crate) mod cluster;
+mod cluster;
 mod config;
 mod forward;
 mod metrics;

@@ -5,9 +5,9 @@
 //! * [`hub`]: the server side, one [`WatchHub`] per server fed by the Raft state machine.
 //! * [`client`]: the agent side, a [`Watcher`] decoding one stream.
 
-pub mod client;
-pub mod hub;
-pub mod proto;
+mod client;
+mod hub;
+pub(crate) mod proto;
 
 pub use client::{WatchError, WatchUpdate, Watcher};
 pub use hub::{WatchHub, WatchService};
