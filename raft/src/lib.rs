@@ -36,6 +36,8 @@ mod network;
 mod node;
 pub mod proto;
 mod state_machine;
+#[allow(dead_code)] // The log store moves onto it next (issue 12).
+mod wal;
 
 #[cfg(test)]
 mod conformance;
