@@ -35,6 +35,8 @@ mod log_store;
 mod network;
 mod node;
 pub mod proto;
+#[allow(dead_code)] // The stores move onto them next (issue 12).
+mod snapshot_store;
 mod state_machine;
 #[allow(dead_code)] // The log store moves onto it next (issue 12).
 mod wal;
