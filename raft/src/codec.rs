@@ -1,4 +1,5 @@
-//! The on-disk encoding: every value in sled is a JSON record `{"format": N, "value": …}`.
+//! The encoding of snapshots (in their files and on the wire): a JSON record
+//! `{"format": N, "value": …}`.
 //!
 //! JSON because the model's types skip absent members when serialized (only a self-describing
 //! format reads that back), and a format number so that a later version of shoal can tell old
@@ -41,9 +42,6 @@ pub(crate) enum CodecError {
         /// The format number found in the record.
         found: u32,
     },
-    /// A log key that is not an 8-byte big-endian index.
-    #[error("malformed log key of {0} bytes")]
-    Key(usize),
 }
 
 /// Encodes `value` as a record of the current format.
@@ -66,17 +64,6 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
             _ => Err(e.into()),
         },
     }
-}
-
-/// The sled key of log index `index`: big-endian, so that sled's byte order is index order.
-pub(crate) fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-/// The log index a sled key stands for.
-pub(crate) fn key_index(key: &[u8]) -> Result<u64, CodecError> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| CodecError::Key(key.len()))?;
-    Ok(u64::from_be_bytes(bytes))
 }
 
 #[cfg(test)]
@@ -106,8 +93,5 @@ mod tests {
             decode::<Vec<u64>>(b"garbage"),
             Err(CodecError::Json(_))
         ));
-        assert_eq!(key_index(&index_key(42)).unwrap(), 42);
-        assert!(key_index(b"abc").is_err());
-        assert!(index_key(255) < index_key(256));
     }
 }

@@ -1,5 +1,5 @@
-//! openraft's storage conformance suite, run against the sled log store and state machine,
-//! each test on a fresh database in its own temporary directory.
+//! openraft's storage conformance suite, run against the WAL log store and the snapshot-file
+//! state machine, each test on a fresh store in its own temporary directory.
 
 use std::sync::Arc;
 
@@ -9,22 +9,22 @@ use tempfile::TempDir;
 use tokio::sync::broadcast;
 
 use crate::log_store::LogStore;
+use crate::snapshot_store::SnapshotStore;
 use crate::state_machine::StateMachine;
+use crate::wal::Options;
 use crate::TypeConfig;
 
-struct SledBuilder;
+struct WalBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for WalBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = TempDir::new().expect("temp dir");
-        let db = sled::Config::new()
-            .path(dir.path().join("raft"))
-            .open()
-            .expect("open sled");
         let alive = Arc::new(());
         let (events, _) = broadcast::channel(16);
-        let log = LogStore::open(&db, alive.clone())?;
-        let sm = StateMachine::open(&db, events, alive)?;
+        let (log, _) = LogStore::open(&dir.path().join("wal"), Options::default(), alive.clone())
+            .expect("open the log");
+        let snapshots = SnapshotStore::open(&dir.path().join("snapshots")).expect("snapshots");
+        let sm = StateMachine::open(snapshots, events, alive).expect("open the state machine");
         Ok((dir, log, sm))
     }
 }
@@ -32,5 +32,5 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
 #[test]
 fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
     // The suite builds its own tokio runtime per test, so this is a plain test.
-    Suite::test_all(SledBuilder)
+    Suite::test_all(WalBuilder)
 }

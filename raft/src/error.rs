@@ -19,14 +19,10 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The sled database could not be opened (locked by another process, corrupt, no space).
-    #[error("cannot open the Raft store in {path}: {source}")]
-    Open {
-        /// The database directory.
-        path: PathBuf,
-        /// What sled said.
-        source: sled::Error,
-    },
+    /// The store could not be opened or cannot be trusted: locked by another process, damaged,
+    /// of another format, or missing a part. The message names the file (and the offset).
+    #[error("cannot use the Raft store: {0}")]
+    Store(String),
     /// The data directory was created by another node id; reusing it under a new id would
     /// corrupt the cluster.
     #[error("the Raft store in {path} belongs to node {stored}, not node {configured}")]

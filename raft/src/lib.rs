@@ -8,9 +8,12 @@
 //! - [`RaftNode`] (in `node.rs`): the handle the server uses: open, form or join a cluster,
 //!   change its membership, write, read (linearizably, also on followers), watch, status,
 //!   shutdown, and the gRPC service other servers call.
-//! - `log_store.rs`: the Raft log, vote and commit index in sled.
+//! - `log_store.rs`: the Raft log, vote and commit index, in memory and in the write-ahead log
+//!   (`wal.rs`), synced before openraft counts them (group commit: one sync per batch).
 //! - `state_machine.rs`: the in-memory [`shoal_model::Model`], fed by committed entries, with
-//!   snapshots persisted in sled.
+//!   snapshots persisted as checksummed files (`snapshot_store.rs`).
+//! - `store_dir.rs`: the store's directory, its identity file, and the checks that refuse a
+//!   store a crash cannot explain (missing log, missing identity, older format).
 //! - `codec.rs`: the versioned JSON records everything on disk is stored as.
 //! - `network.rs`: Raft RPC between servers over gRPC (service `shoal.raft.v1.Raft`, declared
 //!   in `build.rs`, wire types in [`proto`]), and the incarnation check that keeps a server
@@ -35,10 +38,9 @@ mod log_store;
 mod network;
 mod node;
 pub mod proto;
-#[allow(dead_code)] // The stores move onto them next (issue 12).
 mod snapshot_store;
 mod state_machine;
-#[allow(dead_code)] // The log store moves onto it next (issue 12).
+mod store_dir;
 mod wal;
 
 #[cfg(test)]

@@ -1,78 +1,198 @@
-//! The Raft log, vote and commit index, in sled.
+//! The Raft log, vote and committed id, kept in memory and made durable in the write-ahead log
+//! (`wal.rs`) before openraft is told they are stored.
 //!
-//! Trees: `raft_log` maps a big-endian log index to a JSON [`Entry`]; `raft_meta` holds the
-//! `vote`, the `committed` log id, the `last_purged` log id, and the identity of the server the
-//! store belongs to: its `node_id` and its `incarnation`. A vote and appended entries are flushed to disk before openraft is told they are
-//! stored: that is what makes an acknowledged write survive `kill -9`.
+//! Every change is a WAL record: an entry, a vote, the committed id, a truncation, a purge, and
+//! at the start of every segment a `State` record (vote, committed, purge point) so that older
+//! segments can be removed once the snapshot covers their entries. Reopening replays them.
+//!
+//! **Group commit.** One writer thread owns the WAL. Appends, votes and committed ids queue up
+//! while it syncs, and the next batch takes all of them: many entries and one `fdatasync`.
+//! openraft hears that entries are stored (the `LogFlushed` callback, which lets them count
+//! towards a commit) and a vote or a committed id returns only after the sync that holds them.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, PoisonError, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
-use crate::codec::{decode, encode, index_key, key_index};
+use crate::wal::{Options, Record, Wal, WalError};
 use crate::TypeConfig;
 
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
-const NODE_ID: &[u8] = b"node_id";
-const INCARNATION: &[u8] = b"incarnation";
-const INCARNATION_LEGACY: &[u8] = b"incarnation_legacy";
+/// WAL record kinds.
+const ENTRY: u8 = 1;
+const VOTE: u8 = 2;
+const COMMITTED: u8 = 3;
+const TRUNCATE: u8 = 4;
+const PURGE: u8 = 5;
+const STATE: u8 = 6;
 
-/// Who a store belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Identity {
-    /// The node id the store was created for.
-    pub(crate) node_id: u64,
-    /// A random id made when the store was created: a server whose store is wiped comes back
-    /// with the same node id but a new incarnation, which its peers can tell apart.
-    pub(crate) incarnation: String,
-    /// The store was created before incarnations existed, so the membership may record this
-    /// server without one: RPCs that name no incarnation are then accepted.
-    pub(crate) legacy: bool,
+/// What the log store holds besides the entries, as one record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId<u64>>,
+    last_purged: Option<LogId<u64>>,
 }
 
-/// The log storage handed to openraft. Cheap to clone (sled handles are reference counted);
-/// openraft clones it as the log reader of each replication stream.
+/// The log in memory: what readers see.
+#[derive(Default)]
+struct Mem {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    state: State,
+}
+
+/// One record for the writer, with what it changes in the state a new segment starts with.
+struct Rec {
+    kind: u8,
+    payload: Vec<u8>,
+    effect: Effect,
+}
+
+enum Effect {
+    Entry(u64),
+    Vote(Vote<u64>),
+    Committed(Option<LogId<u64>>),
+    Purge(LogId<u64>),
+    None,
+}
+
+enum Done {
+    Flushed(LogFlushed<TypeConfig>),
+    Reply(oneshot::Sender<Result<(), String>>),
+}
+
+struct Job {
+    records: Vec<Rec>,
+    done: Done,
+}
+
+/// The log storage handed to openraft. Cheap to clone; openraft clones it as the log reader of
+/// each replication stream.
 #[derive(Clone)]
 pub(crate) struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
+    mem: Arc<RwLock<Mem>>,
+    writer: mpsc::Sender<Job>,
     /// The last committed index, shared with [`crate::RaftNode::status`] (0 before any).
     committed_index: Arc<AtomicU64>,
     /// Held only to let [`crate::RaftNode::shutdown`] see when openraft has dropped storage.
     _alive: Arc<()>,
 }
 
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// The WAL is unreadable or damaged.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A record passed its checksum but does not decode: written by another format.
+    #[error("{path}: a log record of kind {kind} does not decode ({reason})")]
+    Record {
+        /// The WAL directory.
+        path: std::path::PathBuf,
+        /// The record kind.
+        kind: u8,
+        /// The decoder's message.
+        reason: String,
+    },
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("Raft types serialize")
+}
+
 impl LogStore {
-    /// Opens the log trees of `db`.
-    pub(crate) fn open(db: &sled::Db, alive: Arc<()>) -> Result<LogStore, StorageError<u64>> {
-        let log = db
-            .open_tree("raft_log")
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let meta = db
-            .open_tree("raft_meta")
-            .map_err(|e| StorageIOError::read(&e))?;
-        let store = LogStore {
-            db: db.clone(),
-            log,
-            meta,
-            committed_index: Arc::new(AtomicU64::new(0)),
-            _alive: alive,
-        };
-        let committed: Option<LogId<u64>> = store.get_meta(COMMITTED)?;
-        store
-            .committed_index
-            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
-        Ok(store)
+    /// Opens the log in `dir`, replays it, and starts its writer thread. Also says whether the
+    /// log held any record (a store whose log has records must have an identity).
+    pub(crate) fn open(
+        dir: &Path,
+        opts: Options,
+        alive: Arc<()>,
+    ) -> Result<(LogStore, bool), OpenError> {
+        let (wal, recovery) = Wal::open(dir, opts)?;
+        if let Some((path, offset)) = &recovery.torn {
+            tracing::warn!(path = %path.display(), offset, "cut off a torn tail of the Raft log (a batch a crash interrupted before its sync, so never acknowledged)");
+        }
+        let had_records = !recovery.records.is_empty();
+        let mut mem = Mem::default();
+        // The highest entry index each segment holds, to know when it may be removed.
+        let mut segment_max: BTreeMap<u64, u64> = BTreeMap::new();
+        for Record {
+            kind,
+            payload,
+            segment,
+            ..
+        } in recovery.records
+        {
+            let bad = |reason: String| OpenError::Record {
+                path: dir.to_path_buf(),
+                kind,
+                reason,
+            };
+            match kind {
+                ENTRY => {
+                    let e: Entry<TypeConfig> =
+                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                    let m = segment_max.entry(segment).or_default();
+                    *m = (*m).max(e.log_id.index);
+                    mem.entries.insert(e.log_id.index, e);
+                }
+                VOTE => {
+                    mem.state.vote =
+                        Some(serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?)
+                }
+                COMMITTED => {
+                    mem.state.committed =
+                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?
+                }
+                TRUNCATE => {
+                    let since: u64 =
+                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                    mem.entries.split_off(&since);
+                }
+                PURGE => {
+                    let upto: LogId<u64> =
+                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                    mem.entries = mem.entries.split_off(&(upto.index + 1));
+                    mem.state.last_purged = Some(upto);
+                }
+                STATE => {
+                    let s: State =
+                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                    if let Some(p) = s.last_purged {
+                        mem.entries = mem.entries.split_off(&(p.index + 1));
+                    }
+                    mem.state = s;
+                }
+                other => return Err(bad(format!("unknown record kind {other}"))),
+            }
+        }
+        let committed_index = Arc::new(AtomicU64::new(mem.state.committed.map_or(0, |c| c.index)));
+        let (tx, rx) = mpsc::channel();
+        let state = mem.state.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer(wal, state, segment_max, rx))
+            .map_err(|e| WalError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        Ok((
+            LogStore {
+                mem: Arc::new(RwLock::new(mem)),
+                writer: tx,
+                committed_index,
+                _alive: alive,
+            },
+            had_records,
+        ))
     }
 
     /// The shared last-committed index.
@@ -80,72 +200,105 @@ impl LogStore {
         self.committed_index.clone()
     }
 
-    /// The identity of this store, recording `id` and a fresh incarnation if it is new.
-    pub(crate) async fn bind_identity(&self, id: u64) -> Result<Identity, StorageError<u64>> {
-        let stored_id = self.get_meta::<u64>(NODE_ID)?;
-        let incarnation = self.get_meta::<String>(INCARNATION)?;
-        if let (Some(node_id), Some(incarnation)) = (stored_id, &incarnation) {
-            let legacy = self.get_meta::<bool>(INCARNATION_LEGACY)?.unwrap_or(false);
-            return Ok(Identity {
-                node_id,
-                incarnation: incarnation.clone(),
-                legacy,
-            });
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Mem> {
+        self.mem.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Mem> {
+        self.mem.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `records` and waits until they are synced.
+    async fn persist(&self, records: Vec<Rec>) -> Result<(), io::Error> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job {
+                records,
+                done: Done::Reply(tx),
+            })
+            .map_err(|_| io::Error::other("the Raft log writer has stopped"))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::Error::other("the Raft log writer has stopped")),
         }
-        let node_id = stored_id.unwrap_or(id);
-        // A store that already has a node id but no incarnation was made by an older build.
-        let legacy = stored_id.is_some();
-        let incarnation = incarnation.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        // Incarnation first: sled persists writes in order, so a crash in between leaves a
-        // store without a node id, which is still treated as new.
-        self.put_meta(INCARNATION, &incarnation)?;
-        if legacy {
-            self.put_meta(INCARNATION_LEGACY, &true)?;
+    }
+}
+
+/// The writer thread: takes every job queued, writes their records as one batch, syncs once,
+/// then answers them all; starts a new segment (with a `State` record) when one fills up, and
+/// removes the segments whose entries are all purged.
+fn writer(
+    mut wal: Wal,
+    mut state: State,
+    mut segment_max: BTreeMap<u64, u64>,
+    rx: mpsc::Receiver<Job>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 4096 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
         }
-        self.put_meta(NODE_ID, &node_id)?;
-        self.flush().await.map_err(|e| StorageIOError::write(&e))?;
-        Ok(Identity {
-            node_id,
-            incarnation,
-            legacy,
-        })
-    }
-
-    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<u64>> {
-        let Some(bytes) = self.meta.get(key).map_err(|e| StorageIOError::read(&e))? else {
-            return Ok(None);
-        };
-        let value = decode(&bytes).map_err(|e| StorageIOError::read(&e))?;
-        Ok(Some(value))
-    }
-
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError<u64>> {
-        let bytes = encode(value).map_err(|e| StorageIOError::write(&e))?;
-        self.meta
-            .insert(key, bytes)
-            .map_err(|e| StorageIOError::write(&e))?;
-        Ok(())
-    }
-
-    /// Makes everything written so far durable (sled flushes the whole database at once).
-    async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await.map(|_| ())
-    }
-
-    fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<u64>> {
-        decode(bytes).map_err(|e| StorageIOError::read_log_at_index(index, &e).into())
-    }
-
-    /// Removes the log entries whose index is in `range`, as one atomic batch.
-    fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageError<u64>> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(range).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        let active = wal.active_segment();
+        let mut purged = false;
+        for r in jobs.iter().flat_map(|j| &j.records) {
+            match &r.effect {
+                Effect::Entry(i) => {
+                    let m = segment_max.entry(active).or_default();
+                    *m = (*m).max(*i);
+                }
+                Effect::Vote(v) => state.vote = Some(*v),
+                Effect::Committed(c) => state.committed = *c,
+                Effect::Purge(p) => {
+                    state.last_purged = Some(*p);
+                    purged = true;
+                }
+                Effect::None => {}
+            }
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        let written = wal.append(
+            jobs.iter()
+                .flat_map(|j| &j.records)
+                .map(|r| (r.kind, r.payload.as_slice())),
+        );
+        let mut result = written.map(drop).map_err(|e| e.to_string());
+        if result.is_ok() && wal.wants_rotation() {
+            // Every segment starts with the whole state, so older ones can go once purged.
+            let s = json(&state);
+            result = wal
+                .rotate()
+                .and_then(|()| wal.append([(STATE, s.as_slice())]).map(drop))
+                .map_err(|e| e.to_string());
+            purged = true;
+        }
+        if result.is_ok() && purged {
+            if let Some(p) = state.last_purged {
+                // The oldest segments whose entries are all purged (never the active one).
+                let keep_from = segment_max
+                    .iter()
+                    .find(|(_, max)| **max > p.index)
+                    .map_or(wal.active_segment(), |(seg, _)| *seg)
+                    .min(wal.active_segment());
+                if let Err(e) = wal.remove_before(keep_from) {
+                    tracing::warn!(error = %e, "cannot remove purged log segments");
+                }
+                segment_max = segment_max.split_off(&keep_from);
+            }
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "writing the Raft log failed");
+        }
+        for job in jobs {
+            match job.done {
+                Done::Flushed(cb) => cb.log_io_completed(result.clone().map_err(io::Error::other)),
+                Done::Reply(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
     }
 }
 
@@ -155,39 +308,44 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
         let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => match i.checked_add(1) {
-                Some(s) => s,
-                None => return Ok(Vec::new()),
-            },
-            Bound::Unbounded => 0,
+            Bound::Included(i) => Bound::Included(*i),
+            Bound::Excluded(i) => Bound::Excluded(*i),
+            Bound::Unbounded => Bound::Unbounded,
         };
-        let mut entries = Vec::new();
-        for item in self.log.range(index_key(start)..) {
-            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index = key_index(&key).map_err(|e| StorageIOError::read_logs(&e))?;
-            if !range.contains(&index) {
-                break;
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(*i),
+            Bound::Excluded(i) => Bound::Excluded(*i),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e)) = (start, end) {
+            if s >= e {
+                return Ok(Vec::new());
             }
-            entries.push(Self::decode_entry(index, &value)?);
         }
-        Ok(entries)
+        Ok(self
+            .read()
+            .entries
+            .range((start, end))
+            .map(|(_, e)| e.clone())
+            .collect())
     }
+}
+
+fn write_error(e: io::Error) -> StorageError<u64> {
+    StorageIOError::write_logs(&e).into()
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let last_purged_log_id: Option<LogId<u64>> = self.get_meta(LAST_PURGED)?;
-        let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_log_id = match last {
-            Some((key, value)) => {
-                let index = key_index(&key).map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(Self::decode_entry(index, &value)?.log_id)
-            }
-            None => last_purged_log_id,
-        };
+        let m = self.read();
+        let last_purged_log_id = m.state.last_purged;
+        let last_log_id = m
+            .entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id)
+            .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -199,58 +357,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.meta
-            .insert(VOTE, bytes)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
         // A vote must be durable before it is acted upon, or a restarted node could vote
         // twice in one term.
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.persist(vec![Rec {
+            kind: VOTE,
+            payload: json(vote),
+            effect: Effect::Vote(*vote),
+        }])
+        .await
+        .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.write().state.vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        let Some(bytes) = self
-            .meta
-            .get(VOTE)
-            .map_err(|e| StorageIOError::read_vote(&e))?
-        else {
-            return Ok(None);
-        };
-        let vote = decode(&bytes).map_err(|e| StorageIOError::read_vote(&e))?;
-        Ok(Some(vote))
+        Ok(self.read().state.vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
-        // Flushed before openraft applies (and so before any write is acknowledged): a
+        // Synced before openraft applies (and so before any write is acknowledged): a
         // leader restarted with its vote keeps leading the same term without a new first
         // entry, and its read index is max(first entry of its term, committed). With a
         // committed id older than the acknowledged writes, its linearizable reads would be
         // served from a state machine behind them (found by the chaos suite, every server
         // killed at once).
-        match committed {
-            Some(c) => {
-                self.put_meta(COMMITTED, &c)?;
-                self.committed_index.store(c.index, Ordering::Relaxed);
-            }
-            None => {
-                self.meta
-                    .remove(COMMITTED)
-                    .map_err(|e| StorageIOError::write(&e))?;
-                self.committed_index.store(0, Ordering::Relaxed);
-            }
-        }
-        self.flush().await.map_err(|e| StorageIOError::write(&e))?;
+        self.persist(vec![Rec {
+            kind: COMMITTED,
+            payload: json(&committed),
+            effect: Effect::Committed(committed),
+        }])
+        .await
+        .map_err(|e| StorageIOError::write(&e))?;
+        self.write().state.committed = committed;
+        self.committed_index
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        self.get_meta(COMMITTED)
+        Ok(self.read().state.committed)
     }
 
     async fn append<I>(
@@ -262,133 +410,151 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes =
-                encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            batch.insert(&index_key(entry.log_id.index)[..], bytes);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Only a flushed entry may count towards a commit.
-        match self.flush().await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "flushing the Raft log failed");
-                callback.log_io_completed(Err(io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
+        let mut records = Vec::new();
+        {
+            // Readers (replication) may see the entries before they are synced; only the
+            // callback, after the sync, lets them count towards a commit.
+            let mut m = self.write();
+            for entry in entries {
+                let index = entry.log_id.index;
+                records.push(Rec {
+                    kind: ENTRY,
+                    payload: json(&entry),
+                    effect: Effect::Entry(index),
+                });
+                m.entries.insert(index, entry);
             }
         }
+        self.writer
+            .send(Job {
+                records,
+                done: Done::Flushed(callback),
+            })
+            .map_err(|_| write_error(io::Error::other("the Raft log writer has stopped")))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tracing::debug!(from = log_id.index, "truncating the Raft log");
-        self.remove_range(index_key(log_id.index)..)?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.write().entries.split_off(&log_id.index);
+        self.persist(vec![Rec {
+            kind: TRUNCATE,
+            payload: json(&log_id.index),
+            effect: Effect::None,
+        }])
+        .await
+        .map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tracing::debug!(upto = log_id.index, "purging the Raft log");
-        // Record the purge point first: a crash in between leaves entries that are merely
-        // ignored, never a log that seems to start earlier than it does.
-        self.put_meta(LAST_PURGED, &log_id)?;
-        self.remove_range(..=index_key(log_id.index))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        {
+            let mut m = self.write();
+            m.entries = m.entries.split_off(&(log_id.index + 1));
+            m.state.last_purged = Some(log_id);
+        }
+        self.persist(vec![Rec {
+            kind: PURGE,
+            payload: json(&log_id),
+            effect: Effect::Purge(log_id),
+        }])
+        .await
+        .map_err(write_error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
 
-    /// Opens the store, waiting (bounded) for a previous handle's background threads to
-    /// release sled's file lock, as `RaftNode::open` does.
-    async fn open(dir: &std::path::Path) -> LogStore {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match sled::Config::new().path(dir).open() {
-                Ok(db) => return LogStore::open(&db, Arc::new(())).unwrap(),
-                Err(e) if std::time::Instant::now() < deadline => {
-                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("the store stayed locked for 5 s: {e}"),
-            }
+    fn small() -> Options {
+        Options {
+            segment_bytes: 4096,
         }
     }
 
-    /// Copies every file of `from` into `to`: what a crash leaves on disk of a store that is
-    /// still open (sled's unflushed writes are in its memory buffers, not in the files).
-    fn crash_image(from: &std::path::Path, to: &std::path::Path) {
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let target = to.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                std::fs::create_dir_all(&target).unwrap();
-                crash_image(&e.path(), &target);
-            } else {
-                std::fs::copy(e.path(), &target).unwrap();
-            }
+    fn open(dir: &Path) -> LogStore {
+        LogStore::open(dir, small(), Arc::new(())).unwrap().0
+    }
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
         }
     }
 
-    /// Regression (chaos suite, every server killed at once): the committed id was not
-    /// flushed, so a leader restarted with its vote (openraft restores it as leader in the same
-    /// term, and its read index is max(first entry of its term, committed)) served
-    /// linearizable reads from a state machine behind writes it had acknowledged. Once
-    /// `save_committed` returns, the committed id must survive a crash.
+    async fn append(store: &mut LogStore, range: std::ops::RangeInclusive<u64>) {
+        use openraft::storage::RaftLogStorageExt;
+        store.blocking_append(range.map(entry)).await.unwrap();
+    }
+
+    /// Regression (chaos suite, every server killed at once): once `save_committed` returns,
+    /// the committed id survives a crash (here: the files as they are, the process gone).
     #[tokio::test]
-    async fn committed_id_survives_a_crash() {
+    async fn the_committed_id_and_the_vote_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path()).await;
-        let c = LogId::new(openraft::CommittedLeaderId::new(1, 1), 42);
+        let mut store = open(dir.path());
+        let c = LogId::new(CommittedLeaderId::new(1, 1), 42);
+        let v = Vote::new(3, 2);
         store.save_committed(Some(c)).await.unwrap();
+        store.save_vote(&v).await.unwrap();
         let image = tempfile::tempdir().unwrap();
-        crash_image(dir.path(), image.path());
-        let mut restored = open(image.path()).await;
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), image.path().join(e.file_name())).unwrap();
+        }
+        let mut restored = open(image.path());
         assert_eq!(restored.read_committed().await.unwrap(), Some(c));
+        assert_eq!(restored.read_vote().await.unwrap(), Some(v));
         drop(store);
     }
 
     #[tokio::test]
-    async fn identity_is_made_once_and_kept() {
+    async fn segments_are_removed_once_purged_and_the_log_still_replays() {
         let dir = tempfile::tempdir().unwrap();
-        let first = open(dir.path()).await.bind_identity(3).await.unwrap();
-        assert_eq!(first.node_id, 3);
-        assert!(!first.legacy);
-        assert_eq!(first.incarnation.len(), 36, "a uuid: {}", first.incarnation);
-        // Reopened (even under another configured id): the same identity.
-        let again = open(dir.path()).await.bind_identity(4).await.unwrap();
-        assert_eq!(again, first);
-
-        // A wiped store is a new incarnation.
-        let other = tempfile::tempdir().unwrap();
-        let wiped = open(other.path()).await.bind_identity(3).await.unwrap();
-        assert_ne!(wiped.incarnation, first.incarnation);
+        let mut store = open(dir.path());
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        for i in 1..=200 {
+            append(&mut store, i..=i).await;
+        }
+        let segments = |d: &Path| std::fs::read_dir(d).unwrap().count();
+        let before = segments(dir.path());
+        assert!(before > 3, "{before} segments");
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 190))
+            .await
+            .unwrap();
+        // One more rotation lets the writer drop what the purge covers.
+        for i in 201..=260 {
+            append(&mut store, i..=i).await;
+        }
+        let after = segments(dir.path());
+        assert!(after < before, "{after} >= {before}");
+        drop(store);
+        let mut again = open(dir.path());
+        let state = again.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(190));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(260));
+        let got = again.try_get_log_entries(191..=260).await.unwrap();
+        assert_eq!(got.len(), 70);
+        assert_eq!(again.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
     }
 
     #[tokio::test]
-    async fn a_store_from_before_incarnations_is_legacy() {
+    async fn truncation_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = open(dir.path()).await;
-            store.put_meta(NODE_ID, &5u64).unwrap();
-            store.flush().await.unwrap();
-        }
-        let id = open(dir.path()).await.bind_identity(5).await.unwrap();
-        assert!(id.legacy);
-        assert_eq!(id.node_id, 5);
-        let again = open(dir.path()).await.bind_identity(5).await.unwrap();
-        assert_eq!(again, id);
+        let mut store = open(dir.path());
+        append(&mut store, 1..=10).await;
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 6))
+            .await
+            .unwrap();
+        append(&mut store, 6..=7).await;
+        drop(store);
+        let mut again = open(dir.path());
+        let s = again.get_log_state().await.unwrap();
+        assert_eq!(s.last_log_id.map(|l| l.index), Some(7));
     }
 }

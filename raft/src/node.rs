@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -16,10 +16,13 @@ use serde::{Deserialize, Serialize};
 use shoal_model::{Command, Model, Outcome};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::log_store::{Identity, LogStore};
+use crate::log_store::LogStore;
 use crate::network::{LeaderContact, Network, Peers, RaftGrpc, MAX_MESSAGE};
 use crate::proto::raft_server::RaftServer;
+use crate::snapshot_store::SnapshotStore;
 use crate::state_machine::{SmState, StateMachine};
+use crate::store_dir::{Identity, StoreDir};
+use crate::wal::Options;
 use crate::{Config, Error, NodeInfo, TypeConfig, WatchEvent, WriteError};
 
 /// The tonic service that serves Raft RPC to the other servers; see
@@ -135,7 +138,8 @@ struct Inner {
     peers: Arc<Peers>,
     /// When a leader last reached this server.
     contact: Arc<LeaderContact>,
-    db: sled::Db,
+    /// The store's lock, held while this node runs (one process per data dir).
+    _lock: std::fs::File,
     state: Arc<RwLock<SmState>>,
     events: broadcast::Sender<Arc<WatchEvent>>,
     committed_index: Arc<AtomicU64>,
@@ -257,11 +261,23 @@ impl RaftNode {
             source,
         })?;
         let path = cfg.data_dir.join("raft");
-        let db = open_db(&path).await?;
+        let dir = StoreDir::new(path.clone());
+        let refused = |e: &dyn std::fmt::Display| Error::Store(e.to_string());
+        std::fs::create_dir_all(&path).map_err(|source| Error::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+        let lock = lock_store(&path).await?;
+        dir.refuse_old_format().map_err(|e| refused(&e))?;
+        dir.require_log().map_err(|e| refused(&e))?;
 
         let alive = Arc::new(());
-        let log_store = LogStore::open(&db, alive.clone())?;
-        let identity = log_store.bind_identity(cfg.node_id).await?;
+        let (log_store, log_has_records) =
+            LogStore::open(&dir.wal(), Options::default(), alive.clone())
+                .map_err(|e| refused(&e))?;
+        let identity = dir
+            .identity_for(cfg.node_id, log_has_records)
+            .map_err(|e| refused(&e))?;
         if identity.node_id != cfg.node_id {
             return Err(Error::NodeIdMismatch {
                 path,
@@ -270,8 +286,30 @@ impl RaftNode {
             });
         }
         let (events, _) = broadcast::channel(WATCH_CAPACITY);
-        let sm = StateMachine::open(&db, events.clone(), alive.clone())?;
+        let snapshots = SnapshotStore::open(&dir.snapshots()).map_err(|e| refused(&e))?;
+        let sm = StateMachine::open(snapshots, events.clone(), alive.clone())
+            .map_err(|e| refused(&e))?;
         let state = sm.state();
+        // The log before a snapshot is purged only once the snapshot is durable: a purge point
+        // beyond the snapshot means the snapshot that covered it is gone.
+        {
+            let mut ls = log_store.clone();
+            let purged = openraft::storage::RaftLogStorage::get_log_state(&mut ls)
+                .await?
+                .last_purged_log_id;
+            let applied = state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last_applied;
+            if purged.map(|p| p.index) > applied.map(|a| a.index) {
+                return Err(Error::Store(format!(
+                    "{}: the log is purged up to index {} but the newest snapshot covers only {}: the snapshot that covered it is missing",
+                    path.display(),
+                    purged.map_or(0, |p| p.index),
+                    applied.map_or(0, |a| a.index)
+                )));
+            }
+        }
         let committed_index = log_store.committed_index();
         let storage = Arc::downgrade(&alive);
         drop(alive);
@@ -307,7 +345,7 @@ impl RaftNode {
                 raft,
                 peers,
                 contact: Arc::new(LeaderContact::default()),
-                db,
+                _lock: lock,
                 state,
                 events,
                 committed_index,
@@ -691,11 +729,7 @@ impl RaftNode {
         if released.is_err() {
             tracing::warn!("Raft tasks still hold the store after {RELEASE_WAIT:?}");
         }
-        self.inner
-            .db
-            .flush_async()
-            .await
-            .map_err(|e| Error::Storage(openraft::StorageIOError::write(&e).into()))?;
+        // Nothing to flush: every write was synced before it was acknowledged.
         tracing::info!(node_id = self.inner.cfg.node_id, "Raft stopped");
         Ok(())
     }
@@ -720,38 +754,33 @@ fn check_incarnation(id: u64, node: &NodeInfo) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the sled database at `path`, waiting a little if a previous instance in this
-/// process (or one still exiting) holds its lock.
-async fn open_db(path: &Path) -> Result<sled::Db, Error> {
+/// Takes the store's lock (`raft/LOCK`, an exclusive `flock`), waiting a little if a previous
+/// instance in this process (or one still exiting) holds it: two processes on one store would
+/// interleave their logs.
+async fn lock_store(path: &Path) -> Result<std::fs::File, Error> {
+    let lock_path = path.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| Error::DataDir {
+            path: lock_path.clone(),
+            source,
+        })?;
     let deadline = tokio::time::Instant::now() + OPEN_LOCK_WAIT;
     loop {
-        let p: PathBuf = path.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || {
-            sled::Config::new()
-                .path(p)
-                .cache_capacity(64 << 20)
-                .flush_every_ms(Some(500))
-                .open()
-        })
-        .await
-        .map_err(|e| Error::Open {
-            path: path.to_path_buf(),
-            source: sled::Error::Io(std::io::Error::other(e.to_string())),
-        })?;
-        match opened {
-            Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && tokio::time::Instant::now() < deadline =>
-            {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && tokio::time::Instant::now() < deadline => {
                 tracing::debug!(path = %path.display(), "Raft store locked; retrying");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(source) => {
-                return Err(Error::Open {
-                    path: path.to_path_buf(),
-                    source,
-                })
+            Err(e) => {
+                return Err(Error::Store(format!(
+                    "{}: cannot lock the Raft store ({e}); is another shoal server using this data dir?",
+                    lock_path.display()
+                )))
             }
         }
     }

@@ -149,6 +149,11 @@ impl SnapshotStore {
         })
     }
 
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Every snapshot file's (index, term, path), newest last. Files that are not snapshots
     /// are refused: the directory holds nothing else.
     fn list(&self) -> Result<Vec<(u64, u64, PathBuf)>, SnapshotError> {

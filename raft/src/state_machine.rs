@@ -1,10 +1,11 @@
 //! The state machine: the [`Model`] in memory, fed by committed entries.
 //!
 //! The model itself is not written to disk on every apply: the log is the durable record, and
-//! openraft re-applies committed entries after a restart. What is persisted (in the sled tree
-//! `sm_snapshot`, key `current`) is the latest snapshot, `{meta, model}` as a JSON record,
-//! from which [`StateMachine::open`] restores the model, the last applied log id and the
-//! membership; only after a snapshot is durable may openraft purge the log it covers.
+//! openraft re-applies committed entries after a restart. What is persisted is the latest
+//! snapshot (`snapshot_store.rs`: a checksummed file, synced and renamed into place),
+//! `{meta, model}` as a JSON record, from which [`StateMachine::open`] restores the model, the
+//! last applied log id and the membership; only after a snapshot is durable may openraft purge
+//! the log it covers.
 //!
 //! Every applied [`Change`] is published on a broadcast channel, in commit order, with the
 //! log index that made it as its revision.
@@ -23,9 +24,8 @@ use shoal_model::Model;
 use tokio::sync::broadcast;
 
 use crate::codec::{decode, encode};
+use crate::snapshot_store::{SnapshotError, SnapshotStore, Stored};
 use crate::{CommandResponse, NodeInfo, TypeConfig, WatchEvent};
-
-const CURRENT: &[u8] = b"current";
 
 /// The state machine's data: what a snapshot captures.
 #[derive(Debug, Default)]
@@ -52,18 +52,11 @@ struct SnapshotOwned {
     model: Model,
 }
 
-/// Only the metadata of a persisted snapshot (the model is skipped, not built).
-#[derive(Deserialize)]
-struct SnapshotHeader {
-    meta: SnapshotMeta<u64, NodeInfo>,
-}
-
 /// The state machine handed to openraft; also its own snapshot builder. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct StateMachine {
     state: Arc<RwLock<SmState>>,
-    db: sled::Db,
-    snapshots: sled::Tree,
+    snapshots: SnapshotStore,
     /// Serializes writes of the current snapshot, so an older one never replaces a newer one.
     snapshot_write: Arc<Mutex<()>>,
     events: broadcast::Sender<Arc<WatchEvent>>,
@@ -72,22 +65,22 @@ pub(crate) struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the snapshot tree of `db` and restores the state from the stored snapshot.
+    /// Restores the state from the newest snapshot in `snapshots`; a damaged one is an error
+    /// (the store cannot be trusted), never skipped.
     pub(crate) fn open(
-        db: &sled::Db,
+        snapshots: SnapshotStore,
         events: broadcast::Sender<Arc<WatchEvent>>,
         alive: Arc<()>,
-    ) -> Result<StateMachine, StorageError<u64>> {
-        let snapshots = db
-            .open_tree("sm_snapshot")
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    ) -> Result<StateMachine, SnapshotError> {
         let mut state = SmState::default();
-        if let Some(bytes) = snapshots
-            .get(CURRENT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        {
-            let snap: SnapshotOwned =
-                decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        if let Some(stored) = snapshots.latest()? {
+            let snap: SnapshotOwned = decode(&stored.data).map_err(|e| SnapshotError::Corrupt {
+                path: snapshots.dir().to_path_buf(),
+                reason: format!(
+                    "the snapshot at index {} does not decode: {e}",
+                    stored.index
+                ),
+            })?;
             tracing::info!(
                 snapshot = %snap.meta.snapshot_id,
                 revision = snap.model.revision(),
@@ -101,7 +94,6 @@ impl StateMachine {
         }
         Ok(StateMachine {
             state: Arc::new(RwLock::new(state)),
-            db: db.clone(),
             snapshots,
             snapshot_write: Arc::new(Mutex::new(())),
             events,
@@ -155,55 +147,40 @@ impl StateMachine {
         out
     }
 
-    /// Stores `bytes` (a snapshot with `meta`) as the current snapshot, unless `only_if_newer`
-    /// and the stored one already covers at least as much of the log; then flushes.
+    /// Stores `bytes` (a snapshot with `meta`) as the current snapshot, durably, unless the
+    /// stored one already covers at least as much of the log (a snapshot never goes back).
     async fn store_snapshot(
         &self,
         meta: &SnapshotMeta<u64, NodeInfo>,
         bytes: Vec<u8>,
-        only_if_newer: bool,
     ) -> Result<(), StorageError<u64>> {
         let sig = Some(meta.signature());
-        {
-            let _guard = self
-                .snapshot_write
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if only_if_newer {
-                if let Some(stored) = self.stored_meta()? {
-                    if stored.last_log_id > meta.last_log_id {
-                        tracing::debug!(
-                            stored = %stored.snapshot_id,
-                            built = %meta.snapshot_id,
-                            "a newer snapshot is already stored"
-                        );
-                        return Ok(());
-                    }
-                }
-            }
-            self.snapshots
-                .insert(CURRENT, bytes)
-                .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        }
-        // The log before the snapshot may be purged once this returns: it must be durable.
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-        Ok(())
-    }
-
-    fn stored_meta(&self) -> Result<Option<SnapshotMeta<u64, NodeInfo>>, StorageError<u64>> {
-        let Some(bytes) = self
-            .snapshots
-            .get(CURRENT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        else {
-            return Ok(None);
+        let (index, term) = meta
+            .last_log_id
+            .map_or((0, 0), |l| (l.index, l.leader_id.term));
+        let stored = Stored {
+            index,
+            term,
+            meta: serde_json::to_vec(meta).expect("snapshot metadata serializes"),
+            data: bytes,
         };
-        let header: SnapshotHeader =
-            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(header.meta))
+        let store = self.snapshots.clone();
+        let lock = self.snapshot_write.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            store.save(&stored)
+        })
+        .await
+        .map_err(|e| {
+            StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e.to_string()))
+        })?
+        .map_err(|e| {
+            StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e.to_string()))
+        })?;
+        if !saved {
+            tracing::debug!(snapshot = %meta.snapshot_id, "the stored snapshot already covers this one");
+        }
+        Ok(())
     }
 }
 
@@ -235,7 +212,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             model: &model,
         })
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.store_snapshot(&meta, bytes.clone(), true).await?;
+        self.store_snapshot(&meta, bytes.clone()).await?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
             revision = model.revision(),
@@ -291,7 +268,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             model: &received.model,
         })
         .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-        self.store_snapshot(meta, bytes, false).await?;
+        self.store_snapshot(meta, bytes).await?;
         let mut st = self.write();
         let revision = received.model.revision();
         let changes = shoal_model::store::diff(&st.model, &received.model);
@@ -315,18 +292,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let Some(bytes) = self
-            .snapshots
-            .get(CURRENT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        else {
+        let store = self.snapshots.clone();
+        let latest = tokio::task::spawn_blocking(move || store.latest())
+            .await
+            .map_err(|e| {
+                StorageIOError::read_snapshot(None, &std::io::Error::other(e.to_string()))
+            })?
+            .map_err(|e| {
+                StorageIOError::read_snapshot(None, &std::io::Error::other(e.to_string()))
+            })?;
+        let Some(stored) = latest else {
             return Ok(None);
         };
-        let header: SnapshotHeader =
-            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let meta: SnapshotMeta<u64, NodeInfo> = serde_json::from_slice(&stored.meta)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some(Snapshot {
-            meta: header.meta,
-            snapshot: Box::new(Cursor::new(bytes.to_vec())),
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
         }))
     }
 }
@@ -365,21 +347,11 @@ mod tests {
         }
     }
 
-    /// Opens a state machine, waiting (bounded) for sled's file lock after a reopen.
+    /// Opens a state machine on the snapshots in `dir`.
     async fn open(dir: &std::path::Path) -> (StateMachine, broadcast::Receiver<Arc<WatchEvent>>) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let db = loop {
-            match sled::Config::new().path(dir).open() {
-                Ok(db) => break db,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("the store stayed locked for 5 s: {e}"),
-            }
-        };
         let (tx, rx) = broadcast::channel(64);
-        (StateMachine::open(&db, tx, Arc::new(())).unwrap(), rx)
+        let store = SnapshotStore::open(dir).unwrap();
+        (StateMachine::open(store, tx, Arc::new(())).unwrap(), rx)
     }
 
     fn names(sm: &StateMachine) -> Vec<String> {
@@ -467,7 +439,7 @@ mod tests {
             last_membership: StoredMembership::default(),
             snapshot_id: "old".into(),
         };
-        sm.store_snapshot(&older_meta, b"ignored".to_vec(), true)
+        sm.store_snapshot(&older_meta, b"ignored".to_vec())
             .await
             .unwrap();
         let cur = sm.get_current_snapshot().await.unwrap().unwrap();

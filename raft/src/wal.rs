@@ -359,9 +359,6 @@ impl Wal {
                 }
             }
         }
-        if let Some((path, offset)) = &torn {
-            tracing::warn!(path = %path.display(), offset, "cut off a torn tail of the Raft log (a batch never synced, so never acknowledged)");
-        }
         let next_batch = last_batch.map_or(1, |b| b + 1);
         let wal = match segments.last() {
             Some(&seq) => {
@@ -426,6 +423,7 @@ impl Wal {
     }
 
     /// The sequence numbers of the segments on disk, oldest first.
+    #[cfg(test)]
     pub(crate) fn segments(&self) -> &[u64] {
         &self.segments
     }

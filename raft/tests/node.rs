@@ -311,7 +311,7 @@ async fn acknowledged_writes_survive_kill_9() {
                 acked.push(name.to_string());
             }
         }
-        // SIGKILL: no destructor, no flush of sled's buffers.
+        // SIGKILL: no destructor runs.
         child.start_kill().expect("kill");
         child.wait().await.expect("reap");
         // Whatever the child printed before dying was acknowledged too.
