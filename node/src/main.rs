@@ -19,6 +19,24 @@ fn init_logs() {
         .init();
 }
 
+/// The exit status of a failed run: 78 (sysexits' EX_CONFIG) when the Raft store cannot be
+/// trusted (damaged, of another format, missing a part), so that the systemd unit's
+/// `RestartPreventExitStatus=78` stops a restart loop on a server an operator must look at;
+/// 1 otherwise.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let untrusted_store = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<shoal_raft::Error>(),
+            Some(shoal_raft::Error::Store(_))
+        )
+    });
+    if untrusted_store {
+        ExitCode::from(78)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -43,7 +61,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shoal: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }
