@@ -1,7 +1,9 @@
 //! `shoal-bench failover`: against a running three-member cluster (shoal or etcd), kills the
 //! leader with SIGKILL, measures the time from the kill to the first write that succeeds
-//! through the other members, restarts the killed process with its own command line, waits
-//! until it has caught up, and repeats.
+//! through the other members, restarts the killed process with its own command line (on the
+//! CPUs it was pinned to), waits until it has caught up, and repeats. It prints the heartbeat
+//! and election timeout the members run with, read from their command lines, since those
+//! bound the figure and differ between the two systems' defaults.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -14,10 +16,11 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::etcd::{etcd_prefix, etcd_status, etcd_view};
+use crate::etcd::{etcd_view, status};
 use crate::stats::{median, ms};
 use crate::system::{
-    base_url, control_http, get_json, host_port, shoal_setup, shoal_view, Sink, System,
+    base_url, control_http, cpus_allowed, get_json, host_port, shoal_setup, shoal_view, Sink,
+    System,
 };
 
 /// `shoal-bench failover`.
@@ -67,6 +70,8 @@ struct ProcSpec {
     env: Vec<(OsString, OsString)>,
     stdout: Option<PathBuf>,
     stderr: Option<PathBuf>,
+    /// The CPUs it was allowed to run on (`taskset -c` list).
+    cpus: Option<String>,
 }
 
 fn nul_split(bytes: Vec<u8>) -> Vec<Vec<u8>> {
@@ -117,6 +122,7 @@ fn read_proc(pid: u32) -> anyhow::Result<ProcSpec> {
         env,
         stdout: file(1),
         stderr: file(2),
+        cpus: cpus_allowed(&pid.to_string()),
     })
 }
 
@@ -131,10 +137,21 @@ fn spawn_proc(spec: &ProcSpec) -> anyhow::Result<tokio::process::Child> {
             None => std::process::Stdio::null(),
         })
     };
-    let mut cmd = tokio::process::Command::new(&spec.exe);
-    cmd.arg0(&spec.argv[0])
-        .args(&spec.argv[1..])
-        .current_dir(&spec.cwd)
+    // Through taskset when the process was pinned, so that it comes back on the same CPUs
+    // whatever this driver's own affinity (argv[0] then becomes the executable's path).
+    let mut cmd = match &spec.cpus {
+        Some(cpus) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(&spec.exe).args(&spec.argv[1..]);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new(&spec.exe);
+            c.arg0(&spec.argv[0]).args(&spec.argv[1..]);
+            c
+        }
+    };
+    cmd.current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
@@ -155,6 +172,64 @@ pub fn parse_pids(text: &str) -> anyhow::Result<BTreeMap<String, u32>> {
         m.insert(host_port(ep), pid);
     }
     Ok(m)
+}
+
+/// The value of flag `name` (given without dashes) in a command line: `--name V`,
+/// `--name=V`, or Go's single-dash forms, which etcd also accepts. The last one wins, as in
+/// both systems' parsers.
+fn flag_value(argv: &[String], name: &str) -> Option<String> {
+    let mut found = None;
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            continue;
+        };
+        if flag == name {
+            found = it.next().cloned();
+        } else if let Some(v) = flag.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
+/// A member's heartbeat and election timeout, from its command line, or the system's default
+/// where it gives none (marked so): shoal's from its own `ServerConfig`, etcd's documented
+/// ones (100 ms and 1000 ms).
+fn timing(system: System, argv: &[String]) -> String {
+    let flag = |name: &str, default: u64| match flag_value(argv, name) {
+        Some(v) => format!("{v} ms"),
+        None => format!("{default} ms (default)"),
+    };
+    match system {
+        System::Shoal => {
+            let d = shoal::server::ServerConfig::new(1, PathBuf::from("/"));
+            let config = if flag_value(argv, "config").is_some() {
+                "; its --config file may set others"
+            } else {
+                ""
+            };
+            format!(
+                "heartbeat {}, election timeout {} to {} (openraft picks each election's \
+                 timeout in that range){config}",
+                flag("heartbeat-ms", d.heartbeat_ms),
+                flag("election-timeout-min-ms", d.election_timeout_min_ms),
+                flag("election-timeout-max-ms", d.election_timeout_max_ms),
+            )
+        }
+        System::Etcd => {
+            let election = flag_value(argv, "election-timeout")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1000);
+            format!(
+                "heartbeat {}, election timeout {} (etcd's raft picks each election's timeout \
+                 in [{election}, {}) ms)",
+                flag("heartbeat-interval", 100),
+                flag("election-timeout", 1000),
+                2 * election
+            )
+        }
+    }
 }
 
 fn write_pids(path: &Path, pids: &BTreeMap<String, u32>) -> anyhow::Result<()> {
@@ -222,19 +297,16 @@ struct Cluster {
     system: System,
     http: reqwest::Client,
     addrs: Vec<String>,
-    prefix: String,
     mesh: String,
+    /// Each probe's limit (etcd's probe clients bound their calls with it too).
+    timeout: Duration,
 }
 
 impl Cluster {
     async fn leader(&self) -> Option<String> {
         match self.system {
             System::Shoal => shoal_view(&self.http, &self.addrs).await.ok()?.leader,
-            System::Etcd => {
-                etcd_view(&self.http, &self.addrs, &self.prefix)
-                    .await
-                    .leader
-            }
+            System::Etcd => etcd_view(&self.addrs).await.leader,
         }
     }
 
@@ -255,12 +327,13 @@ impl Cluster {
     fn probe_sink(&self, endpoint: &str) -> anyhow::Result<Sink> {
         match self.system {
             System::Shoal => Sink::shoal(endpoint, &self.mesh, "failover-probe"),
-            System::Etcd => Sink::etcd(endpoint, &self.prefix, "/bench/failover-probe"),
+            System::Etcd => Sink::etcd_lazy(endpoint, "/bench/failover-probe", self.timeout),
         }
     }
 
     /// Whether `member` is back: the leader counts it healthy within 10 entries (shoal), or it
-    /// reports healthy and its Raft index is within 10 of the leader's (etcd).
+    /// answers Status without errors, knows the leader, and its Raft index is within 10 of
+    /// the leader's (etcd).
     async fn caught_up(&self, member: &str) -> bool {
         let Some(leader) = self.leader().await else {
             return false;
@@ -279,23 +352,12 @@ impl Cluster {
                 })
             }
             System::Etcd => {
-                let healthy = get_json(&self.http, &format!("{member}/health"))
-                    .await
-                    .is_ok_and(|h| h["health"] == json!("true"));
-                let index = |st: &Value| {
-                    st["raftIndex"]
-                        .as_str()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .or_else(|| st["raftIndex"].as_u64())
-                };
-                let (Ok(l), Ok(m)) = (
-                    etcd_status(&self.http, &leader, &self.prefix).await,
-                    etcd_status(&self.http, member, &self.prefix).await,
-                ) else {
+                let (Ok(l), Ok(m)) = (status(&leader).await, status(member).await) else {
                     return false;
                 };
-                healthy
-                    && matches!((index(&l), index(&m)), (Some(a), Some(b)) if a.saturating_sub(b) <= 10)
+                m.errors.is_empty()
+                    && m.leader != 0
+                    && l.raft_index.saturating_sub(m.raft_index) <= 10
             }
         }
     }
@@ -343,16 +405,12 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         bail!("give every member's endpoint with --addr (at least 3)");
     }
     let http = control_http()?;
-    let prefix = match args.target {
-        System::Shoal => String::new(),
-        System::Etcd => etcd_prefix(&http, &args.addr[0]).await?,
-    };
     let cluster = Cluster {
         system: args.target,
         http,
         addrs: args.addr.iter().map(|a| base_url(a)).collect(),
-        prefix,
         mesh: args.mesh.clone(),
+        timeout: Duration::from_millis(args.timeout_ms),
     };
     let mut pids = parse_pids(
         &std::fs::read_to_string(&args.pids_file)
@@ -368,6 +426,13 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         }
     }
     let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
+    let leader_pid = pids[&host_port(&leader)];
+    let argv: Vec<String> = read_proc(leader_pid)
+        .with_context(|| format!("the leader {} (pid {leader_pid})", host_port(&leader)))?
+        .argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if args.target == System::Shoal {
         shoal_setup(&leader, &args.mesh, &["failover-probe".to_string()]).await?;
     }
@@ -377,6 +442,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         "failover ({:?}): kill -9 the leader; a probe write every {} ms to the other members ({} ms timeout each)",
         args.target, args.interval_ms, args.timeout_ms
     );
+    println!("{:?} timing: {}", args.target, timing(args.target, &argv));
     println!("round  killed           new_leader       first_write_ms  failed_probes  rejoin_s");
     // Processes this tool started, so it can reap them when it kills them again.
     let mut children: BTreeMap<u32, tokio::process::Child> = BTreeMap::new();
@@ -513,5 +579,61 @@ mod tests {
         assert_eq!(pids["127.0.0.11:7070"], 12);
         assert_eq!(pids["127.0.0.12:7070"], 13);
         assert!(parse_pids("127.0.0.1:7070").is_err());
+    }
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn flags_are_read_in_every_spelling() {
+        let a = argv("etcd --name e1 -heartbeat-interval 50 --election-timeout=700 --x");
+        assert_eq!(flag_value(&a, "heartbeat-interval").as_deref(), Some("50"));
+        assert_eq!(flag_value(&a, "election-timeout").as_deref(), Some("700"));
+        assert_eq!(flag_value(&a, "name").as_deref(), Some("e1"));
+        assert_eq!(flag_value(&a, "election"), None, "a prefix is not the flag");
+        assert_eq!(flag_value(&a, "x"), None, "no value follows");
+        let twice = argv("shoal --heartbeat-ms 50 --heartbeat-ms 70");
+        assert_eq!(flag_value(&twice, "heartbeat-ms").as_deref(), Some("70"));
+    }
+
+    #[test]
+    fn timing_states_flags_and_defaults() {
+        let etcd = timing(
+            System::Etcd,
+            &argv("etcd --heartbeat-interval 100 --election-timeout 1000"),
+        );
+        assert_eq!(
+            etcd,
+            "heartbeat 100 ms, election timeout 1000 ms (etcd's raft picks each election's \
+             timeout in [1000, 2000) ms)"
+        );
+        let etcd = timing(System::Etcd, &argv("etcd --election-timeout 500"));
+        assert!(
+            etcd.starts_with("heartbeat 100 ms (default), election timeout 500 ms"),
+            "{etcd}"
+        );
+        assert!(etcd.contains("[500, 1000)"), "{etcd}");
+        let shoal = timing(
+            System::Shoal,
+            &argv("shoal server --node-id 1 --heartbeat-ms 50"),
+        );
+        let d = shoal::server::ServerConfig::new(1, PathBuf::from("/"));
+        assert!(
+            shoal.starts_with(&format!(
+                "heartbeat 50 ms, election timeout {} ms (default) to {} ms (default)",
+                d.election_timeout_min_ms, d.election_timeout_max_ms
+            )),
+            "{shoal}"
+        );
+        assert!(!shoal.contains("--config"), "{shoal}");
+        let with_file = timing(
+            System::Shoal,
+            &argv("shoal server --config /etc/shoal.toml"),
+        );
+        assert!(
+            with_file.ends_with("its --config file may set others"),
+            "{with_file}"
+        );
     }
 }

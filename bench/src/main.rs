@@ -5,6 +5,7 @@
 //! ```text
 //! shoal-bench writes --addr http://127.0.0.1:7070 --clients 1 --clients 16   # API writes
 //! shoal-bench writes --target both --addr … --etcd-addr …                    # vs etcd
+//! shoal-bench reads --target both --addr … --etcd-addr …                     # linearizable reads
 //! shoal-bench failover --target shoal --addr … --pids-file F                 # kill -9 the leader
 //! shoal-bench peers --join 127.0.0.51:7946 --agent-api http://127.0.0.51:7070
 //! shoal-bench xds --agent-api http://127.0.0.72:7070 --xds http://127.0.0.72:18000
@@ -20,6 +21,7 @@ use clap::{Parser, Subcommand};
 
 mod etcd;
 mod failover;
+mod fair;
 mod peers;
 mod stats;
 mod system;
@@ -40,8 +42,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Closed-loop writes against running shoal servers and/or etcd members: writes/s and
-    /// latency percentiles, side by side with `--target both`.
-    Writes(writes::WriteBenchArgs),
+    /// latency percentiles, side by side with `--target both` (medians of `--runs`).
+    Writes(writes::LoadArgs),
+    /// Closed-loop linearizable reads (shoal's ReadIndex GET, etcd's default Range), in the
+    /// same shape as `writes`.
+    Reads(writes::LoadArgs),
     /// Kill -9 the leader of a running cluster, time until writes succeed again, restart it.
     Failover(failover::FailoverArgs),
     /// Many gossip peers in this process against one running agent: convergence through the
@@ -64,7 +69,8 @@ fn init_logs() {
 
 async fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Writes(a) => writes::writes(a).await,
+        Command::Writes(a) => writes::run(a, writes::Op::Write).await,
+        Command::Reads(a) => writes::run(a, writes::Op::Read).await,
         Command::Failover(a) => failover::failover(a).await,
         Command::Peers(a) => peers::run(a).await,
         Command::Xds(a) => xds::run(a).await,

@@ -1,5 +1,5 @@
 //! The systems under test, shoal or etcd: reaching a cluster's members, finding its leader,
-//! and one writer per key (shoal's App Mesh API, or etcd's JSON gateway).
+//! and one client per key (shoal's App Mesh REST API, or etcd's native gRPC API).
 
 use std::time::Duration;
 
@@ -8,14 +8,14 @@ use clap::ValueEnum;
 use serde_json::{json, Value};
 use shoal::client::{self, Client, Doc};
 
-use crate::etcd::base64;
+use crate::etcd::Etcd;
 
 /// A system the benchmarks can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum System {
     /// shoal servers (App Mesh API).
     Shoal,
-    /// etcd members (v3 JSON gateway).
+    /// etcd members (v3 gRPC API).
     Etcd,
 }
 
@@ -53,6 +53,22 @@ pub(crate) fn host_port(url: &str) -> String {
     s.split('/').next().unwrap_or(s).to_string()
 }
 
+/// The CPUs process `pid` (a number, or `self`) may run on, as the kernel lists them
+/// (`0-1`): the benchmarks print it, and the failover driver restarts a process on the
+/// same ones, so that all processes stay pinned as the script pinned them.
+pub(crate) fn cpus_allowed(pid: &str) -> Option<String> {
+    cpus_allowed_in(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The `Cpus_allowed_list` of a `/proc/PID/status` text.
+fn cpus_allowed_in(status: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
 /// A short-timeout client for status queries.
 pub(crate) fn control_http() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -73,25 +89,6 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Resul
         bail!("GET {url}: HTTP {status}: {text}");
     }
     serde_json::from_str(&text).with_context(|| format!("GET {url}: the answer is not JSON"))
-}
-
-pub(crate) async fn post_json(
-    http: &reqwest::Client,
-    url: &str,
-    body: &Value,
-) -> anyhow::Result<Value> {
-    let resp = http
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = resp.status();
-    let text = resp.text().await.context("reading the answer")?;
-    if !status.is_success() {
-        bail!("POST {url}: HTTP {status}: {}", text.trim());
-    }
-    serde_json::from_str(&text).with_context(|| format!("POST {url}: the answer is not JSON"))
 }
 
 /// The members of a cluster as one of its endpoints sees them.
@@ -127,17 +124,10 @@ fn shoal_view_of(status: &Value) -> View {
     }
 }
 
-/// One writer's connection to one endpoint and the key it updates.
+/// One client's connection to one endpoint and the key it owns.
 pub(crate) enum Sink {
-    Shoal {
-        client: Client,
-        path: Vec<String>,
-    },
-    Etcd {
-        http: reqwest::Client,
-        put_url: String,
-        key: String,
-    },
+    Shoal { client: Client, path: Vec<String> },
+    Etcd { client: Etcd, key: Vec<u8> },
 }
 
 impl Sink {
@@ -150,18 +140,25 @@ impl Sink {
         })
     }
 
-    pub(crate) fn etcd(endpoint: &str, prefix: &str, key: &str) -> anyhow::Result<Sink> {
+    /// A client connected now (the benchmark runs: a bad endpoint fails before timing).
+    pub(crate) async fn etcd(endpoint: &str, key: &str) -> anyhow::Result<Sink> {
         Ok(Sink::Etcd {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .context("building the HTTP client")?,
-            put_url: format!("{}{prefix}/kv/put", base_url(endpoint)),
-            key: base64(key.as_bytes()),
+            client: Etcd::connect(endpoint).await?,
+            key: key.as_bytes().to_vec(),
         })
     }
 
-    /// One write of `body`: shoal's update request, or etcd's value.
+    /// A client that connects on first use, each call bounded by `timeout` (the failover
+    /// probes, whose members come and go).
+    pub(crate) fn etcd_lazy(endpoint: &str, key: &str, timeout: Duration) -> anyhow::Result<Sink> {
+        Ok(Sink::Etcd {
+            client: Etcd::lazy(endpoint, timeout)?,
+            key: key.as_bytes().to_vec(),
+        })
+    }
+
+    /// One write of `body`: shoal's update request, or etcd's value (the same bytes: both
+    /// serialize the JSON with serde_json).
     pub(crate) async fn write(&self, body: Value) -> anyhow::Result<()> {
         match self {
             Sink::Shoal { client, path } => {
@@ -169,9 +166,25 @@ impl Sink {
                     .call(reqwest::Method::PUT, path, &[], Some(body))
                     .await?;
             }
-            Sink::Etcd { http, put_url, key } => {
-                let value = serde_json::to_vec(&body)?;
-                post_json(http, put_url, &json!({"key": key, "value": base64(&value)})).await?;
+            Sink::Etcd { client, key } => {
+                client.put(key, serde_json::to_vec(&body)?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One linearizable read of the client's key: shoal's describe (ReadIndex, the default),
+    /// etcd's Range (linearizable, the default). A missing key is an error, so that a run
+    /// cannot count cheap "not found" answers as reads.
+    pub(crate) async fn read(&self) -> anyhow::Result<()> {
+        match self {
+            Sink::Shoal { client, path } => {
+                client.call(reqwest::Method::GET, path, &[], None).await?;
+            }
+            Sink::Etcd { client, key } => {
+                if client.get(key).await?.is_none() {
+                    bail!("etcd has no key {:?}", String::from_utf8_lossy(key));
+                }
             }
         }
         Ok(())
@@ -205,6 +218,15 @@ mod tests {
     fn endpoints_normalize() {
         assert_eq!(base_url("127.0.0.1:2379/"), "http://127.0.0.1:2379");
         assert_eq!(host_port("http://127.0.0.1:2379/v3"), "127.0.0.1:2379");
+    }
+
+    #[test]
+    fn the_cpu_list_comes_from_proc_status() {
+        let st = "Name:\tetcd\nCpus_allowed:\t3\nCpus_allowed_list:\t0-1\nMems_allowed:\t1\n";
+        assert_eq!(cpus_allowed_in(st).as_deref(), Some("0-1"));
+        assert_eq!(cpus_allowed_in("Name:\tx\n"), None);
+        // This test's own process has some CPU to run on.
+        assert!(cpus_allowed("self").is_some());
     }
 
     #[test]

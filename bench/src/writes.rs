@@ -1,10 +1,19 @@
-//! `shoal-bench writes`: a closed-loop write benchmark. Each client owns one key and updates
-//! it back to back; each run stops by itself after `--seconds`. Against shoal a write updates a
-//! virtual node through the App Mesh API (one Raft commit, the log flushed to disk before the
-//! answer); against etcd it is a put of the very same bytes (the ~600-byte JSON body) through
-//! etcd's v3 JSON gateway. Both send every write to the leader unless `--spread` is given.
-//! `--target both` alternates the two systems at each concurrency and prints one table with the
-//! ratio shoal/etcd.
+//! `shoal-bench writes` and `shoal-bench reads`: closed-loop benchmarks. Each client owns one
+//! key and, back to back, updates it (`writes`) or reads it linearizably (`reads`); each run
+//! stops by itself after `--seconds`.
+//!
+//! * shoal: a write updates the client's virtual node through the App Mesh REST API (one Raft
+//!   commit, the log flushed to disk before the answer); a read describes it (`GET`, which is
+//!   linearizable by default: a ReadIndex round through the leader).
+//! * etcd, through its native gRPC API: a write is a `Put` of the very same bytes as shoal's
+//!   request body (the ~560-byte JSON) at the client's key (WAL fsynced before the answer); a
+//!   read is a `Range` of that key with etcd's default, linearizable consistency.
+//!
+//! Each client has its own connection (HTTP/1.1 to shoal, HTTP/2 to etcd). Both send every
+//! request to the leader unless `--spread` is given. With `--target both`, every
+//! configuration runs `--runs` times per system, the two alternating which goes first (see
+//! [`crate::fair`]), and one table shows the medians with the ratio shoal/etcd, followed by
+//! every run's figures.
 
 use std::time::{Duration, Instant};
 
@@ -12,13 +21,15 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::etcd::{etcd_prefix, etcd_view};
-use crate::stats::{ms, percentile};
+use crate::etcd::etcd_view;
+use crate::fair::{self, Figures};
+use crate::stats::percentile;
 use crate::system::{
-    base_url, control_http, host_port, node_spec, shoal_setup, shoal_view, Sink, System,
+    base_url, control_http, cpus_allowed, host_port, node_spec, shoal_setup, shoal_view, Sink,
+    System,
 };
 
-/// What `shoal-bench writes` runs.
+/// What `shoal-bench writes|reads` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Targets {
     /// shoal only (`--addr`).
@@ -29,9 +40,28 @@ pub enum Targets {
     Both,
 }
 
-/// `shoal-bench writes`.
+/// The operation a closed-loop client repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Update the client's key.
+    Write,
+    /// Read the client's key, linearizably.
+    Read,
+}
+
+impl Op {
+    /// The plural noun the output uses ("writes/s").
+    fn noun(self) -> &'static str {
+        match self {
+            Op::Write => "writes",
+            Op::Read => "reads",
+        }
+    }
+}
+
+/// `shoal-bench writes` and `shoal-bench reads`.
 #[derive(Debug, Args)]
-pub struct WriteBenchArgs {
+pub struct LoadArgs {
     /// What to benchmark.
     #[arg(long, value_enum, default_value = "shoal")]
     pub target: Targets,
@@ -42,16 +72,19 @@ pub struct WriteBenchArgs {
     /// etcd endpoints with `--target both` (repeatable).
     #[arg(long = "etcd-addr")]
     pub etcd_addr: Vec<String>,
-    /// Spread the clients over every member (round-robin) instead of writing to the leader.
+    /// Spread the clients over every member (round-robin) instead of sending to the leader.
     #[arg(long)]
     pub spread: bool,
-    /// Concurrent clients (repeatable: one run per value).
+    /// Concurrent clients (repeatable: one configuration per value).
     #[arg(long = "clients", default_values_t = vec![1, 16])]
     pub clients: Vec<usize>,
     /// Length of each run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Mesh the shoal writers' virtual nodes live in (created if missing).
+    /// Runs of each configuration per system; the table shows their medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
+    /// Mesh the shoal clients' virtual nodes live in (created if missing).
     #[arg(long, default_value = "bench")]
     pub mesh: String,
     /// An untimed run of this many seconds (16 clients) per system before the first
@@ -60,28 +93,13 @@ pub struct WriteBenchArgs {
     pub warmup: u64,
 }
 
-/// Latency figures of one run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Figures {
-    /// Completed writes.
-    pub writes: usize,
-    /// Writes per second over the run.
-    pub per_second: f64,
-    /// Median latency.
-    pub p50: Duration,
-    /// 99th percentile latency.
-    pub p99: Duration,
-    /// Slowest write.
-    pub max: Duration,
-}
-
 /// The body of the benchmark's `i`-th update: shoal gets it as the request, etcd as the value.
 fn write_body(i: u64) -> Value {
     json!({ "spec": node_spec(i) })
 }
 
-/// Every client writes back to back through its own sink until `seconds` have passed.
-async fn closed_loop(sinks: Vec<Sink>, seconds: u64) -> anyhow::Result<Figures> {
+/// Every client repeats `op` back to back through its own sink until `seconds` have passed.
+async fn closed_loop(sinks: Vec<Sink>, seconds: u64, op: Op) -> anyhow::Result<Figures> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = sinks
@@ -93,9 +111,11 @@ async fn closed_loop(sinks: Vec<Sink>, seconds: u64) -> anyhow::Result<Figures> 
                 while Instant::now() < deadline {
                     i += 1;
                     let t = Instant::now();
-                    sink.write(write_body(i))
-                        .await
-                        .context("write failed during the benchmark")?;
+                    match op {
+                        Op::Write => sink.write(write_body(i)).await,
+                        Op::Read => sink.read().await,
+                    }
+                    .with_context(|| format!("{} failed during the benchmark", op.noun()))?;
                     lat.push(t.elapsed());
                 }
                 anyhow::Ok(lat)
@@ -109,7 +129,7 @@ async fn closed_loop(sinks: Vec<Sink>, seconds: u64) -> anyhow::Result<Figures> 
     let elapsed = started.elapsed();
     all.sort();
     Ok(Figures {
-        writes: all.len(),
+        ops: all.len(),
         per_second: all.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&all, 50.0),
         p99: percentile(&all, 99.0),
@@ -117,13 +137,11 @@ async fn closed_loop(sinks: Vec<Sink>, seconds: u64) -> anyhow::Result<Figures> 
     })
 }
 
-/// Where one system's clients send their writes.
+/// Where one system's clients send their requests.
 struct Plan {
     system: System,
     /// Endpoint of client `c` is `endpoints[c % len]`.
     endpoints: Vec<String>,
-    /// etcd's API prefix.
-    prefix: String,
 }
 
 async fn plan(
@@ -132,12 +150,9 @@ async fn plan(
     addrs: &[String],
     spread: bool,
 ) -> anyhow::Result<Plan> {
-    let (view, prefix) = match system {
-        System::Shoal => (shoal_view(http, addrs).await?, String::new()),
-        System::Etcd => {
-            let prefix = etcd_prefix(http, &addrs[0]).await?;
-            (etcd_view(http, addrs, &prefix).await, prefix)
-        }
+    let view = match system {
+        System::Shoal => shoal_view(http, addrs).await?,
+        System::Etcd => etcd_view(addrs).await,
     };
     let endpoints = if spread {
         if addrs.len() > 1 || view.all.is_empty() {
@@ -150,19 +165,18 @@ async fn plan(
             .leader
             .with_context(|| format!("{system:?}: no leader is known"))?]
     };
-    Ok(Plan {
-        system,
-        endpoints,
-        prefix,
-    })
+    Ok(Plan { system, endpoints })
 }
 
-/// One run of `plan`'s system with `clients` writers.
+/// One run of `plan`'s system with `clients` clients. Each client's key exists before the
+/// clock starts (shoal: its virtual node; etcd: the same body put at its key), so that reads
+/// find what they read and the first write is an update on both.
 async fn run_system(
     plan: &Plan,
     mesh: &str,
     clients: usize,
     seconds: u64,
+    op: Op,
 ) -> anyhow::Result<Figures> {
     let names: Vec<String> = (0..clients).map(|c| format!("writer-{c}")).collect();
     let endpoint = |c: usize| plan.endpoints[c % plan.endpoints.len()].as_str();
@@ -176,81 +190,18 @@ async fn run_system(
         }
         System::Etcd => {
             for (c, name) in names.iter().enumerate() {
-                sinks.push(Sink::etcd(
-                    endpoint(c),
-                    &plan.prefix,
-                    &format!("/bench/{mesh}/{name}"),
-                )?);
+                let sink = Sink::etcd(endpoint(c), &format!("/bench/{mesh}/{name}")).await?;
+                sink.write(write_body(0)).await?;
+                sinks.push(sink);
             }
         }
     }
-    closed_loop(sinks, seconds).await
+    closed_loop(sinks, seconds, op).await
 }
 
-/// The `writes` table: one row per concurrency, a column group per system that ran, and the
-/// ratios shoal/etcd when both did.
-pub fn write_table(rows: &[(usize, Option<Figures>, Option<Figures>)]) -> String {
-    let has_shoal = rows.iter().any(|r| r.1.is_some());
-    let has_etcd = rows.iter().any(|r| r.2.is_some());
-    let both = has_shoal && has_etcd;
-    let mut header = vec!["clients".to_string()];
-    for (name, present) in [("shoal", has_shoal), ("etcd", has_etcd)] {
-        if present {
-            for col in ["writes/s", "p50_ms", "p99_ms", "max_ms"] {
-                header.push(format!("{name}_{col}"));
-            }
-        }
-    }
-    if both {
-        header.push("ratio_writes/s".into());
-        header.push("ratio_p99".into());
-    }
-    let mut table = vec![header];
-    for (n, s, e) in rows {
-        let mut row = vec![n.to_string()];
-        for (f, present) in [(s, has_shoal), (e, has_etcd)] {
-            if !present {
-                continue;
-            }
-            match f {
-                Some(f) => {
-                    row.push(format!("{:.0}", f.per_second));
-                    row.push(format!("{:.2}", ms(f.p50)));
-                    row.push(format!("{:.2}", ms(f.p99)));
-                    row.push(format!("{:.2}", ms(f.max)));
-                }
-                None => row.extend(std::iter::repeat_n("-".to_string(), 4)),
-            }
-        }
-        if both {
-            match (s, e) {
-                (Some(s), Some(e)) if e.per_second > 0.0 && !e.p99.is_zero() => {
-                    row.push(format!("{:.2}", s.per_second / e.per_second));
-                    row.push(format!("{:.2}", s.p99.as_secs_f64() / e.p99.as_secs_f64()));
-                }
-                _ => row.extend(["-".to_string(), "-".to_string()]),
-            }
-        }
-        table.push(row);
-    }
-    let mut out = String::new();
-    let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for r in &table {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:>w$}"))
-            .collect();
-        out.push_str(&cells.join("  "));
-        out.push('\n');
-    }
-    out
-}
-
-/// `shoal-bench writes`: one run per `--clients` value (per system), one table.
-pub async fn writes(args: WriteBenchArgs) -> anyhow::Result<()> {
+/// `shoal-bench writes|reads`: `--runs` runs per `--clients` value and system, in the order
+/// of [`fair::schedule`]; one table of medians, then every run.
+pub async fn run(args: LoadArgs, op: Op) -> anyhow::Result<()> {
     let http = control_http()?;
     let default_shoal =
         || vec![std::env::var("SHOAL_ADDR").unwrap_or_else(|_| "http://127.0.0.1:7070".into())];
@@ -279,14 +230,37 @@ pub async fn writes(args: WriteBenchArgs) -> anyhow::Result<()> {
         plans.push(plan(&http, System::Etcd, a, args.spread).await?);
     }
     let size = serde_json::to_vec(&write_body(1))?.len();
+    let noun = op.noun();
+    let what = match op {
+        Op::Write => format!(
+            "closed-loop writes: each client updates its own key with a {size}-byte JSON body \
+             (shoal: App Mesh PUT of a virtual node; etcd: gRPC Put of the same bytes)"
+        ),
+        Op::Read => format!(
+            "closed-loop linearizable reads: each client reads its own key, {size} bytes of JSON \
+             (shoal: App Mesh GET, ReadIndex; etcd: gRPC Range, default linearizable)"
+        ),
+    };
+    println!("{what}");
     println!(
-        "closed-loop writes, {size}-byte JSON body per write, {} s per run, {}",
+        "{} s per run, {} run(s) per configuration and system, medians shown; {}; \
+         one connection per client; {}",
         args.seconds,
+        args.runs,
+        if plans.len() > 1 {
+            "the systems alternate which runs first (ABBA)"
+        } else {
+            "one system"
+        },
         if args.spread {
             "clients spread over every member"
         } else {
-            "every client writes to the leader"
+            "every client sends to the leader"
         }
+    );
+    println!(
+        "this client runs on CPUs {}",
+        cpus_allowed("self").unwrap_or_else(|| "?".into())
     );
     for p in &plans {
         println!(
@@ -301,26 +275,34 @@ pub async fn writes(args: WriteBenchArgs) -> anyhow::Result<()> {
     }
     if args.warmup > 0 {
         for p in &plans {
-            run_system(p, &args.mesh, 16, args.warmup)
+            run_system(p, &args.mesh, 16, args.warmup, op)
                 .await
                 .with_context(|| format!("{:?}: warm-up", p.system))?;
         }
     }
-    let mut rows = Vec::new();
-    for &n in &args.clients {
-        let mut row = (n, None, None);
-        for p in &plans {
-            let f = run_system(p, &args.mesh, n, args.seconds)
-                .await
-                .with_context(|| format!("{:?} with {n} clients", p.system))?;
-            match p.system {
-                System::Shoal => row.1 = Some(f),
-                System::Etcd => row.2 = Some(f),
-            }
-        }
-        rows.push(row);
+    let systems: Vec<System> = plans.iter().map(|p| p.system).collect();
+    let mut results = Vec::new();
+    for slot in fair::schedule(&args.clients, args.runs as usize, &systems) {
+        let p = plans
+            .iter()
+            .find(|p| p.system == slot.system)
+            .expect("the schedule names only planned systems");
+        let f = run_system(p, &args.mesh, slot.clients, args.seconds, op)
+            .await
+            .with_context(|| {
+                format!(
+                    "{:?} with {} clients, run {}",
+                    slot.system,
+                    slot.clients,
+                    slot.run + 1
+                )
+            })?;
+        results.push((slot, f));
     }
-    print!("{}", write_table(&rows));
+    let rows = fair::collect(results);
+    print!("{}", fair::table(&rows, noun));
+    println!("every run, in the order run (* = ran first of its pair):");
+    print!("{}", fair::details(&rows, noun));
     Ok(())
 }
 
@@ -329,25 +311,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_compares_both_systems() {
-        let f = |w: usize, p99: u64| Figures {
-            writes: w,
-            per_second: w as f64,
-            p50: Duration::from_millis(1),
-            p99: Duration::from_millis(p99),
-            max: Duration::from_millis(p99),
-        };
-        let t = write_table(&[(1, Some(f(100, 4)), Some(f(200, 2)))]);
-        let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].ends_with("ratio_writes/s  ratio_p99"), "{t}");
-        assert!(lines[1].ends_with("0.50       2.00"), "{t}");
-        let only = write_table(&[(16, Some(f(100, 4)), None)]);
-        assert!(!only.contains("etcd") && !only.contains("ratio"), "{only}");
-    }
-
-    #[test]
     fn the_write_body_is_about_600_bytes() {
         let n = serde_json::to_vec(&write_body(123)).unwrap().len();
         assert!((500..800).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn each_write_differs_from_the_last() {
+        // A write that repeated the stored value could be cheaper on one system than the other.
+        assert_ne!(write_body(1), write_body(2));
     }
 }
