@@ -1094,6 +1094,13 @@ impl Cluster {
             .unwrap_or_else(|| panic!("server {id} is not defined"))
     }
 
+    /// The command line of server `id`, to change before its next start.
+    pub fn spec_mut(&mut self, id: u64) -> &mut ServerSpec {
+        self.specs
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("server {id} is not defined"))
+    }
+
     /// Starts server `id` with its command line (again, after a kill or stop). Panics if it
     /// is running.
     pub fn start(&mut self, id: u64) {

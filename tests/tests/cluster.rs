@@ -755,6 +755,55 @@ fn wiped_server_rejoins_as_new() {
     );
 }
 
+/// A server whose Raft log is damaged refuses to start (exit 78) while the others carry on;
+/// told `--discard-untrusted-store`, it moves the store aside and rejoins as a new member that
+/// the cluster re-replicates.
+#[test]
+fn a_damaged_server_refuses_then_rejoins_when_told_to_discard_its_store() {
+    let mut c = Cluster::start_three(7);
+    c.wait_leader(&ALL, &ALL, secs(30));
+    make_mesh(&c, 1);
+    let names = make_nodes(&c, "d", 10);
+    c.wait_converged(&ALL, secs(10));
+    let st = c.terminate(3);
+    assert!(st.success(), "server 3 exited with {st} on SIGTERM");
+
+    // One flipped byte in the first record of server 3's log.
+    let raft = c.spec(3).data_dir.join("raft");
+    let segment = raft.join("wal").join("0000000000000001.wal");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[32 + 17] ^= 0x20;
+    std::fs::write(&segment, bytes).unwrap();
+    let refused = run_shoal(&c.spec(3).args(), secs(30));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("is corrupt at offset 32"), "{stderr}");
+    let more = make_nodes_through(&c, &[1, 2], "e", 3);
+
+    c.spec_mut(3).extra.push("--discard-untrusted-store".into());
+    c.start(3);
+    c.wait_leader_where(&ALL, &ALL, secs(60), |s| {
+        s.members.len() == 3 && s.members.iter().all(|m| m.healthy)
+    });
+    let aside: Vec<_> = std::fs::read_dir(c.spec(3).data_dir.clone())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("raft.untrusted-")
+        })
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the damaged store is kept aside for inspection"
+    );
+    let mut all = names;
+    all.extend(more);
+    assert_all_present(&c, &[3], &all, "virtual nodes");
+}
+
 /// Waits at most `timeout` until every server in `ids` agrees on a leader among them and on
 /// exactly the members `want`, all voters, then checks for `hold` that no server in `ids` lists
 /// other members. Returns the leader, or what went wrong.

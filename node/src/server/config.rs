@@ -79,6 +79,12 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub xds: Option<SocketAddr>,
+    /// When the Raft store cannot be trusted (damaged, a part missing), move it aside
+    /// (`raft.untrusted-<time>`) and start empty as a new member that the cluster re-replicates,
+    /// instead of refusing to start. Only in a cluster: a lone server would lose everything.
+    #[arg(long)]
+    #[serde(default)]
+    pub discard_untrusted_store: bool,
 }
 
 fn default_api() -> SocketAddr {
@@ -156,6 +162,9 @@ impl ServerConfig {
         if self.gossip.is_none() && (self.dns.is_some() || self.xds.is_some()) {
             bail!("--dns and --xds need --gossip: the agent a server embeds gossips its instances");
         }
+        if self.discard_untrusted_store && self.join.is_empty() {
+            bail!("--discard-untrusted-store needs --join: a server started empty is re-replicated by the others, and a lone server would lose every resource");
+        }
         if self.gossip.is_none() && (self.bootstrap_expect > 1 || !self.join.is_empty()) {
             bail!("a multi-server cluster needs --gossip (servers find each other through gossip)");
         }
@@ -203,6 +212,15 @@ mod tests {
             "in a cluster --api must be this host's own address and a fixed port, not 0.0.0.0:7070"
         );
         c.api = "10.0.0.1:7070".parse().unwrap();
+        c.validate().unwrap();
+        // Starting empty is only safe where others hold the data.
+        c.discard_untrusted_store = true;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--discard-untrusted-store needs --join"));
+        c.join = vec!["10.0.0.2:7946".into()];
         c.validate().unwrap();
     }
 }

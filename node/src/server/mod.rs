@@ -84,9 +84,25 @@ where
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
     rcfg.snapshot_after_logs = cfg.snapshot_after_logs;
-    let raft = RaftNode::open(rcfg)
-        .await
-        .context("opening the Raft store")?;
+    let raft = match RaftNode::open(rcfg.clone()).await {
+        Err(shoal_raft::Error::Store(reason)) if cfg.discard_untrusted_store => {
+            // The operator asked for it: keep the damaged store aside for inspection and start
+            // as a new incarnation, which the cluster re-adds and re-replicates.
+            let raft_dir = cfg.data_dir.join("raft");
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = cfg.data_dir.join(format!("raft.untrusted-{stamp}"));
+            tracing::error!(%reason, aside = %aside.display(), "the Raft store cannot be trusted; --discard-untrusted-store: moving it aside and starting empty, as a new member");
+            std::fs::rename(&raft_dir, &aside).with_context(|| {
+                format!("moving {} aside to {}", raft_dir.display(), aside.display())
+            })?;
+            RaftNode::open(rcfg)
+                .await
+                .context("opening a new Raft store")?
+        }
+        opened => opened.context("opening the Raft store")?,
+    };
     let gossip = match cfg.gossip {
         None => {
             // A lone server without gossip: bootstrap alone and wait for its own election.
