@@ -342,3 +342,43 @@ fn errors_are_send_sync() {
     check::<shoal_raft::WriteError>();
     check::<RaftNode>();
 }
+
+/// A leader restarted does not lead its old term again: it stands for election, and the new
+/// term's first entry commits everything before it. This is what makes an unsynced committed
+/// id safe (regression: with its vote restored committed, a restarted leader led its old term
+/// at once and served ReadIndex reads at a committed id older than its acknowledged writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_is_elected_in_a_new_term_and_reads_every_write() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(config(dir.path(), 5000)).await;
+        for name in ["one", "two", "three"] {
+            node.write(put_mesh(name, PutMode::Create))
+                .await
+                .expect("write")
+                .outcome
+                .expect("applied");
+        }
+        let before = node.status().term;
+        node.shutdown().await.unwrap();
+        drop(node);
+
+        let node = RaftNode::open(config(dir.path(), 5000))
+            .await
+            .expect("reopen");
+        node.wait_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        node.read_index().await.expect("read index");
+        let after = node.status().term;
+        assert!(
+            after > before,
+            "the restarted leader leads a new term ({after} after {before})"
+        );
+        let names = node.read(mesh_names);
+        assert_eq!(names, ["one", "three", "two"]);
+        node.shutdown().await.unwrap();
+    })
+    .await
+    .expect("within the limit");
+}
