@@ -286,20 +286,20 @@ fn a_store_of_the_previous_format_is_refused_with_how_to_move() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("shoal snapshot save"));
 }
 
-/// One line of `strace -f -ttt -T -y`: when the call started, how long it took, and the line.
+/// One line of `strace -ff -ttt -T -y`: when the call started, how long it took, and the line.
 struct Call {
     start: f64,
     end: f64,
     text: String,
 }
 
+/// The calls of one thread's trace file (`-ff` gives each thread its own file, so no call is
+/// split into "unfinished" and "resumed" halves by another thread's).
 fn parse_trace(text: &str) -> Vec<Call> {
     text.lines()
         .filter_map(|l| {
-            let mut parts = l.splitn(3, ' ');
-            let _pid = parts.next()?;
-            let start: f64 = parts.next()?.parse().ok()?;
-            let rest = parts.next()?;
+            let (start, rest) = l.split_once(' ')?;
+            let start: f64 = start.parse().ok()?;
             let took: f64 = rest
                 .rsplit_once('<')
                 .and_then(|(_, t)| t.strip_suffix('>'))
@@ -322,9 +322,10 @@ fn every_acknowledged_write_was_synced_before_its_answer() {
         .find(|p| Path::new(p).exists())
         .expect("strace is missing: scripts/install-tools installs it (apt-get install strace)");
     let s = Server::new();
-    let trace = s.dir.path().join("trace.txt");
+    let traces = s.dir.path().join("traces");
+    std::fs::create_dir_all(&traces).unwrap();
     let mut args = vec![
-        "-f",
+        "-ff",
         "-ttt",
         "-T",
         "-y",
@@ -337,7 +338,7 @@ fn every_acknowledged_write_was_synced_before_its_answer() {
     .into_iter()
     .map(String::from)
     .collect::<Vec<_>>();
-    args.push(trace.to_string_lossy().into_owned());
+    args.push(traces.join("t").to_string_lossy().into_owned());
     args.push(shoal_bin().to_string_lossy().into_owned());
     args.extend(s.args());
     let mut p = Process::spawn(
@@ -378,7 +379,10 @@ fn every_acknowledged_write_was_synced_before_its_answer() {
         Duration::from_secs(30),
         || p.exited().map(drop).ok_or_else(|| "running".to_string()),
     );
-    let calls = parse_trace(&std::fs::read_to_string(&trace).unwrap());
+    let calls: Vec<Call> = std::fs::read_dir(&traces)
+        .unwrap()
+        .flat_map(|e| parse_trace(&std::fs::read_to_string(e.unwrap().path()).unwrap()))
+        .collect();
     assert!(calls.len() > 20, "the trace has {} calls", calls.len());
     for n in &names {
         let quoted = format!("\\\"{n}\\\"");
