@@ -124,6 +124,16 @@ impl LogStore {
             tracing::warn!(path = %path.display(), offset, "cut off a torn tail of the Raft log (a batch a crash interrupted before its sync, so never acknowledged)");
         }
         let had_records = !recovery.records.is_empty();
+        // Every segment but the first must hold the whole state (a `State` record) before older
+        // segments may be removed. A crash between starting a segment and writing its `State`
+        // leaves one without: the writer then puts one in its first batch.
+        let active = wal.active_segment();
+        let first = recovery.records.first().map_or(active, |r| r.segment);
+        let active_has_state = recovery
+            .records
+            .iter()
+            .any(|r| r.segment == active && r.kind == STATE);
+        let needs_state = active != first && !active_has_state;
         let mut mem = Mem::default();
         // The highest entry index each segment holds, to know when it may be removed.
         let mut segment_max: BTreeMap<u64, u64> = BTreeMap::new();
@@ -190,7 +200,7 @@ impl LogStore {
         let state = mem.state.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer(wal, state, segment_max, rx))
+            .spawn(move || writer(wal, state, segment_max, needs_state, rx))
             .map_err(|e| WalError::Io {
                 path: dir.to_path_buf(),
                 source: e,
@@ -243,10 +253,24 @@ fn writer(
     mut wal: Wal,
     mut state: State,
     mut segment_max: BTreeMap<u64, u64>,
+    mut needs_state: bool,
     rx: mpsc::Receiver<Job>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
+        if std::mem::take(&mut needs_state) {
+            jobs.insert(
+                0,
+                Job {
+                    records: vec![Rec {
+                        kind: STATE,
+                        payload: json(&state),
+                        effect: Effect::None,
+                    }],
+                    done: Done::Quiet,
+                },
+            );
+        }
         while jobs.len() < 4096 {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
@@ -577,5 +601,36 @@ mod tests {
         let mut again = open(dir.path());
         let s = again.get_log_state().await.unwrap();
         assert_eq!(s.last_log_id.map(|l| l.index), Some(7));
+    }
+
+    /// A crash between starting a segment and writing its `State` record leaves a segment
+    /// without the state; the next writer puts it there, so removing the older segments never
+    /// loses the vote.
+    #[tokio::test]
+    async fn a_segment_started_without_its_state_gets_it_before_older_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.save_vote(&Vote::new(7, 1)).await.unwrap();
+        append(&mut store, 1..=3).await;
+        drop(store);
+        // The crash: a new segment, named and synced, but no record in it yet.
+        {
+            let (mut wal, _) = Wal::open(dir.path(), small()).unwrap();
+            wal.rotate().unwrap();
+        }
+        let mut store = open(dir.path());
+        append(&mut store, 4..=4).await;
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .unwrap();
+        // The purge removes the first segment (all its entries are purged), with the vote in it.
+        assert!(!dir.path().join("0000000000000001.wal").exists());
+        drop(store);
+        let mut again = open(dir.path());
+        assert_eq!(
+            again.read_vote().await.unwrap().map(|v| v.leader_id),
+            Some(Vote::new(7, 1).leader_id)
+        );
     }
 }
