@@ -17,6 +17,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -246,36 +247,98 @@ impl LogStore {
     }
 }
 
+/// How long a record nobody waits for (a committed id) may sit in memory for a batch to ride
+/// with before it gets a sync of its own.
+const QUIET_WAIT: Duration = Duration::from_millis(20);
+
 /// The writer thread: takes every job queued, writes their records as one batch, syncs once,
 /// then answers them all; starts a new segment (with a `State` record) when one fills up, and
 /// removes the segments whose entries are all purged.
+///
+/// Jobs nobody waits for are held back until a job that is waited for arrives (or
+/// [`QUIET_WAIT`] passes) and go in its batch: every commit saves a committed id, and a sync
+/// of its own would keep the writer busy when the next entry arrives, a second sync on the
+/// path of every write. Held jobs go first, so records keep the order they were sent in.
 fn writer(
-    mut wal: Wal,
-    mut state: State,
-    mut segment_max: BTreeMap<u64, u64>,
-    mut needs_state: bool,
+    wal: Wal,
+    state: State,
+    segment_max: BTreeMap<u64, u64>,
+    needs_state: bool,
     rx: mpsc::Receiver<Job>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        if std::mem::take(&mut needs_state) {
+    let mut w = Writer {
+        wal,
+        state,
+        segment_max,
+        needs_state,
+    };
+    let mut held: Vec<Job> = Vec::new();
+    loop {
+        let first = if held.is_empty() {
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        } else {
+            match rx.recv_timeout(QUIET_WAIT) {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    w.write(std::mem::take(&mut held));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    w.write(std::mem::take(&mut held));
+                    return;
+                }
+            }
+        };
+        held.push(first);
+        while held.len() < 4096 {
+            match rx.try_recv() {
+                Ok(j) => held.push(j),
+                Err(_) => break,
+            }
+        }
+        if held.len() < 4096 && held.iter().all(|j| matches!(j.done, Done::Quiet)) {
+            continue;
+        }
+        w.write(std::mem::take(&mut held));
+    }
+}
+
+/// What the writer thread owns.
+struct Writer {
+    wal: Wal,
+    /// The state as of the last record written (what a new segment starts with).
+    state: State,
+    /// The highest entry index in each segment, by segment number.
+    segment_max: BTreeMap<u64, u64>,
+    /// The active segment has no `State` record yet.
+    needs_state: bool,
+}
+
+impl Writer {
+    /// Writes `jobs` as one batch (after a `State` record if the segment lacks one), syncs
+    /// once, and answers them.
+    fn write(&mut self, mut jobs: Vec<Job>) {
+        let Writer {
+            wal,
+            state,
+            segment_max,
+            needs_state,
+        } = self;
+        if std::mem::take(needs_state) {
             jobs.insert(
                 0,
                 Job {
                     records: vec![Rec {
                         kind: STATE,
-                        payload: json(&state),
+                        payload: json(&*state),
                         effect: Effect::None,
                     }],
                     done: Done::Quiet,
                 },
             );
-        }
-        while jobs.len() < 4096 {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
         }
         let active = wal.active_segment();
         let mut purged = false;
@@ -320,7 +383,7 @@ fn writer(
                 if let Err(e) = wal.remove_before(keep_from) {
                     tracing::warn!(error = %e, "cannot remove purged log segments");
                 }
-                segment_max = segment_max.split_off(&keep_from);
+                *segment_max = segment_max.split_off(&keep_from);
             }
         }
         if let Err(e) = &result {
@@ -554,6 +617,55 @@ mod tests {
         assert_eq!(restored.read_committed().await.unwrap(), Some(c));
         assert_eq!(restored.read_vote().await.unwrap(), Some(v));
         drop(store);
+    }
+
+    /// A committed id is not synced on its own while an entry follows it: it is written in
+    /// the entry's batch (one sync for both); alone, it is written once [`QUIET_WAIT`] passes.
+    #[tokio::test]
+    async fn a_committed_id_rides_with_the_next_batch_or_is_written_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let c = LogId::new(CommittedLeaderId::new(1, 1), 1);
+        store.save_committed(Some(c)).await.unwrap();
+        append(&mut store, 1..=1).await;
+        let batch_of = |dir: &Path, kind: u8| {
+            let (_, recovery) = Wal::open(dir, small()).unwrap();
+            recovery
+                .records
+                .iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| r.batch)
+                .collect::<Vec<_>>()
+        };
+        let image = tempfile::tempdir().unwrap();
+        let copy = |to: &Path| {
+            for e in std::fs::read_dir(dir.path()).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        };
+        copy(image.path());
+        let committed = batch_of(image.path(), COMMITTED);
+        assert_eq!(
+            committed.len(),
+            1,
+            "the committed id is written with the entry"
+        );
+        assert_eq!(
+            committed,
+            batch_of(image.path(), ENTRY),
+            "in the same batch"
+        );
+
+        let later = LogId::new(CommittedLeaderId::new(1, 1), 2);
+        store.save_committed(Some(later)).await.unwrap();
+        tokio::time::sleep(QUIET_WAIT * 10).await;
+        let image = tempfile::tempdir().unwrap();
+        copy(image.path());
+        assert_eq!(
+            open(image.path()).read_committed().await.unwrap(),
+            Some(later)
+        );
     }
 
     #[tokio::test]
