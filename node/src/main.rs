@@ -22,8 +22,14 @@ fn init_logs() {
 /// The exit status of a failed run: 78 (sysexits' EX_CONFIG) when the Raft store cannot be
 /// trusted (damaged, of another format, missing a part), so that the systemd unit's
 /// `RestartPreventExitStatus=78` stops a restart loop on a server an operator must look at;
-/// 1 otherwise.
+/// 70 (EX_SOFTWARE) when the Raft core stopped under a running server, so that it is
+/// restarted; 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.chain()
+        .any(|c| c.downcast_ref::<shoal::server::CoreStopped>().is_some())
+    {
+        return ExitCode::from(70);
+    }
     let untrusted_store = e.chain().any(|c| {
         matches!(
             c.downcast_ref::<shoal_raft::Error>(),

@@ -455,10 +455,12 @@ impl RaftGrpc {
                 expected = %msg.target_incarnation,
                 "refused a Raft RPC for another incarnation of this node"
             );
+            // Not naming the current incarnation: the answer goes to whoever asked.
             return Err(Status::failed_precondition(format!(
-                "Raft node {} is now incarnation {}, not {:?}: its data was reset, so it must \
-                 be removed from the cluster and added again before it takes part",
-                self.node_id, self.incarnation, msg.target_incarnation
+                "Raft node {} is another incarnation than the one addressed: its data was \
+                 reset, so it must be removed from the cluster and added again before it takes \
+                 part",
+                self.node_id
             )));
         }
         serde_json::from_slice(&msg.payload)

@@ -637,6 +637,30 @@ impl RaftNode {
         self.inner.events.subscribe()
     }
 
+    /// Whether openraft's core task is still there. A core that panicked (for instance on a
+    /// forged message, which openraft treats as an impossible state) leaves its last metrics
+    /// behind, still saying it runs; the closed metrics channel is what tells.
+    fn core_running(&self) -> bool {
+        self.raft().metrics().has_changed().is_ok()
+    }
+
+    /// Resolves, with the reason, once the Raft core has stopped by itself: it panicked or
+    /// halted on a fatal storage error. Every write and read fails from then on while the
+    /// process would otherwise keep running, so the server exits instead (and systemd
+    /// restarts it on a store it re-verifies). Also resolves after [`RaftNode::shutdown`]:
+    /// stop watching before shutting down.
+    pub async fn core_stopped(&self) -> String {
+        let mut metrics = self.raft().metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return format!("the Raft core stopped: {fatal}");
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core task ended without stopping cleanly (it panicked)".into();
+            }
+        }
+    }
+
     /// This server's view of the cluster.
     pub fn status(&self) -> Status {
         let m = self.raft().metrics().borrow().clone();
@@ -651,7 +675,7 @@ impl RaftNode {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let last_log = m.last_log_index.unwrap_or(0);
         let recent = Duration::from_millis(self.inner.cfg.election_timeout_max_ms);
-        let running = m.running_state.is_ok();
+        let running = m.running_state.is_ok() && self.core_running();
         let leading = m.current_leader == Some(m.id) && m.replication.is_some();
         let now = Instant::now();
         let members = membership

@@ -40,6 +40,12 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
 }
 
+/// The server ended because its Raft core stopped by itself (a panic or a fatal storage
+/// error); `shoal` exits with status 70 (sysexits' EX_SOFTWARE) so that systemd restarts it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CoreStopped(pub String);
+
 /// Opens the store, bootstraps, binds the API, then serves until `shutdown` resolves.
 /// `on_ready` runs once the API accepts requests (used by `shoal dev` to load its example).
 pub async fn run<F, R>(cfg: ServerConfig, shutdown: F, on_ready: R) -> anyhow::Result<()>
@@ -220,9 +226,17 @@ where
         api_addr,
         grpc_addr,
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped(stop_rx))
-        .await;
+    let served = tokio::select! {
+        served = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)) => served,
+        why = raft.core_stopped() => {
+            // Nothing can be written or read any more: leave, so that the supervisor restarts
+            // this server on its store (verified again at start) instead of it answering
+            // "healthy" with a dead core.
+            tracing::error!(reason = %why, "the Raft core stopped; exiting");
+            ready.abort();
+            return Err(CoreStopped(why).into());
+        }
+    };
     ready.abort();
     if let Ok(Err(e)) = grpc.await {
         tracing::warn!(error = %e, "gRPC server ended with an error");
