@@ -25,6 +25,7 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod logsafe;
 pub mod re2;
 pub mod request;
 pub mod resource;

@@ -158,3 +158,207 @@ fn a_dead_raft_core_exits_70_and_the_restarted_server_has_its_data() {
         got.body
     );
 }
+
+/// Before: a connection that sent half a request line and its headers was held for 14 minutes
+/// and kept `SIGTERM` from stopping the server. Now it is closed after the header-read timeout
+/// (10 s), and a server asked to stop while one is open stops within its grace period.
+#[test]
+fn partial_headers_are_cut_off_and_do_not_hold_shutdown() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut server, api, _) = lone_server(dir.path(), 12);
+    wait_leader(api);
+    let partial = |api: SocketAddr| {
+        let mut s = std::net::TcpStream::connect(api).expect("connect");
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .expect("send half a request");
+        s
+    };
+    let mut slow = partial(api);
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    // The server closes it (EOF, or a 408 then EOF) without the request ever completing.
+    let mut got = Vec::new();
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "the half-sent request was still open after {:?}: {e}",
+                t.elapsed()
+            ),
+        }
+    }
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "closed after {waited:?}, expected the 10 s header-read timeout; got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        !String::from_utf8_lossy(&got).contains("200 OK"),
+        "the half-sent request was answered"
+    );
+
+    // SIGTERM with a half-sent request open: the server exits cleanly and promptly.
+    let _held = partial(api);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    let st = server.terminate(Duration::from_secs(15));
+    assert!(
+        st.success(),
+        "exit status {st}; log:\n{}",
+        tail(&server.log(), 20)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "stopping took {:?}",
+        t.elapsed()
+    );
+}
+
+/// Before: at the descriptor limit, idle API connections starved DNS over TCP ("Too many open
+/// files"). Now the API takes at most half the descriptors beyond a reserve, closing new
+/// connections past that, and the rest of the node keeps working through a flood of 1,000
+/// idle connections: DNS over TCP answers, and once the flood is cut off by the header
+/// timeout the API serves again.
+#[test]
+fn a_thousand_idle_connections_leave_dns_and_the_api_working() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let ip = std::net::IpAddr::from([127, 0, BLOCK, 13]);
+    let api = SocketAddr::new(ip, 7070);
+    let dns = SocketAddr::new(ip, 8600);
+    // A descriptor limit of 1,100 (soft and hard, so the server cannot raise it): 294 API
+    // connections at most.
+    let prlimit = std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        prlimit,
+        "prlimit (util-linux) is needed to run a server under a descriptor limit"
+    );
+    let args = [
+        "--nofile=1100:1100".to_string(),
+        shoal_bin().display().to_string(),
+        "server".into(),
+        "--node-id".into(),
+        "1".into(),
+        "--data-dir".into(),
+        root.join("data").display().to_string(),
+        "--api".into(),
+        api.to_string(),
+        "--raft".into(),
+        SocketAddr::new(ip, 7071).to_string(),
+        "--gossip".into(),
+        SocketAddr::new(ip, 7946).to_string(),
+        "--bootstrap-expect".into(),
+        "1".into(),
+        "--dns".into(),
+        dns.to_string(),
+    ];
+    let server = Process::spawn(
+        "server 1",
+        std::path::Path::new("/usr/bin/prlimit"),
+        &args,
+        &root.join("server.log"),
+    );
+    wait_leader(api);
+    let answered = |what: &str| {
+        let a = shoal_e2e::dig(dns, "nothing.apps.local", "A", &["+tcp"]);
+        assert!(
+            !a.status.is_empty(),
+            "DNS over TCP did not answer {what}: {}",
+            a.raw
+        );
+    };
+    answered("before the flood");
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        match std::net::TcpStream::connect(api) {
+            Ok(s) => flood.push(s),
+            Err(e) => panic!("the client could not open a connection: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    answered("during the flood");
+    answered("during the flood, again");
+    assert!(
+        server.log().contains("connection limit reached"),
+        "the refusals are logged; log tail:\n{}",
+        tail(&server.log(), 10)
+    );
+    // The idle ones are cut off after the header-read timeout; the API serves again while
+    // the client still holds its ends.
+    let back = wait_for("the API serves again", Duration::from_secs(20), || {
+        node_status(api).ok_or_else(|| "no status".to_string())
+    });
+    assert_eq!(back.leader_id, Some(1));
+    answered("after the flood");
+    drop(flood);
+}
+
+/// Before: a restore body was buffered up to 512 MiB before anything looked at it. Now it is
+/// read as it comes and refused once it passes 64 MiB, in the API's error shape, with the
+/// model untouched.
+#[test]
+fn an_oversized_restore_is_refused_and_changes_nothing() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_server, api, _) = lone_server(dir.path(), 14);
+    wait_leader(api);
+    let created = http_request(
+        api,
+        "PUT",
+        "/v20190125/meshes",
+        Some(r#"{"meshName":"kept"}"#),
+        Duration::from_secs(5),
+    )
+    .expect("create a mesh");
+    assert_eq!(created.code, 200, "create mesh: {}", created.body);
+    // 65 MiB of a JSON string, chunked (no length announced), so the cap has to count.
+    let mut s = std::net::TcpStream::connect(api).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(
+        b"POST /v1/snapshot/restore HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .expect("headers");
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    for i in 0..65 {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        if i == 0 {
+            frame.extend_from_slice(b"\"");
+            frame.extend_from_slice(&chunk[1..]);
+        } else {
+            frame.extend_from_slice(&chunk);
+        }
+        frame.extend_from_slice(b"\r\n");
+        if s.write_all(&frame).is_err() {
+            break; // the server answered and closed early: that is the point
+        }
+        sent += chunk.len();
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("LimitExceededException"),
+        "after {sent} bytes: {answer}"
+    );
+    let got = http_request(
+        api,
+        "GET",
+        "/v20190125/meshes/kept",
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("describe the mesh");
+    assert_eq!(got.code, 200, "the mesh is still there: {}", got.body);
+}

@@ -23,16 +23,20 @@ pub struct ProxyId {
     pub name: String,
 }
 
-/// Why a node id was refused.
+/// Why a node id was refused. Holds the id escaped and cut for logs and answers
+/// ([`shoal_model::logsafe`]): it comes from the network.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node id {0:?} is not mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name> or an App Mesh ARN ending in either")]
+#[error("node id \"{0}\" is not mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name> or an App Mesh ARN ending in either")]
 pub struct BadNodeId(pub String);
+
+/// Longest mesh or resource name App Mesh allows (the botocore model's `ResourceName`).
+const MAX_NAME: usize = 255;
 
 impl ProxyId {
     /// Parses `mesh/M/virtualNode/N`, `mesh/M/virtualGateway/N`, or
     /// `arn:aws:appmesh:<region>:<account>:mesh/M/virtualNode/N` (and the gateway form).
     pub fn parse(node_id: &str) -> Result<ProxyId, BadNodeId> {
-        let bad = || BadNodeId(node_id.to_string());
+        let bad = || BadNodeId(shoal_model::logsafe::log_safe(node_id));
         let path = if node_id.starts_with("arn:") {
             // arn:partition:appmesh:region:account:resource — the resource holds no ':'.
             let parts: Vec<&str> = node_id.splitn(6, ':').collect();
@@ -52,7 +56,9 @@ impl ProxyId {
             "virtualGateway" => ProxyKind::VirtualGateway,
             _ => return Err(bad()),
         };
-        if *m != "mesh" || mesh.is_empty() || name.is_empty() {
+        let fits =
+            |s: &str| !s.is_empty() && s.len() <= MAX_NAME && !s.chars().any(char::is_control);
+        if *m != "mesh" || !fits(mesh) || !fits(name) {
             return Err(bad());
         }
         Ok(ProxyId {
@@ -126,5 +132,17 @@ mod tests {
         ] {
             assert!(ProxyId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn hostile_node_ids_are_refused_and_reported_cut_and_escaped() {
+        let long = format!("mesh/m/virtualNode/{}", "n".repeat(1 << 20));
+        let e = ProxyId::parse(&long).unwrap_err();
+        assert!(e.to_string().len() < 400, "{}", e.to_string().len());
+        assert!(e.to_string().contains("(1048595 bytes)"), "{e}");
+        let e = ProxyId::parse("mesh/m/virtualNode/a\n2026 INFO forged").unwrap_err();
+        assert!(e.to_string().contains("a\\n2026 INFO forged"), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(ProxyId::parse(&format!("mesh/m/virtualNode/{}", "n".repeat(255))).is_ok());
     }
 }

@@ -309,6 +309,7 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     cfg.validate()?;
+    crate::http::raise_descriptor_limit();
     let listener = match cfg.api {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -330,19 +331,23 @@ where
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let served = match listener {
-        Some(l) => axum::serve(l, api::routes(state.clone(), true))
-            .with_graceful_shutdown(stopped)
-            .await
-            .context("serving the agent API"),
-        None => {
-            stopped.await;
-            Ok(())
+    match listener {
+        Some(l) => {
+            let limits = crate::http::Limits::from_process();
+            crate::http::serve(
+                "agent API",
+                l,
+                api::routes(state.clone(), true),
+                limits,
+                stopped,
+            )
+            .await;
         }
-    };
+        None => stopped.await,
+    }
     started.join().await;
     if let Err(e) = state.gossip.shutdown().await {
         tracing::warn!(error = %e, "gossip did not stop cleanly");
     }
-    served
+    Ok(())
 }

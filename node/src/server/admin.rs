@@ -22,7 +22,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/snapshot", get(snapshot_save))
         .route(
             "/v1/snapshot/restore",
-            post(snapshot_restore).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+            post(snapshot_restore).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/metrics", get(metrics))
 }
@@ -138,10 +138,44 @@ async fn snapshot_save(
     }
 }
 
+/// Largest snapshot `POST /v1/snapshot/restore` takes. The restore is one Raft entry that
+/// every server holds in memory and writes to its log: 64 MiB is some 30,000 resources of
+/// App Mesh's largest size, past any mesh App Mesh itself allowed (its quotas stop at a few
+/// thousand resources per mesh).
+pub const MAX_RESTORE_BYTES: usize = 64 << 20;
+
+/// Reads `body` whole, but refuses it once it passes `max` bytes.
+async fn read_capped(
+    body: axum::body::Body,
+    max: usize,
+) -> Result<axum::body::Bytes, shoal_model::ApiError> {
+    use http_body_util::BodyExt;
+    let too_big = || {
+        shoal_model::ApiError::new(
+            shoal_model::ErrorKind::LimitExceeded,
+            format!("The snapshot is larger than {max} bytes, the most a restore takes"),
+        )
+    };
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
+        Err(e) => Err(shoal_model::ApiError::bad_request(format!(
+            "Cannot read the snapshot: {e}"
+        ))),
+    }
+}
+
 /// `POST /v1/snapshot/restore`: replaces the whole model with a saved one, as one Raft
 /// command (every server applies it at the same revision; watchers get the difference).
 /// Every resource is checked as a create would be before anything is committed.
-async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+///
+/// The body is read as it arrives and refused (`LimitExceededException`) as soon as it passes
+/// [`MAX_RESTORE_BYTES`] (or announces more), rather than buffered whole first.
+async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Body) -> Response {
+    let body = match read_capped(body, MAX_RESTORE_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
     let model: shoal_model::Model = match shoal_model::request::json(&body) {
         Ok(m) => m,
         Err(e) => return error_response(&e),

@@ -70,6 +70,7 @@ where
     R: FnOnce(Running) -> tokio::task::JoinHandle<()>,
 {
     cfg.validate()?;
+    crate::http::raise_descriptor_limit();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let listener = TcpListener::bind(cfg.api)
@@ -226,8 +227,15 @@ where
         api_addr,
         grpc_addr,
     });
-    let served = tokio::select! {
-        served = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx)) => served,
+    let limits = crate::http::Limits::from_process();
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        "API connection limits"
+    );
+    tokio::select! {
+        () = crate::http::serve("server API", listener, app, limits, stopped(stop_rx)) => {}
         why = raft.core_stopped() => {
             // Nothing can be written or read any more: leave, so that the supervisor restarts
             // this server on its store (verified again at start) instead of it answering
@@ -252,8 +260,7 @@ where
             tracing::warn!(error = %e, "gossip did not stop cleanly");
         }
     }
-    raft.shutdown().await.context("stopping Raft")?;
-    served.context("serving the API")
+    raft.shutdown().await.context("stopping Raft")
 }
 
 /// The whole HTTP surface of a server: the App Mesh API, status and metrics.

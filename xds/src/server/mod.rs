@@ -64,6 +64,9 @@ use tonic::{Status, Streaming};
 pub use self::grpc::AdsService;
 pub use self::node::{parse_node, NodeError};
 use self::stats::{lock, Stats, StreamGuard};
+
+/// Concurrent gRPC streams one connection may open (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 pub use self::stats::{AdsStats, NackRecord, Protocol, ProxyStatus, TypeCounts};
 use crate::proxy::{ProxyId, ProxyOptions};
 use crate::snapshot::{ResourceType, Snapshot};
@@ -174,6 +177,9 @@ impl AdsServer {
             .with_keepalive(Some(Duration::from_secs(60)));
         let handle = self.clone();
         tonic::transport::Server::builder()
+            // An Envoy opens one ADS stream (a few once SDS comes): more on one connection is
+            // a client misbehaving, and each stream costs a subscription.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(self.into_service())
@@ -239,7 +245,8 @@ impl AdsServer {
                 .stats
                 .streams_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(node = node.map(|n| n.id.as_str()).unwrap_or(""), error = %status.message(), "xDS stream refused");
+            let id = node.map(|n| n.id.as_str()).unwrap_or("");
+            tracing::warn!(node = %shoal_model::logsafe::LogSafe(id), error = %shoal_model::logsafe::LogSafe(status.message()), "xDS stream refused");
             status
         };
         let (proxy, opts) =

@@ -2,6 +2,10 @@
 //! refusal takes, the Prometheus exposition response, and the gossip member listing both
 //! serve. Errors are typed (`shoal_model::ApiError`) everywhere else and become HTTP here only.
 
+mod serve;
+
+pub use serve::{raise_descriptor_limit, serve, Limits};
+
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
