@@ -22,6 +22,7 @@ pub mod dev;
 mod http;
 pub mod registration;
 pub mod server;
+pub mod tls;
 pub mod watch;
 
 /// Resolves on Ctrl-C or SIGTERM: the signal every mode shuts down on.

@@ -96,7 +96,7 @@ async fn snapshot_then_changes_then_resume() {
     apply(&s.api, json!({"meshName": "m"})).await;
     apply(&s.api, node("a")).await;
 
-    let mut w = Watcher::connect(&s.grpc, 0).await.unwrap();
+    let mut w = Watcher::connect(&s.grpc, 0, None).await.unwrap();
     let WatchUpdate::Snapshot {
         revision: snap_rev,
         resources,
@@ -123,7 +123,7 @@ async fn snapshot_then_changes_then_resume() {
 
     // Written while nobody watches; a watcher resuming from `last` gets exactly this.
     apply(&s.api, node("d")).await;
-    let mut w = Watcher::connect(&s.grpc, last).await.unwrap();
+    let mut w = Watcher::connect(&s.grpc, last, None).await.unwrap();
     let WatchUpdate::Changes { revision, changes } = next_change(&mut w).await else {
         panic!("a resume within the history is a backlog, not a snapshot")
     };
@@ -131,7 +131,7 @@ async fn snapshot_then_changes_then_resume() {
     assert_eq!(changes[0].resource().key.name, "d");
 
     // A revision this server never had: resync with a snapshot of everything.
-    let mut w = Watcher::connect(&s.grpc, 1_000_000).await.unwrap();
+    let mut w = Watcher::connect(&s.grpc, 1_000_000, None).await.unwrap();
     let WatchUpdate::Snapshot {
         resources,
         revision: r2,
@@ -158,7 +158,7 @@ async fn two_thousand_watchers_all_see_a_change() {
         let gate = gate.clone();
         connecting.push(tokio::spawn(async move {
             let _permit = gate.acquire().await.unwrap();
-            let mut w = Watcher::connect(&grpc, 0).await.unwrap();
+            let mut w = Watcher::connect(&grpc, 0, None).await.unwrap();
             assert!(matches!(
                 next_change(&mut w).await,
                 WatchUpdate::Snapshot { .. }

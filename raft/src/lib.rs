@@ -104,6 +104,32 @@ pub struct Config {
     /// How long sending one snapshot chunk (and installing the last one) to a follower may
     /// take, in milliseconds.
     pub install_snapshot_timeout_ms: u64,
+    /// Mutual TLS for the RPCs this server sends; none: plain HTTP/2 (`--insecure`).
+    pub tls: Option<ClientTls>,
+}
+
+/// What a server presents and trusts when it dials another: the cluster CA, its own
+/// certificate and key (PEM), and the name the peer's certificate must be valid for (every
+/// server's certificate is valid for the same role name, whatever address it is dialled by).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The cluster CA certificate.
+    pub ca_pem: String,
+    /// This server's certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// The name verified in the peer's certificate.
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -128,6 +154,7 @@ impl Config {
             snapshot_after_logs: 5000,
             logs_kept_after_snapshot: 1000,
             install_snapshot_timeout_ms: 10_000,
+            tls: None,
         }
     }
 }

@@ -64,6 +64,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
     inner: Mutex<PeersInner>,
+    /// Mutual TLS for every connection, when configured.
+    tls: Option<crate::ClientTls>,
 }
 
 #[derive(Debug, Default)]
@@ -106,18 +108,37 @@ impl Peers {
             .is_some_and(|w| w == incarnation)
     }
 
+    /// Peers reached over mutual TLS with `tls` (none: plain HTTP/2).
+    pub(crate) fn new(tls: Option<crate::ClientTls>) -> Peers {
+        Peers {
+            inner: Mutex::default(),
+            tls,
+        }
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut inner = lock(&self.inner);
         if let Some(ch) = inner.channels.get(addr) {
             return Ok(ch.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| format!("invalid Raft address {addr:?}: {e}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let host = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+        let uri = format!("{scheme}://{host}");
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| format!("invalid Raft address {addr:?}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            let cfg = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+                .identity(tonic::transport::Identity::from_pem(
+                    &tls.cert_pem,
+                    &tls.key_pem,
+                ))
+                .domain_name(tls.server_name.clone());
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| format!("TLS settings for {addr:?}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -325,7 +325,7 @@ impl RaftNode {
             ..Default::default()
         }
         .validate()?;
-        let peers = Arc::new(Peers::default());
+        let peers = Arc::new(Peers::new(cfg.tls.clone()));
         let network = Network::new(peers.clone());
         let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), network, log_store, sm).await?;
         tracing::info!(

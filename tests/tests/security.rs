@@ -362,3 +362,159 @@ fn an_oversized_restore_is_refused_and_changes_nothing() {
     .expect("describe the mesh");
     assert_eq!(got.code, 200, "the mesh is still there: {}", got.body);
 }
+
+/// Runs `shoal tls …` and requires success.
+fn shoal_tls(args: &[&str]) {
+    let out = shoal_e2e::run_shoal(args, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "shoal {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client of the Raft port with an optional certificate: the forged AppendEntries of the
+/// attack (a higher term, a made-up leader, one entry) sent as `cert`.
+fn forge_append(
+    raft: SocketAddr,
+    pki: &std::path::Path,
+    cert: Option<&str>,
+    incarnation: &str,
+) -> Result<RaftMessage, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = std::fs::read_to_string(pki.join("shoal-ca.pem")).expect("CA");
+    rt.block_on(async {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+            .domain_name("server.shoal");
+        if let Some(name) = cert {
+            let c = std::fs::read_to_string(pki.join(format!("{name}.pem"))).expect("cert");
+            let k = std::fs::read_to_string(pki.join(format!("{name}-key.pem"))).expect("key");
+            tls = tls.identity(tonic::transport::Identity::from_pem(c, k));
+        }
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{raft}"))
+            .map_err(|e| e.to_string())?
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        let forged = json!({
+            "vote": {"leader_id": {"term": 1000, "voted_for": 9}, "committed": true},
+            "prev_log_id": null,
+            "entries": [],
+            "leader_commit": null,
+        });
+        RaftClient::new(ch)
+            .append_entries(RaftMessage {
+                target_node_id: 1,
+                target_incarnation: incarnation.to_string(),
+                payload: serde_json::to_vec(&forged).expect("JSON"),
+                chunk: Vec::new(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    })
+}
+
+/// Three servers with certificates from `shoal tls` form a cluster over mutual TLS and
+/// replicate writes. A client without a certificate is refused in the TLS handshake, before any
+/// Raft code runs; an agent's certificate gets through the handshake but not to Raft
+/// (PermissionDenied); neither changes the term or the data. A server started with an agent's
+/// certificate is refused at start.
+#[test]
+fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
+    let pki = tempfile::tempdir().expect("temp dir");
+    let p = pki.path().display().to_string();
+    shoal_tls(&["tls", "ca", "create", "--dir", &p]);
+    for name in ["s1", "s2", "s3"] {
+        shoal_tls(&[
+            "tls", "cert", "create", "--role", "server", "--name", name, "--ca-dir", &p, "--dir",
+            &p,
+        ]);
+    }
+    shoal_tls(&[
+        "tls", "cert", "create", "--role", "agent", "--name", "a1", "--ca-dir", &p, "--dir", &p,
+    ]);
+    let key_mode = std::fs::metadata(pki.path().join("s1-key.pem"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("key file");
+    assert_eq!(
+        key_mode, 0o600,
+        "private keys are readable by their owner only"
+    );
+
+    let mut c = shoal_e2e::Cluster::new(51);
+    for id in 1..=3u64 {
+        let seed = if id == 1 { 2 } else { 1 };
+        let join = vec![c.gossip_addr(seed)];
+        c.define(id, join);
+        c.spec_mut(id).extra = vec![
+            "--tls-ca".into(),
+            format!("{p}/shoal-ca.pem"),
+            "--tls-cert".into(),
+            format!("{p}/s{id}.pem"),
+            "--tls-key".into(),
+            format!("{p}/s{id}-key.pem"),
+        ];
+        c.start(id);
+    }
+    let all = [1, 2, 3];
+    let leader = c.wait_leader(&all, &all, Duration::from_secs(60));
+    let created =
+        shoal_e2e::appmesh::create_mesh(c.api(leader), "tls-mesh").expect("create a mesh");
+    assert_eq!(created.code, 200, "create mesh: {}", created.body);
+    let revision = c.wait_converged(&all, Duration::from_secs(20));
+    let term = node_status(c.api(1)).expect("status").term;
+    let incarnation = incarnation(&c.root().join("n1"));
+
+    let no_cert = forge_append(c.spec(1).raft, pki.path(), None, &incarnation)
+        .expect_err("a client without a certificate is refused");
+    assert!(
+        !no_cert.contains("PermissionDenied"),
+        "refused in the handshake, not by the service: {no_cert}"
+    );
+    eprintln!("without a certificate: {no_cert}");
+    let agent = forge_append(c.spec(1).raft, pki.path(), Some("a1"), &incarnation)
+        .expect_err("an agent certificate is refused by the Raft service");
+    assert!(agent.starts_with("PermissionDenied"), "{agent}");
+
+    let after = node_status(c.api(1)).expect("status");
+    assert_eq!(after.term, term, "the forged term was not taken");
+    assert_eq!(c.wait_converged(&all, Duration::from_secs(10)), revision);
+    let leader_now = c.wait_leader(&all, &all, Duration::from_secs(10));
+    assert_eq!(leader_now, leader, "the leader is unchanged");
+    for id in all {
+        let log = std::fs::read_to_string(&c.spec(id).log).unwrap_or_default();
+        assert!(
+            !log.contains("without TLS"),
+            "server {id} warned about plain gRPC"
+        );
+    }
+
+    // A server given an agent's certificate does not start.
+    let wrong = shoal_e2e::run_shoal(
+        &[
+            "server",
+            "--node-id",
+            "9",
+            "--data-dir",
+            &format!("{p}/wrong"),
+            "--tls-ca",
+            &format!("{p}/shoal-ca.pem"),
+            "--tls-cert",
+            &format!("{p}/a1.pem"),
+            "--tls-key",
+            &format!("{p}/a1-key.pem"),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("an agent certificate"), "{err}");
+}

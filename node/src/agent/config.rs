@@ -79,6 +79,19 @@ pub struct AgentConfig {
     #[arg(long = "server")]
     #[serde(default)]
     pub servers: Vec<String>,
+    /// The cluster CA certificate (PEM) that peers' certificates must chain to; with
+    /// `--tls-cert` and `--tls-key`, the cluster gRPC port takes mutual TLS only.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// This member's certificate (PEM), from `shoal tls cert create`.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM). Readable by shoal only.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Instances registered by the config file (re-read at every start).
     #[arg(skip)]
     #[serde(default, rename = "instance")]

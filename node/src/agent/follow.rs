@@ -52,6 +52,7 @@ const COALESCE: Duration = Duration::from_millis(20);
 
 pub async fn run(
     servers: impl Fn() -> Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     cache: ModelCache,
     model: watch::Sender<Arc<Model>>,
     status: Arc<Mutex<FollowStatus>>,
@@ -70,7 +71,7 @@ pub async fn run(
         let list = servers();
         if let Some(addr) = (!list.is_empty()).then(|| list[next % list.len()].clone()) {
             next = next.wrapping_add(1);
-            match Watcher::connect(&addr, current.revision()).await {
+            match Watcher::connect(&addr, current.revision(), tls.as_ref()).await {
                 Ok(mut w) => {
                     {
                         let mut st = status.lock().expect("status lock");

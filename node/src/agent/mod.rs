@@ -77,12 +77,17 @@ pub struct Bound {
 
 /// The gRPC URLs of the servers to follow: the configured ones, then every server gossip knows
 /// that has joined a formed cluster.
-fn servers(cfg: &AgentConfig, gossip: &Gossip) -> Vec<String> {
-    let mut out = cfg.servers.clone();
+fn servers(cfg: &AgentConfig, gossip: &Gossip, tls: bool) -> Vec<String> {
+    // The scheme follows this agent's TLS settings, whatever a configured URL says.
+    let mut out: Vec<String> = cfg
+        .servers
+        .iter()
+        .map(|s| crate::tls::grpc_url(s.split_once("://").map_or(s.as_str(), |(_, a)| a), tls))
+        .collect();
     for m in gossip.members() {
         if m.meta.role == Role::Server && m.meta.raft_initialized {
             if let Some(g) = &m.meta.grpc_addr {
-                let url = format!("http://{g}");
+                let url = crate::tls::grpc_url(g, tls);
                 if !out.contains(&url) {
                     out.push(url);
                 }
@@ -154,6 +159,7 @@ pub async fn start(
     cfg: AgentConfig,
     gossip: Option<Gossip>,
     api_addr: Option<SocketAddr>,
+    tls: Option<crate::tls::Material>,
     stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<Started> {
     cfg.validate()?;
@@ -253,8 +259,10 @@ pub async fn start(
     let mut tasks = Vec::new();
     {
         let (cfg, g) = (cfg.clone(), gossip.clone());
+        let secure = tls.is_some();
         tasks.push(tokio::spawn(follow::run(
-            move || servers(&cfg, &g),
+            move || servers(&cfg, &g, secure),
+            tls.map(|m| m.client_config()),
             cache,
             model,
             follow_status,
@@ -324,7 +332,13 @@ where
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let started = start(cfg, None, api_addr, stop_rx.clone()).await?;
+    let tls = crate::tls::Material::load(
+        cfg.tls_ca.as_ref(),
+        cfg.tls_cert.as_ref(),
+        cfg.tls_key.as_ref(),
+        shoal_pki::Role::Agent,
+    )?;
+    let started = start(cfg, None, api_addr, tls, stop_rx.clone()).await?;
     let state = started.state.clone();
     on_ready(state.clone());
     let mut stop = stop_rx.clone();

@@ -7,6 +7,7 @@
 //! - [`instances`]: `register` and `deregister` against the local agent.
 //! - [`cluster`]: `status`, `members`, `endpoints`, `operator`, `snapshot`.
 //! - [`envoy`]: `envoy bootstrap`.
+//! - [`tls`]: `tls ca create`, `tls cert create` (the cluster CA and member certificates).
 //!
 //! The HTTP client they use is `crate::client` (shared with `shoal dev` and `shoal-bench`).
 
@@ -16,6 +17,7 @@ mod instances;
 mod output;
 mod resources;
 mod roles;
+mod tls;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -68,6 +70,10 @@ pub enum Command {
     /// Back up and restore the whole model.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// The cluster CA and the certificates of servers and agents (mutual TLS on the cluster
+    /// gRPC port).
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 /// Where the client commands send their requests.
@@ -117,5 +123,6 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Operator(OperatorCommand::RemoveServer(a)) => cluster::remove_server(a).await,
         Command::Snapshot(SnapshotCommand::Save(a)) => cluster::snapshot_save(a).await,
         Command::Snapshot(SnapshotCommand::Restore(a)) => cluster::snapshot_restore(a).await,
+        Command::Tls(c) => tls::run(c),
     }
 }

@@ -85,6 +85,19 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub discard_untrusted_store: bool,
+    /// The cluster CA certificate (PEM) that peers' certificates must chain to; with
+    /// `--tls-cert` and `--tls-key`, the cluster gRPC port takes mutual TLS only.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// This member's certificate (PEM), from `shoal tls cert create`.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM). Readable by shoal only.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_api() -> SocketAddr {

@@ -71,6 +71,20 @@ where
 {
     cfg.validate()?;
     crate::http::raise_descriptor_limit();
+    let tls = crate::tls::Material::load(
+        cfg.tls_ca.as_ref(),
+        cfg.tls_cert.as_ref(),
+        cfg.tls_key.as_ref(),
+        shoal_pki::Role::Server,
+    )?;
+    if tls.is_none() && !cfg.raft.ip().is_loopback() {
+        tracing::warn!(
+            raft = %cfg.raft,
+            "the cluster gRPC port (Raft, watch) listens beyond loopback without TLS: anyone who \
+             reaches it can forge Raft messages and read the model; give --tls-ca, --tls-cert \
+             and --tls-key (see `shoal tls`)"
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let listener = TcpListener::bind(cfg.api)
@@ -91,6 +105,7 @@ where
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
     rcfg.snapshot_after_logs = cfg.snapshot_after_logs;
+    rcfg.tls = tls.as_ref().map(crate::tls::Material::raft_client);
     let raft = match RaftNode::open(rcfg.clone()).await {
         Err(shoal_raft::Error::Store(reason)) if cfg.discard_untrusted_store => {
             // The operator asked for it: keep the damaged store aside for inspection and start
@@ -153,11 +168,17 @@ where
             acfg.dns = cfg.dns;
             acfg.xds = cfg.xds;
             acfg.recursors = cfg.recursors.clone();
-            acfg.servers = vec![format!("http://{grpc_addr}")];
-            let started =
-                crate::agent::start(acfg, Some(g.clone()), Some(api_addr), stop_rx.clone())
-                    .await
-                    .context("starting the embedded agent")?;
+            acfg.servers = vec![crate::tls::grpc_url(grpc_addr, tls.is_some())];
+            // It follows this server's watch stream with the server's own certificate.
+            let started = crate::agent::start(
+                acfg,
+                Some(g.clone()),
+                Some(api_addr),
+                tls.clone(),
+                stop_rx.clone(),
+            )
+            .await
+            .context("starting the embedded agent")?;
             Some(started)
         }
         _ => None,
@@ -204,11 +225,29 @@ where
         Duration::from_secs(5),
         stop_rx.clone(),
     );
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(m) = &tls {
+        builder = builder
+            .tls_config(m.server_config())
+            .context("configuring TLS on the gRPC port")?;
+    }
+    // With TLS, the handshake already refused any client without a certificate from the
+    // cluster CA; the Raft service further takes server certificates only.
+    let (raft_plain, raft_guarded) = if tls.is_some() {
+        let guarded = tonic::service::interceptor::InterceptedService::new(
+            raft.grpc_service(),
+            crate::tls::require_server_peer,
+        );
+        (None, Some(guarded))
+    } else {
+        (Some(raft.grpc_service()), None)
+    };
+    let grpc = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(WatchService::new(hub).into_server())
-        .add_service(raft.grpc_service())
+        .add_optional_service(raft_plain)
+        .add_optional_service(raft_guarded)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc_listener).map(|conn| {
                 // Raft RPCs are small and latency-bound: without NODELAY, Nagle's algorithm

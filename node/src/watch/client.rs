@@ -60,12 +60,28 @@ pub struct Watcher {
 impl Watcher {
     /// Opens a stream from `addr` (`http://host:port` of a server's gRPC address) that starts
     /// after `from_revision` (0: full snapshot).
-    pub async fn connect(addr: &str, from_revision: u64) -> Result<Watcher, WatchError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-            .map_err(|source| WatchError::Connect {
-                addr: addr.into(),
-                source,
-            })?
+    /// With `tls`, over mutual TLS (`addr` then starts with `https://`).
+    pub async fn connect(
+        addr: &str,
+        from_revision: u64,
+        tls: Option<&tonic::transport::ClientTlsConfig>,
+    ) -> Result<Watcher, WatchError> {
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(addr.to_string()).map_err(|source| {
+                WatchError::Connect {
+                    addr: addr.into(),
+                    source,
+                }
+            })?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|source| WatchError::Connect {
+                    addr: addr.into(),
+                    source,
+                })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(2))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
