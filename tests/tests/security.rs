@@ -497,6 +497,46 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
         );
     }
 
+    // An agent with its certificate follows the model over TLS; an agent without TLS gets
+    // nothing from the same servers.
+    let follows = |spec: &shoal_e2e::AgentSpec| {
+        http_request(spec.api, "GET", "/v1/status", None, Duration::from_secs(2))
+            .ok()
+            .and_then(|r| r.json())
+    };
+    let mut good = shoal_e2e::AgentSpec::on_loopback(c.root(), 51, 1);
+    good.join = vec![c.gossip_addr(1)];
+    good.extra = vec![
+        "--tls-ca".into(),
+        format!("{p}/shoal-ca.pem"),
+        "--tls-cert".into(),
+        format!("{p}/a1.pem"),
+        "--tls-key".into(),
+        format!("{p}/a1-key.pem"),
+    ];
+    let _good = good.spawn();
+    let mut plain = shoal_e2e::AgentSpec::on_loopback(c.root(), 51, 2);
+    plain.join = vec![c.gossip_addr(1)];
+    let _plain = plain.spawn();
+    wait_for(
+        "the TLS agent follows the model",
+        Duration::from_secs(30),
+        || {
+            let v = follows(&good).ok_or("no status")?;
+            (v["server"].is_string() && v["revision"].as_u64() >= Some(revision))
+                .then_some(())
+                .ok_or_else(|| v.to_string())
+        },
+    );
+    // The plain agent has had as long, and gossip told it where the servers are.
+    let v = wait_for("the plain agent's status", Duration::from_secs(10), || {
+        follows(&plain).ok_or_else(|| "no status".to_string())
+    });
+    assert!(
+        v["revision"].as_u64().unwrap_or(0) < revision && !v["server"].is_string(),
+        "an agent without a certificate followed the model: {v}"
+    );
+
     // A server given an agent's certificate does not start.
     let wrong = shoal_e2e::run_shoal(
         &[
