@@ -63,6 +63,53 @@ pub enum HarnessError {
     Failed(String),
 }
 
+/// Creates a cluster CA and certificates for servers `s1..s<servers>` and agents `a1`, `a2`
+/// in `dir/pki` with `shoal tls`.
+fn make_pki(shoal: &Path, dir: &Path, servers: u64) -> Result<PathBuf, HarnessError> {
+    let pki = dir.join("pki");
+    let p = pki.display().to_string();
+    let run = |args: &[&str]| -> Result<(), HarnessError> {
+        let out = std::process::Command::new(shoal)
+            .args(args)
+            .output()
+            .map_err(|source| HarnessError::Io {
+                what: format!("run shoal {args:?}"),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Failed(format!(
+                "shoal {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    };
+    run(&["tls", "ca", "create", "--dir", &p])?;
+    let members = (1..=servers)
+        .map(|id| ("server", format!("s{id}")))
+        .chain((1..=2).map(|n| ("agent", format!("a{n}"))));
+    for (role, name) in members {
+        run(&[
+            "tls", "cert", "create", "--role", role, "--name", &name, "--ca-dir", &p, "--dir", &p,
+        ])?;
+    }
+    Ok(pki)
+}
+
+/// The TLS flags of member `name` (files from [`make_pki`]).
+fn tls_args(pki: &Path, name: &str) -> Vec<String> {
+    let f = |file: String| pki.join(file).display().to_string();
+    vec![
+        "--tls-ca".into(),
+        f("shoal-ca.pem".into()),
+        "--tls-cert".into(),
+        f(format!("{name}.pem")),
+        "--tls-key".into(),
+        f(format!("{name}-key.pem")),
+    ]
+}
+
 /// Where the binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -408,6 +455,9 @@ impl Harness {
         let joins: Vec<String> = (1..=server_count)
             .map(|id| SocketAddr::from((sip(id), GOSSIP_PORT)).to_string())
             .collect();
+        // Security on, as in production: servers talk Raft and agents follow the watch stream
+        // over mutual TLS, with certificates from `shoal tls`.
+        let pki = make_pki(&bins.shoal, dir, server_count)?;
         let mut servers = BTreeMap::new();
         for id in 1..=server_count {
             let host = net.host(&format!("s{id}")).clone();
@@ -427,6 +477,7 @@ impl Harness {
                 "--bootstrap-expect".into(),
                 server_count.to_string(),
             ];
+            args.extend(tls_args(&pki, &format!("s{id}")));
             for (j, g) in joins.iter().enumerate() {
                 if j as u64 + 1 != id {
                     args.push("--join".into());
@@ -457,6 +508,7 @@ impl Harness {
             ]
             .map(String::from)
             .to_vec();
+            args.extend(tls_args(&pki, &format!("a{n}")));
             for g in &joins {
                 args.push("--join".into());
                 args.push(g.clone());

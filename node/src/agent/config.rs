@@ -92,6 +92,12 @@ pub struct AgentConfig {
     #[arg(long)]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Run the cluster gRPC port without TLS beyond loopback: anyone who reaches it can forge
+    /// Raft messages (servers) or read the model. Refused without this flag; warned about at
+    /// every start with it.
+    #[arg(long)]
+    #[serde(default)]
+    pub insecure: bool,
     /// Instances registered by the config file (re-read at every start).
     #[arg(skip)]
     #[serde(default, rename = "instance")]
@@ -122,6 +128,14 @@ impl AgentConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.data_dir.as_os_str().is_empty() {
             bail!("--data-dir is required (or data_dir in the --config file)");
+        }
+        if self.tls_ca.is_none() && !self.gossip.ip().is_loopback() && !self.insecure {
+            bail!(
+                "this agent joins a cluster beyond this host ({}), and without TLS it would \
+                 follow servers it cannot authenticate: give --tls-ca, --tls-cert and --tls-key \
+                 (certificates from `shoal tls`), or --insecure to run without",
+                self.gossip
+            );
         }
         if self.dns_ttl > 86_400 {
             bail!("--dns-ttl must be at most 86400 seconds");
@@ -157,6 +171,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn joining_beyond_loopback_needs_tls_or_insecure() {
+        let mut c = AgentConfig::new("/tmp/x".into(), "10.0.1.23:7946".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--tls-ca") && e.contains("--insecure"), "{e}");
+        c.insecure = true;
+        c.validate().unwrap();
+        let local = AgentConfig::new("/tmp/x".into(), "127.0.0.1:7946".parse().unwrap());
+        local.validate().unwrap();
+    }
+
+    #[test]
     fn the_deployed_example_config_is_valid() {
         let cfg: AgentConfig = toml::from_str(include_str!("../../../deploy/agent.toml.example"))
             .expect("the example parses");
@@ -172,6 +197,7 @@ mod tests {
     #[test]
     fn bad_configs_are_refused_before_anything_starts() {
         let mut c = AgentConfig::new("/tmp/x".into(), "0.0.0.0:7946".parse().unwrap());
+        c.insecure = true; // (what TLS needs is checked above)
         c.validate().unwrap();
         c.join = vec!["10.0.0.1:7946".into()];
         assert!(c.validate().unwrap_err().to_string().contains("--gossip"));

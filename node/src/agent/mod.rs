@@ -338,6 +338,13 @@ where
         cfg.tls_key.as_ref(),
         shoal_pki::Role::Agent,
     )?;
+    if tls.is_none() && !cfg.gossip.ip().is_loopback() {
+        // Only with --insecure (validate refused it otherwise): say so at every start.
+        tracing::warn!(
+            gossip = %cfg.gossip,
+            "--insecure: following servers beyond this host without TLS"
+        );
+    }
     let started = start(cfg, None, api_addr, tls, stop_rx.clone()).await?;
     let state = started.state.clone();
     on_ready(state.clone());

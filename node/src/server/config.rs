@@ -98,6 +98,12 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Run the cluster gRPC port without TLS beyond loopback: anyone who reaches it can forge
+    /// Raft messages (servers) or read the model. Refused without this flag; warned about at
+    /// every start with it.
+    #[arg(long)]
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_api() -> SocketAddr {
@@ -163,6 +169,14 @@ impl ServerConfig {
         if self.bootstrap_expect == 0 {
             bail!("--bootstrap-expect must be at least 1");
         }
+        if self.tls_ca.is_none() && !self.raft.ip().is_loopback() && !self.insecure {
+            bail!(
+                "--raft {} is reachable beyond this host, and without TLS anyone who reaches it \
+                 can forge Raft messages: give --tls-ca, --tls-cert and --tls-key (certificates \
+                 from `shoal tls`), or --insecure to run without",
+                self.raft
+            );
+        }
         if let Some(g) = self.gossip {
             // Other servers dial these addresses as they are: 0.0.0.0 would make a peer dial
             // itself (openraft's leader must never replicate to itself).
@@ -199,6 +213,19 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_port_beyond_loopback_needs_tls_or_insecure() {
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.raft = "10.0.0.11:7071".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--tls-ca") && e.contains("--insecure"), "{e}");
+        c.insecure = true;
+        c.validate().unwrap();
+        c.insecure = false;
+        c.tls_ca = Some("/etc/shoal/tls/shoal-ca.pem".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn bad_configs_are_refused_before_anything_starts() {
         let mut c = ServerConfig::new(1, "/tmp/x".into());
         c.validate().unwrap();
@@ -217,6 +244,7 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
         let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.insecure = true; // (what TLS needs is checked above)
         c.gossip = Some("10.0.0.1:7946".parse().unwrap());
         c.api = "0.0.0.0:7070".parse().unwrap();
         c.raft = "10.0.0.1:7071".parse().unwrap();

@@ -78,11 +78,11 @@ where
         shoal_pki::Role::Server,
     )?;
     if tls.is_none() && !cfg.raft.ip().is_loopback() {
+        // Only with --insecure (validate refused it otherwise): say so at every start.
         tracing::warn!(
             raft = %cfg.raft,
-            "the cluster gRPC port (Raft, watch) listens beyond loopback without TLS: anyone who \
-             reaches it can forge Raft messages and read the model; give --tls-ca, --tls-cert \
-             and --tls-key (see `shoal tls`)"
+            "--insecure: the cluster gRPC port (Raft, watch) listens beyond loopback without \
+             TLS; anyone who reaches it can forge Raft messages and read the model"
         );
     }
     std::fs::create_dir_all(&cfg.data_dir)
@@ -169,6 +169,10 @@ where
             acfg.xds = cfg.xds;
             acfg.recursors = cfg.recursors.clone();
             acfg.servers = vec![crate::tls::grpc_url(grpc_addr, tls.is_some())];
+            acfg.tls_ca.clone_from(&cfg.tls_ca);
+            acfg.tls_cert.clone_from(&cfg.tls_cert);
+            acfg.tls_key.clone_from(&cfg.tls_key);
+            acfg.insecure = cfg.insecure;
             // It follows this server's watch stream with the server's own certificate.
             let started = crate::agent::start(
                 acfg,
