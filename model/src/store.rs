@@ -95,6 +95,55 @@ pub enum Command {
     /// one disk flush and one replication round). Each is applied in order and answered on
     /// its own; they all get the entry's revision. Batches do not nest.
     Batch(Vec<Command>),
+    /// Creates the first access keys (`POST /v1/acl/bootstrap`): applied only while the model
+    /// holds none, so exactly one bootstrap ever succeeds, whichever server took it.
+    BootstrapAccessKeys {
+        /// The operator's key and the servers' internal key.
+        keys: Vec<AccessKey>,
+    },
+    /// Adds an access key (`shoal acl create`).
+    PutAccessKey {
+        /// The key, its secret and policy (checked by the proposer).
+        key: AccessKey,
+    },
+    /// Revokes an access key (`shoal acl revoke`).
+    RevokeAccessKey {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// An API access key shoal issued: the id and secret an AWS profile holds (SigV4 signs with
+/// the secret, so the servers keep it too), and the policy that says what it may do. Kept in
+/// the replicated model (servers only: watch streams carry resources, never keys), so every
+/// server verifies every key, and backed up with the model.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    /// The access key id (`SHOAL…`).
+    pub id: String,
+    /// The secret access key.
+    pub secret: String,
+    /// The policy document (IAM's JSON shape), checked before it is committed.
+    pub policy: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+    /// When it was created (Unix seconds, the proposer's clock).
+    pub created_at: u64,
+    /// The servers' own key, which signs requests one server forwards to another.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("AccessKey")
+            .field("id", &self.id)
+            .field("description", &self.description)
+            .field("internal", &self.internal)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a command that succeeded answers.
@@ -109,6 +158,11 @@ pub enum Reply {
     },
     /// The answers of a batch, in the order of its commands.
     Batch(Vec<Outcome>),
+    /// Access keys created or revoked, by id.
+    AccessKeys {
+        /// Their ids.
+        ids: Vec<String>,
+    },
 }
 
 impl Reply {
@@ -116,7 +170,7 @@ impl Reply {
     pub fn into_resource(self) -> Option<Resource> {
         match self {
             Reply::Resource(r) => Some(*r),
-            Reply::Restored { .. } | Reply::Batch(_) => None,
+            Reply::Restored { .. } | Reply::Batch(_) | Reply::AccessKeys { .. } => None,
         }
     }
 }
@@ -207,6 +261,8 @@ pub struct Model {
     /// a clone then costs a pointer per resource, not a deep copy of every spec.
     resources: BTreeMap<ResourceKey, Arc<Resource>>,
     tokens: BTreeMap<String, TokenRecord>,
+    /// API access keys by id (empty on agents' replicas).
+    access_keys: BTreeMap<String, AccessKey>,
     revision: u64,
 }
 
@@ -217,6 +273,8 @@ struct Snapshot {
     revision: u64,
     resources: Vec<Resource>,
     tokens: Vec<(String, TokenRecord)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    access_keys: Vec<AccessKey>,
 }
 
 impl From<Model> for Snapshot {
@@ -230,6 +288,7 @@ impl From<Model> for Snapshot {
                 .map(Arc::unwrap_or_clone)
                 .collect(),
             tokens: m.tokens.into_iter().collect(),
+            access_keys: m.access_keys.into_values().collect(),
         }
     }
 }
@@ -243,6 +302,11 @@ impl From<Snapshot> for Model {
                 .map(|r| (r.key.clone(), Arc::new(r)))
                 .collect(),
             tokens: s.tokens.into_iter().collect(),
+            access_keys: s
+                .access_keys
+                .into_iter()
+                .map(|k| (k.id.clone(), k))
+                .collect(),
             revision: s.revision,
         }
     }
@@ -274,8 +338,19 @@ impl Model {
                 .map(|r| (r.key.clone(), Arc::new(r)))
                 .collect(),
             tokens: BTreeMap::new(),
+            access_keys: BTreeMap::new(),
             revision,
         }
+    }
+
+    /// The access key `id`, if it exists.
+    pub fn access_key(&self, id: &str) -> Option<&AccessKey> {
+        self.access_keys.get(id)
+    }
+
+    /// Every access key, by id.
+    pub fn access_keys(&self) -> impl Iterator<Item = &AccessKey> {
+        self.access_keys.values()
     }
 
     /// Applies the changes a server published at `revision` to a replica. Changes at or
@@ -489,6 +564,55 @@ impl Model {
                 return Applied {
                     outcome: Ok(Reply::Batch(outcomes)),
                     changes,
+                };
+            }
+            Command::BootstrapAccessKeys { keys } => {
+                let outcome = if self.access_keys.is_empty() {
+                    for k in keys {
+                        self.access_keys.insert(k.id.clone(), k.clone());
+                    }
+                    Ok(Reply::AccessKeys {
+                        ids: keys.iter().map(|k| k.id.clone()).collect(),
+                    })
+                } else {
+                    Err(ApiError::new(
+                        ErrorKind::Forbidden,
+                        "The access keys were bootstrapped already; create more with a key \
+                         allowed shoal:ManageAccessKeys",
+                    ))
+                };
+                return Applied {
+                    outcome,
+                    changes: Vec::new(),
+                };
+            }
+            Command::PutAccessKey { key } => {
+                let outcome = if self.access_keys.contains_key(&key.id) {
+                    Err(ApiError::new(
+                        ErrorKind::Conflict,
+                        format!("Access key {} exists already", key.id),
+                    ))
+                } else {
+                    self.access_keys.insert(key.id.clone(), key.clone());
+                    Ok(Reply::AccessKeys {
+                        ids: vec![key.id.clone()],
+                    })
+                };
+                return Applied {
+                    outcome,
+                    changes: Vec::new(),
+                };
+            }
+            Command::RevokeAccessKey { id } => {
+                let outcome = match self.access_keys.remove(id) {
+                    Some(_) => Ok(Reply::AccessKeys {
+                        ids: vec![id.clone()],
+                    }),
+                    None => Err(ApiError::not_found(format!("Access key {id} not found"))),
+                };
+                return Applied {
+                    outcome,
+                    changes: Vec::new(),
                 };
             }
             Command::Restore { resources } => {

@@ -199,7 +199,9 @@ async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Body) -> 
             let revision = s.raft.read(|m| m.revision());
             let count = match reply {
                 shoal_model::Reply::Restored { resources } => resources,
-                shoal_model::Reply::Resource(_) | shoal_model::Reply::Batch(_) => 0,
+                shoal_model::Reply::Resource(_)
+                | shoal_model::Reply::Batch(_)
+                | shoal_model::Reply::AccessKeys { .. } => 0,
             };
             (
                 StatusCode::OK,
