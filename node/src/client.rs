@@ -27,6 +27,8 @@ pub struct Client {
     http: reqwest::Client,
     /// Send reads with `stale=true` (served from the server's local copy).
     pub stale: bool,
+    /// Signs every request when set (from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`).
+    pub credentials: Option<crate::sign::Credentials>,
 }
 
 /// One resource document in the API's request shape (`--cli-input-json` style).
@@ -185,6 +187,7 @@ impl Client {
             base,
             http,
             stale: false,
+            credentials: crate::sign::Credentials::from_env(),
         })
     }
 
@@ -220,8 +223,13 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
+        let mut req = req.build().context("building the request")?;
+        if let Some(c) = &self.credentials {
+            crate::sign::sign(&mut req, c)?;
+        }
+        let resp = self
+            .http
+            .execute(req)
             .await
             .with_context(|| format!("cannot reach {}", self.base))?;
         let status = resp.status().as_u16();

@@ -22,6 +22,7 @@ pub mod dev;
 mod http;
 pub mod registration;
 pub mod server;
+pub mod sign;
 pub mod tls;
 pub mod watch;
 

@@ -558,3 +558,338 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(err.contains("an agent certificate"), "{err}");
 }
+
+/// Runs the real AWS CLI against `endpoint` with profile `shoal` of `credentials` (nothing
+/// else: no environment keys, no user configuration).
+fn aws_profile(
+    endpoint: SocketAddr,
+    credentials: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let home = credentials.parent().expect("a directory");
+    let out = std::process::Command::new(shoal_e2e::aws_bin())
+        .args([
+            "--endpoint-url",
+            &format!("http://{endpoint}"),
+            "--output",
+            "json",
+        ])
+        .args(args)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_SHARED_CREDENTIALS_FILE", credentials)
+        .env("AWS_CONFIG_FILE", home.join("no-config"))
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_PAGER", "")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HOME", home)
+        .output()
+        .expect("run the AWS CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// With `--api-auth`, the API takes AWS SigV4 with keys shoal issued. The real AWS CLI with a
+/// profile from `shoal acl bootstrap` runs an App Mesh scenario; a wrong secret gets
+/// `InvalidSignatureException`, no signature `MissingAuthenticationTokenException`, an unknown
+/// key `UnrecognizedClientException`, a read-only key `AccessDeniedException` on a write.
+/// The unauthenticated attacks of the issue (restore of an empty model, a raw internal commit,
+/// a delete, remove-server) are refused and the data stays; bootstrap works once.
+#[test]
+fn the_aws_cli_signs_and_unsigned_attacks_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let ip = std::net::IpAddr::from([127, 0, BLOCK, 15]);
+    let api = SocketAddr::new(ip, 7070);
+    let args = [
+        "server".to_string(),
+        "--node-id".into(),
+        "1".into(),
+        "--data-dir".into(),
+        root.join("data").display().to_string(),
+        "--api".into(),
+        api.to_string(),
+        "--raft".into(),
+        SocketAddr::new(ip, 7071).to_string(),
+        "--api-auth".into(),
+    ];
+    let _server = Process::spawn("server 1", &shoal_bin(), &args, &root.join("server.log"));
+    wait_leader(api);
+    let creds = root.join("credentials");
+    let addr = format!("http://{api}");
+    let boot = shoal_e2e::run_shoal(
+        &[
+            "acl",
+            "bootstrap",
+            "--addr",
+            &addr,
+            "--credentials-file",
+            &creds.display().to_string(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+    let again = shoal_e2e::run_shoal(
+        &["acl", "bootstrap", "--addr", &addr],
+        Duration::from_secs(20),
+    );
+    assert!(!again.status.success(), "a second bootstrap is refused");
+
+    // The App Mesh scenario, signed by the AWS CLI.
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = aws_profile(api, &creds, &[&["--profile", "shoal"], args].concat());
+        assert!(ok, "aws {args:?}: {err}");
+        out
+    };
+    ok(&["appmesh", "create-mesh", "--mesh-name", "colorapp"]);
+    ok(&[
+        "appmesh",
+        "create-virtual-node",
+        "--mesh-name",
+        "colorapp",
+        "--virtual-node-name",
+        "red",
+        "--spec",
+        r#"{"listeners":[{"portMapping":{"port":8080,"protocol":"http"}}],"serviceDiscovery":{"dns":{"hostname":"red.colorapp.local"}}}"#,
+    ]);
+    ok(&[
+        "appmesh",
+        "create-virtual-router",
+        "--mesh-name",
+        "colorapp",
+        "--virtual-router-name",
+        "vr",
+        "--spec",
+        r#"{"listeners":[{"portMapping":{"port":8080,"protocol":"http"}}]}"#,
+    ]);
+    ok(&[
+        "appmesh",
+        "create-route",
+        "--mesh-name",
+        "colorapp",
+        "--virtual-router-name",
+        "vr",
+        "--route-name",
+        "r",
+        "--spec",
+        r#"{"httpRoute":{"match":{"prefix":"/"},"action":{"weightedTargets":[{"virtualNode":"red","weight":1}]}}}"#,
+    ]);
+    let listed = ok(&["appmesh", "list-virtual-nodes", "--mesh-name", "colorapp"]);
+    assert!(listed.contains("\"red\""), "{listed}");
+    ok(&[
+        "appmesh",
+        "update-virtual-node",
+        "--mesh-name",
+        "colorapp",
+        "--virtual-node-name",
+        "red",
+        "--spec",
+        r#"{"listeners":[{"portMapping":{"port":9080,"protocol":"http"}}],"serviceDiscovery":{"dns":{"hostname":"red.colorapp.local"}}}"#,
+    ]);
+    let arn = "arn:aws:appmesh:us-east-1:000000000000:mesh/colorapp";
+    ok(&[
+        "appmesh",
+        "tag-resource",
+        "--resource-arn",
+        arn,
+        "--tags",
+        "key=team,value=blue",
+    ]);
+    let tags = ok(&["appmesh", "list-tags-for-resource", "--resource-arn", arn]);
+    assert!(tags.contains("blue"), "{tags}");
+    ok(&[
+        "appmesh",
+        "delete-route",
+        "--mesh-name",
+        "colorapp",
+        "--virtual-router-name",
+        "vr",
+        "--route-name",
+        "r",
+    ]);
+    ok(&["appmesh", "describe-mesh", "--mesh-name", "colorapp"]);
+
+    // Refusals, in AWS's words.
+    let refused = |creds_file: &std::path::Path, extra: &[&str], args: &[&str], code: &str| {
+        let (ok, _, err) = aws_profile(api, creds_file, &[extra, args].concat());
+        assert!(
+            !ok && err.contains(code),
+            "aws {args:?}: expected {code}, got: {err}"
+        );
+    };
+    let text = std::fs::read_to_string(&creds).expect("credentials");
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("aws_access_key_id = "))
+        .expect("key id")
+        .to_string();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("aws_secret_access_key = "))
+        .expect("secret")
+        .to_string();
+    let wrong = root.join("wrong");
+    std::fs::write(
+        &wrong,
+        format!("[shoal]\naws_access_key_id = {id}\naws_secret_access_key = x{secret}\n"),
+    )
+    .unwrap();
+    refused(
+        &wrong,
+        &["--profile", "shoal"],
+        &["appmesh", "list-meshes"],
+        "InvalidSignatureException",
+    );
+    let unknown = root.join("unknown");
+    std::fs::write(
+        &unknown,
+        format!(
+            "[shoal]\naws_access_key_id = SHOALNOSUCHKEY00000\naws_secret_access_key = {secret}\n"
+        ),
+    )
+    .unwrap();
+    refused(
+        &unknown,
+        &["--profile", "shoal"],
+        &["appmesh", "list-meshes"],
+        "UnrecognizedClientException",
+    );
+    refused(
+        &creds,
+        &["--no-sign-request"],
+        &["appmesh", "list-meshes"],
+        "MissingAuthenticationTokenException",
+    );
+
+    // A read-only key reads and may not write.
+    let ro = root.join("read-only");
+    let made = std::process::Command::new(shoal_bin())
+        .args([
+            "acl",
+            "create",
+            "--policy",
+            "read-only",
+            "--addr",
+            &addr,
+            "--credentials-file",
+        ])
+        .arg(&ro)
+        .env("AWS_ACCESS_KEY_ID", &id)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .output()
+        .expect("shoal acl create");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (read, _, err) = aws_profile(
+        api,
+        &ro,
+        &[
+            "--profile",
+            "shoal",
+            "appmesh",
+            "describe-mesh",
+            "--mesh-name",
+            "colorapp",
+        ],
+    );
+    assert!(read, "a read-only key reads: {err}");
+    refused(
+        &ro,
+        &["--profile", "shoal"],
+        &[
+            "appmesh",
+            "delete-virtual-node",
+            "--mesh-name",
+            "colorapp",
+            "--virtual-node-name",
+            "red",
+        ],
+        "AccessDeniedException",
+    );
+
+    // The issue's unauthenticated attacks, replayed.
+    let attacks: [(&str, &str, Option<&str>); 5] = [
+        (
+            "POST",
+            "/v1/snapshot/restore",
+            Some(r#"{"format":1,"revision":0,"resources":[],"tokens":[]}"#),
+        ),
+        (
+            "POST",
+            "/internal/v1/commit",
+            Some(
+                r#"{"Delete":{"key":{"kind":"Mesh","mesh":"colorapp","parent":"","name":"colorapp"}}}"#,
+            ),
+        ),
+        (
+            "DELETE",
+            "/v20190125/meshes/colorapp/virtualNodes/red",
+            None,
+        ),
+        ("POST", "/v1/operator/remove-server?node_id=1", None),
+        (
+            "POST",
+            "/v1/acl/keys",
+            Some(r#"{"Policy":{"Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}}"#),
+        ),
+    ];
+    for (method, path, body) in attacks {
+        let r = http_request(api, method, path, body, Duration::from_secs(5)).expect("HTTP");
+        assert_eq!(r.code, 403, "{method} {path}: {}", r.body);
+        assert!(
+            r.body.contains("MissingAuthenticationTokenException"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    // The shoal CLI signs with the same keys (from the environment, as the AWS CLI reads them).
+    let internal = std::process::Command::new(shoal_bin())
+        .args([
+            "get",
+            "virtual-nodes",
+            "--mesh",
+            "colorapp",
+            "--addr",
+            &addr,
+        ])
+        .env("AWS_ACCESS_KEY_ID", &id)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .output()
+        .expect("shoal get");
+    assert!(
+        internal.status.success(),
+        "the shoal CLI signs: {}",
+        String::from_utf8_lossy(&internal.stderr)
+    );
+    assert!(String::from_utf8_lossy(&internal.stdout).contains("red"));
+    let (still, out, err) = aws_profile(
+        api,
+        &creds,
+        &[
+            "--profile",
+            "shoal",
+            "appmesh",
+            "describe-virtual-node",
+            "--mesh-name",
+            "colorapp",
+            "--virtual-node-name",
+            "red",
+        ],
+    );
+    assert!(
+        still && out.contains("9080"),
+        "the data is intact: {out}{err}"
+    );
+}

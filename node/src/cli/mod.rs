@@ -7,10 +7,12 @@
 //! - [`instances`]: `register` and `deregister` against the local agent.
 //! - [`cluster`]: `status`, `members`, `endpoints`, `operator`, `snapshot`.
 //! - [`envoy`]: `envoy bootstrap`.
+//! - [`acl`]: `acl bootstrap|create|list|revoke` (the API's access keys).
 //! - [`tls`]: `tls ca create`, `tls cert create` (the cluster CA and member certificates).
 //!
 //! The HTTP client they use is `crate::client` (shared with `shoal dev` and `shoal-bench`).
 
+mod acl;
 mod cluster;
 mod envoy;
 mod instances;
@@ -74,6 +76,9 @@ pub enum Command {
     /// gRPC port).
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// The API's access keys (with `shoal server --api-auth`).
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
 }
 
 /// Where the client commands send their requests.
@@ -124,5 +129,6 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Snapshot(SnapshotCommand::Save(a)) => cluster::snapshot_save(a).await,
         Command::Snapshot(SnapshotCommand::Restore(a)) => cluster::snapshot_restore(a).await,
         Command::Tls(c) => tls::run(c),
+        Command::Acl(c) => acl::run(c).await,
     }
 }

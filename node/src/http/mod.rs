@@ -19,13 +19,19 @@ pub(crate) type ApiResult = Result<(StatusCode, serde_json::Value), ApiError>;
 pub(crate) fn error_response(e: &ApiError) -> Response {
     let status =
         StatusCode::from_u16(e.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    aws_error(status, e.kind.code(), &e.message)
+}
+
+/// An error in the rest-json shape with any exception name (the authentication errors are not
+/// App Mesh's own kinds: `InvalidSignatureException`, `AccessDeniedException`, …).
+pub(crate) fn aws_error(status: StatusCode, code: &'static str, message: &str) -> Response {
     let mut resp = (
         status,
-        axum::Json(json!({ "__type": e.kind.code(), "message": e.message })),
+        axum::Json(json!({ "__type": code, "message": message })),
     )
         .into_response();
     resp.headers_mut()
-        .insert("x-amzn-ErrorType", HeaderValue::from_static(e.kind.code()));
+        .insert("x-amzn-ErrorType", HeaderValue::from_static(code));
     resp
 }
 

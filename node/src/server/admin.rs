@@ -100,7 +100,7 @@ async fn remove_server(
                 "http://{}/v1/operator/remove-server?node_id={}",
                 l.api_addr, q.node_id
             );
-            match s.http.post(&url).send().await {
+            match super::forward::send_signed(&s, s.http.post(&url)).await {
                 Ok(r) => {
                     let status = StatusCode::from_u16(r.status().as_u16())
                         .unwrap_or(StatusCode::BAD_GATEWAY);
@@ -145,7 +145,7 @@ async fn snapshot_save(
 pub const MAX_RESTORE_BYTES: usize = 64 << 20;
 
 /// Reads `body` whole, but refuses it once it passes `max` bytes.
-async fn read_capped(
+pub(super) async fn read_capped(
     body: axum::body::Body,
     max: usize,
 ) -> Result<axum::body::Bytes, shoal_model::ApiError> {

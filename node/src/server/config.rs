@@ -104,6 +104,11 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub insecure: bool,
+    /// Require AWS Signature Version 4 on the API, with access keys shoal issues
+    /// (`shoal acl bootstrap` creates the first) and their policies.
+    #[arg(long)]
+    #[serde(default)]
+    pub api_auth: bool,
 }
 
 fn default_api() -> SocketAddr {

@@ -29,6 +29,22 @@ fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::ServiceUnavailable, message)
 }
 
+/// Sends `req` to another server, signed with the servers' internal key when the API requires
+/// signatures (the leader's internal endpoints take that key only).
+pub(super) async fn send_signed(
+    state: &AppState,
+    req: reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let mut req = req.build()?;
+    if let Some(creds) = state.internal_credentials() {
+        if let Err(e) = crate::sign::sign(&mut req, &creds) {
+            // Sent unsigned, it is refused and reported as such.
+            tracing::error!(error = %e, "cannot sign a forwarded request");
+        }
+    }
+    state.http.execute(req).await
+}
+
 /// Commits `cmd` on the leader, wherever it is, and returns the resource it answers with.
 pub async fn commit(state: &AppState, cmd: Command) -> Result<Resource, ApiError> {
     commit_reply(state, cmd)
@@ -98,13 +114,15 @@ async fn forward_commit(
     cmd: &Command,
 ) -> Result<Outcome, Forward> {
     let url = format!("http://{}{COMMIT}", leader.api_addr);
-    let resp = state.http.post(&url).json(cmd).send().await.map_err(|e| {
-        if e.is_connect() {
-            Forward::NotSent(e.to_string())
-        } else {
-            Forward::Failed(unavailable(format!("The leader did not answer: {e}")))
-        }
-    })?;
+    let resp = send_signed(state, state.http.post(&url).json(cmd))
+        .await
+        .map_err(|e| {
+            if e.is_connect() {
+                Forward::NotSent(e.to_string())
+            } else {
+                Forward::Failed(unavailable(format!("The leader did not answer: {e}")))
+            }
+        })?;
     if resp.status().is_success() {
         resp.json::<Outcome>()
             .await
@@ -128,12 +146,14 @@ pub async fn linearize(state: &AppState) -> Result<(), ApiError> {
             ..
         }) => {
             let url = format!("http://{}{READ_INDEX}", leader.api_addr);
-            let resp = state.http.get(&url).send().await.map_err(|e| {
-                unavailable(format!(
-                    "Cannot reach the leader at {}: {e}",
-                    leader.api_addr
-                ))
-            })?;
+            let resp = send_signed(state, state.http.get(&url))
+                .await
+                .map_err(|e| {
+                    unavailable(format!(
+                        "Cannot reach the leader at {}: {e}",
+                        leader.api_addr
+                    ))
+                })?;
             if !resp.status().is_success() {
                 return Err(unavailable(
                     "The leader could not confirm a read index; retry shortly",

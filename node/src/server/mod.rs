@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 mod admin;
 mod appmesh;
+mod auth;
 mod cluster;
 mod config;
 mod forward;
@@ -206,9 +207,16 @@ where
         members: gossip.clone().or(agent_gossip),
         gossip: gossip.clone(),
         removed: cluster::Removed::default(),
+        auth: cfg.api_auth,
     };
     let removed = state.removed.clone();
-    let app = extra.merge(router(state));
+    // Authentication in front of everything this API serves, the embedded agent's routes too.
+    let app = extra
+        .merge(router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::authenticate,
+        ));
     tracing::info!(node_id = cfg.node_id, api = %api_addr, data_dir = %cfg.data_dir.display(), "server ready");
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -311,6 +319,7 @@ pub fn router(state: AppState) -> Router {
     appmesh::routes()
         .merge(forward::routes())
         .merge(admin::routes())
+        .merge(auth::routes())
         .fallback(crate::http::no_such_operation)
         .with_state(state)
 }

@@ -33,4 +33,25 @@ pub struct AppState {
     pub removed: Removed,
     /// Whose gossip members `/v1/members` lists: the server's own, else an embedded agent's.
     pub members: Option<shoal_gossip::Gossip>,
+    /// Whether the API requires SigV4 signatures with keys shoal issued (`--api-auth`).
+    pub auth: bool,
+}
+
+impl AppState {
+    /// The servers' internal key, to sign forwarded requests with (when `--api-auth` is on
+    /// and the keys were bootstrapped).
+    pub fn internal_credentials(&self) -> Option<crate::sign::Credentials> {
+        if !self.auth {
+            return None;
+        }
+        self.raft.read(|m| {
+            m.access_keys()
+                .find(|k| k.internal)
+                .map(|k| crate::sign::Credentials {
+                    access_key: k.id.clone(),
+                    secret: k.secret.clone(),
+                    region: self.identity.region.clone(),
+                })
+        })
+    }
 }
