@@ -461,14 +461,43 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
             format!("{p}/s{id}.pem"),
             "--tls-key".into(),
             format!("{p}/s{id}-key.pem"),
+            "--api-auth".into(),
         ];
         c.start(id);
     }
     let all = [1, 2, 3];
     let leader = c.wait_leader(&all, &all, Duration::from_secs(60));
-    let created =
-        shoal_e2e::appmesh::create_mesh(c.api(leader), "tls-mesh").expect("create a mesh");
-    assert_eq!(created.code, 200, "create mesh: {}", created.body);
+    // With --api-auth too: bootstrap a key (through any server: the CLI finds the leader),
+    // then write through a follower and read on the other one. The follower forwards the
+    // write, and the read's ReadIndex, to the leader signed with the servers' internal key.
+    let creds = c.root().join("credentials");
+    let boot = shoal_e2e::run_shoal(
+        &[
+            "acl",
+            "bootstrap",
+            "--addr",
+            &format!("http://{}", c.api(if leader == 1 { 2 } else { 1 })),
+            "--credentials-file",
+            &creds.display().to_string(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(boot.status.success(), "{}", String::from_utf8_lossy(&boot.stderr));
+    let followers: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let (ok, _, err) = aws_profile(
+        c.api(followers[0]),
+        &creds,
+        &["--profile", "shoal", "appmesh", "create-mesh", "--mesh-name", "tls-mesh"],
+    );
+    assert!(ok, "a signed write through follower {}: {err}", followers[0]);
+    let (ok, out, err) = aws_profile(
+        c.api(followers[1]),
+        &creds,
+        &["--profile", "shoal", "appmesh", "describe-mesh", "--mesh-name", "tls-mesh"],
+    );
+    assert!(ok && out.contains("tls-mesh"), "a linearizable read on follower {}: {err}", followers[1]);
+    let unsigned = shoal_e2e::appmesh::create_mesh(c.api(followers[0]), "unsigned").expect("HTTP");
+    assert_eq!(unsigned.code, 403, "{}", unsigned.body);
     let revision = c.wait_converged(&all, Duration::from_secs(20));
     let term = node_status(c.api(1)).expect("status").term;
     let incarnation = incarnation(&c.root().join("n1"));
