@@ -854,3 +854,149 @@ pub fn first_user<'a>(model: &'a Model, key: &ResourceKey) -> Option<&'a Resourc
 pub fn describe_key(key: &ResourceKey) -> String {
     describe(key)
 }
+
+/// Checks a command that arrived from the network already built (a follower's forwarded write)
+/// as its proposer should have: every name a valid name of its kind, every spec valid and of
+/// its key's kind, tags, tokens and stamps within the model's bounds, no nested batch. The
+/// leader runs it again rather than trust the sender, so a command no API request could
+/// produce (a mesh named `evil/../\0mesh`, a creation time of -1e300) is never committed.
+pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
+    use crate::Command;
+    let key = |k: &crate::ResourceKey| -> Result<(), ApiError> {
+        name(Kind::Mesh, &k.mesh)?;
+        match k.kind.parent() {
+            Some(p) => name(p, &k.parent)?,
+            None if !k.parent.is_empty() => {
+                return Err(ApiError::bad_request(format!(
+                    "A {} has no parent, got {:?}",
+                    k.kind.title(),
+                    k.parent
+                )))
+            }
+            None => {}
+        }
+        name(k.kind, &k.name)?;
+        if k.kind == Kind::Mesh && k.name != k.mesh {
+            return Err(ApiError::bad_request(
+                "A mesh's key names it twice, the same way",
+            ));
+        }
+        Ok(())
+    };
+    let tags = |tags: &[crate::api::TagRef]| -> Result<(), ApiError> {
+        for t in tags {
+            if t.key.is_empty() || t.key.len() > 128 || t.value.len() > 256 {
+                return Err(ApiError::bad_request(
+                    "A tag key has 1 to 128 characters, its value at most 256",
+                ));
+            }
+        }
+        Ok(())
+    };
+    match cmd {
+        Command::Put {
+            key: k,
+            spec: s,
+            tags: t,
+            client_token,
+            stamp,
+            ..
+        } => {
+            key(k)?;
+            if s.kind() != k.kind {
+                return Err(ApiError::bad_request(format!(
+                    "A {} spec for a {}",
+                    s.kind().title(),
+                    k.kind.title()
+                )));
+            }
+            into_result(spec(s))?;
+            tags(t)?;
+            if client_token.as_ref().is_some_and(|c| c.len() > 64) {
+                return Err(ApiError::bad_request(
+                    "A client token has at most 64 characters",
+                ));
+            }
+            // 2000-01-01 to 2200-01-01: a clock, not a forged number.
+            let sane_time =
+                stamp.now.is_finite() && (946_684_800.0..7_258_118_400.0).contains(&stamp.now);
+            let sane_uid = !stamp.uid.is_empty()
+                && stamp.uid.len() <= 64
+                && stamp
+                    .uid
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
+            let sane_account =
+                stamp.account.len() == 12 && stamp.account.bytes().all(|b| b.is_ascii_digit());
+            // As a server's configuration allows it (it cannot appear in an ARN otherwise).
+            let sane_region = !stamp.region.is_empty()
+                && stamp.region.len() <= 64
+                && !stamp.region.contains([':', '/'])
+                && !stamp.region.chars().any(char::is_control);
+            if !(sane_time && sane_uid && sane_account && sane_region) {
+                return Err(ApiError::bad_request(
+                    "The command's stamp is not one a server makes",
+                ));
+            }
+            Ok(())
+        }
+        Command::Delete { key: k } => key(k),
+        Command::Tag { key: k, tags: t } => {
+            key(k)?;
+            tags(t)
+        }
+        Command::Untag { key: k, keys } => {
+            key(k)?;
+            if keys.iter().any(|t| t.is_empty() || t.len() > 128) {
+                return Err(ApiError::bad_request("A tag key has 1 to 128 characters"));
+            }
+            Ok(())
+        }
+        Command::Restore { resources } => {
+            for r in resources {
+                key(&r.key)?;
+                name(r.key.kind, &r.key.name)?;
+                into_result(spec(&r.spec)).map_err(|mut e| {
+                    e.message = format!("{}: {}", describe_key(&r.key), e.message);
+                    e
+                })?;
+            }
+            Ok(())
+        }
+        Command::Batch(cmds) => {
+            for c in cmds {
+                if matches!(c, Command::Batch(_)) {
+                    return Err(ApiError::bad_request("Batches do not nest"));
+                }
+                command(c)?;
+            }
+            Ok(())
+        }
+        Command::BootstrapAccessKeys { keys } => keys.iter().try_for_each(access_key),
+        Command::PutAccessKey { key: k } => access_key(k),
+        Command::RevokeAccessKey { id } => access_key_id(id),
+    }
+}
+
+fn access_key_id(id: &str) -> Result<(), ApiError> {
+    if id.len() < 16 || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::bad_request(
+            "An access key id has 16 to 128 letters and digits",
+        ));
+    }
+    Ok(())
+}
+
+fn access_key(k: &crate::store::AccessKey) -> Result<(), ApiError> {
+    access_key_id(&k.id)?;
+    if k.secret.len() < 32
+        || k.secret.len() > 128
+        || k.policy.is_empty()
+        || k.policy.len() > 64 << 10
+    {
+        return Err(ApiError::bad_request(
+            "An access key needs a secret of 32 to 128 characters and a policy",
+        ));
+    }
+    Ok(())
+}

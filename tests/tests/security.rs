@@ -482,20 +482,46 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
         ],
         Duration::from_secs(20),
     );
-    assert!(boot.status.success(), "{}", String::from_utf8_lossy(&boot.stderr));
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
     let followers: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
     let (ok, _, err) = aws_profile(
         c.api(followers[0]),
         &creds,
-        &["--profile", "shoal", "appmesh", "create-mesh", "--mesh-name", "tls-mesh"],
+        &[
+            "--profile",
+            "shoal",
+            "appmesh",
+            "create-mesh",
+            "--mesh-name",
+            "tls-mesh",
+        ],
     );
-    assert!(ok, "a signed write through follower {}: {err}", followers[0]);
+    assert!(
+        ok,
+        "a signed write through follower {}: {err}",
+        followers[0]
+    );
     let (ok, out, err) = aws_profile(
         c.api(followers[1]),
         &creds,
-        &["--profile", "shoal", "appmesh", "describe-mesh", "--mesh-name", "tls-mesh"],
+        &[
+            "--profile",
+            "shoal",
+            "appmesh",
+            "describe-mesh",
+            "--mesh-name",
+            "tls-mesh",
+        ],
     );
-    assert!(ok && out.contains("tls-mesh"), "a linearizable read on follower {}: {err}", followers[1]);
+    assert!(
+        ok && out.contains("tls-mesh"),
+        "a linearizable read on follower {}: {err}",
+        followers[1]
+    );
     let unsigned = shoal_e2e::appmesh::create_mesh(c.api(followers[0]), "unsigned").expect("HTTP");
     assert_eq!(unsigned.code, 403, "{}", unsigned.body);
     let revision = c.wait_converged(&all, Duration::from_secs(20));

@@ -185,7 +185,13 @@ pub struct ReadIndex {
     pub index: u64,
 }
 
+/// A follower's forwarded write. Checked again here, as the follower should have checked it:
+/// the leader never commits a command no API request could have produced.
 async fn commit_endpoint(State(s): State<AppState>, Json(cmd): Json<Command>) -> Response {
+    if let Err(e) = shoal_model::check::command(&cmd) {
+        tracing::warn!(error = %shoal_model::logsafe::LogSafe(&e.message), "refused a forwarded command");
+        return (StatusCode::OK, Json(Outcome::Err(e))).into_response();
+    }
     match s.raft.write(cmd).await {
         Ok(w) => (StatusCode::OK, Json(w.outcome)).into_response(),
         Err(e) => error_response(&unavailable(format!("Not committed here: {e}"))),
