@@ -592,6 +592,35 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
         "an agent without a certificate followed the model: {v}"
     );
 
+    // A rogue server without a certificate joins gossip (which is not authenticated yet): the
+    // leader adds it as a learner, cannot replicate to it over mutual TLS, and never promotes
+    // it to a voter (it used to be promoted once the learner's catch-up wait ran out).
+    c.define(4, vec![c.gossip_addr(1)]);
+    c.start(4);
+    let leader_api = c.api(leader);
+    wait_for(
+        "the rogue server is added as a learner",
+        Duration::from_secs(30),
+        || {
+            let st = node_status(leader_api).ok_or("no status")?;
+            st.members
+                .iter()
+                .any(|m| m.node_id == 4)
+                .then_some(())
+                .ok_or_else(|| format!("{:?}", st.members))
+        },
+    );
+    // Past the leader's catch-up wait (10 s) and a few membership steps.
+    std::thread::sleep(Duration::from_secs(14));
+    let st = node_status(leader_api).expect("status");
+    assert_eq!(
+        st.voters(),
+        all.iter().copied().collect(),
+        "voters: {:?}",
+        st.members
+    );
+    assert_eq!(st.leader_id, Some(leader));
+
     // A server given an agent's certificate does not start.
     let wrong = shoal_e2e::run_shoal(
         &[

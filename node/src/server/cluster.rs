@@ -53,6 +53,9 @@ pub struct RaftView {
     pub voters: BTreeMap<u64, NodeInfo>,
     /// Learners with their Raft identity.
     pub learners: BTreeMap<u64, NodeInfo>,
+    /// Members the leader replicates to that have caught up (a matched index within the
+    /// healthy lag of its log) and answered recently: only these learners become voters.
+    pub caught_up: BTreeSet<u64>,
 }
 
 /// One step the manager takes.
@@ -156,13 +159,16 @@ pub fn plan(raft: &RaftView, peers: &[Peer], expect: usize) -> Option<Action> {
             return Some(Action::AddLearner(p.id, p.node.clone()));
         }
     }
-    // Promote learners that gossip sees alive, up to MAX_VOTERS.
+    // Promote learners that gossip sees alive and that have caught up, up to MAX_VOTERS. A
+    // learner the leader cannot replicate to (unreachable, or refused by mutual TLS: a server
+    // without a certificate from the cluster CA) stays a learner, so it never counts towards
+    // a quorum it cannot help form.
     let mut voters: BTreeSet<u64> = raft.voters.keys().copied().collect();
     for id in raft.learners.keys() {
         if voters.len() >= MAX_VOTERS {
             break;
         }
-        if alive.contains(id) {
+        if alive.contains(id) && raft.caught_up.contains(id) {
             voters.insert(*id);
         }
     }
@@ -185,12 +191,20 @@ fn raft_view(raft: &RaftNode) -> RaftView {
             learners.insert(*id, node.clone());
         }
     }
+    let caught_up = raft
+        .status()
+        .members
+        .iter()
+        .filter(|s| s.healthy)
+        .map(|s| s.node_id)
+        .collect();
     RaftView {
         me: m.id,
         initialized: !voters.is_empty(),
         leader: m.current_leader == Some(m.id),
         voters,
         learners,
+        caught_up,
     }
 }
 
@@ -301,7 +315,21 @@ mod tests {
             leader: true,
             voters: voters.iter().map(|i| (*i, node(*i, "i"))).collect(),
             learners: learners.iter().map(|i| (*i, node(*i, "i"))).collect(),
+            caught_up: voters.iter().chain(learners).copied().collect(),
         }
+    }
+
+    #[test]
+    fn a_learner_that_has_not_caught_up_is_not_promoted() {
+        let mut view = leader(1, &[1, 2, 3], &[4]);
+        let peers = [peer(1, true), peer(2, true), peer(3, true), peer(4, true)];
+        view.caught_up.remove(&4);
+        assert_eq!(plan(&view, &peers, 3), None, "4 stays a learner");
+        view.caught_up.insert(4);
+        assert_eq!(
+            plan(&view, &peers, 3),
+            Some(Action::SetVoters(BTreeSet::from([1, 2, 3, 4])))
+        );
     }
 
     #[test]
