@@ -71,7 +71,7 @@ fn cpus_allowed_in(status: &str) -> Option<String> {
 
 /// A short-timeout client for status queries.
 pub(crate) fn control_http() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    shoal::client::http_builder()?
         .timeout(Duration::from_secs(2))
         .build()
         .context("building the HTTP client")
@@ -105,16 +105,28 @@ pub(crate) async fn shoal_view(http: &reqwest::Client, addrs: &[String]) -> anyh
     let mut last = None;
     for a in addrs {
         match get_json(http, &format!("{}/v1/status", base_url(a))).await {
-            Ok(st) => return Ok(shoal_view_of(&st)),
+            // Members are reached the way the one that answered was (http or https).
+            Ok(st) => {
+                let scheme = if base_url(a).starts_with("https://") {
+                    "https"
+                } else {
+                    "http"
+                };
+                return Ok(shoal_view_of(&st, scheme));
+            }
             Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no shoal endpoint given")))
 }
 
-fn shoal_view_of(status: &Value) -> View {
+fn shoal_view_of(status: &Value, scheme: &str) -> View {
     let members = status["members"].as_array().cloned().unwrap_or_default();
-    let url = |m: &Value| m["api_addr"].as_str().map(base_url);
+    let url = |m: &Value| {
+        m["api_addr"]
+            .as_str()
+            .map(|a| base_url(&format!("{scheme}://{a}")))
+    };
     View {
         leader: members
             .iter()
@@ -234,12 +246,14 @@ mod tests {
         let st = json!({"leader_id": 2, "members": [
             {"node_id": 1, "api_addr": "127.0.0.11:7070"},
             {"node_id": 2, "api_addr": "127.0.0.12:7070"}]});
-        let v = shoal_view_of(&st);
+        let v = shoal_view_of(&st, "http");
         assert_eq!(v.leader.as_deref(), Some("http://127.0.0.12:7070"));
         assert_eq!(v.all.len(), 2);
         let v = shoal_view_of(
             &json!({"leader_id": null, "members": [{"node_id": 1, "api_addr": "a:1"}]}),
+            "https",
         );
         assert_eq!(v.leader, None);
+        assert_eq!(v.all, vec!["https://a:1".to_string()]);
     }
 }

@@ -174,12 +174,31 @@ pub enum Applied {
     Updated,
 }
 
+/// A `reqwest` client builder that trusts what the AWS CLI trusts for an HTTPS API whose
+/// certificate comes from the cluster CA: the CA file in `AWS_CA_BUNDLE`, when set.
+pub fn http_builder() -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut b = reqwest::Client::builder();
+    if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
+        let pem = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading AWS_CA_BUNDLE {}",
+                std::path::Path::new(&path).display()
+            )
+        })?;
+        b = b.tls_built_in_root_certs(false).add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .context("AWS_CA_BUNDLE is not a PEM certificate")?,
+        );
+    }
+    Ok(b)
+}
+
 impl Client {
     /// A client for the server at `addr` (`http://host:port`).
     pub fn new(addr: &str) -> anyhow::Result<Client> {
         let base = Url::parse(addr)
             .with_context(|| format!("{addr:?} is not a URL (like http://127.0.0.1:7070)"))?;
-        let http = reqwest::Client::builder()
+        let http = http_builder()?
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;

@@ -86,6 +86,35 @@ impl Material {
             .domain_name(shoal_pki::SERVER_NAME)
     }
 
+    /// The HTTPS side of the API (`--api-tls`): this member's certificate, no client
+    /// certificate asked (API clients authenticate with SigV4). Clients verify it against the
+    /// cluster CA (`--ca-bundle` for the AWS CLI), so it must be valid for the address they
+    /// dial (`shoal tls cert create --ip`).
+    pub fn api_server_config(&self) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .context("reading the certificate PEM")?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .context("reading the private key PEM")?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("the certificate and key do not go together")?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(cfg))
+    }
+
+    /// The cluster CA certificate (PEM), which clients of the HTTPS API trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// The same, for the Raft client.
     pub fn raft_client(&self) -> shoal_raft::ClientTls {
         shoal_raft::ClientTls {

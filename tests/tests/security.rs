@@ -650,14 +650,18 @@ fn aws_profile(
     credentials: &std::path::Path,
     args: &[&str],
 ) -> (bool, String, String) {
+    aws_profile_at(&format!("http://{endpoint}"), credentials, args)
+}
+
+/// [`aws_profile`] against any endpoint URL (`https://…` with `--ca-bundle` among `args`).
+fn aws_profile_at(
+    endpoint_url: &str,
+    credentials: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
     let home = credentials.parent().expect("a directory");
     let out = std::process::Command::new(shoal_e2e::aws_bin())
-        .args([
-            "--endpoint-url",
-            &format!("http://{endpoint}"),
-            "--output",
-            "json",
-        ])
+        .args(["--endpoint-url", endpoint_url, "--output", "json"])
         .args(args)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -975,5 +979,131 @@ fn the_aws_cli_signs_and_unsigned_attacks_are_refused() {
     assert!(
         still && out.contains("9080"),
         "the data is intact: {out}{err}"
+    );
+}
+
+/// `--api-tls`: the API speaks HTTPS with the server's certificate from the cluster CA. The AWS
+/// CLI with `--ca-bundle` and a signed profile works; without the CA it refuses the
+/// certificate; plain HTTP to the port gets no answer; the shoal CLI trusts the CA through
+/// `AWS_CA_BUNDLE` as the AWS CLI does.
+#[test]
+fn the_api_over_https_with_the_cluster_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let p = root.display().to_string();
+    let ip = std::net::IpAddr::from([127, 0, BLOCK, 16]);
+    shoal_tls(&["tls", "ca", "create", "--dir", &p]);
+    shoal_tls(&[
+        "tls",
+        "cert",
+        "create",
+        "--role",
+        "server",
+        "--name",
+        "s1",
+        "--ip",
+        &ip.to_string(),
+        "--ca-dir",
+        &p,
+        "--dir",
+        &p,
+    ]);
+    let api = SocketAddr::new(ip, 7070);
+    let args = [
+        "server".to_string(),
+        "--node-id".into(),
+        "1".into(),
+        "--data-dir".into(),
+        root.join("data").display().to_string(),
+        "--api".into(),
+        api.to_string(),
+        "--raft".into(),
+        SocketAddr::new(ip, 7071).to_string(),
+        "--api-auth".into(),
+        "--api-tls".into(),
+        "--tls-ca".into(),
+        format!("{p}/shoal-ca.pem"),
+        "--tls-cert".into(),
+        format!("{p}/s1.pem"),
+        "--tls-key".into(),
+        format!("{p}/s1-key.pem"),
+    ];
+    let server = Process::spawn("server 1", &shoal_bin(), &args, &root.join("server.log"));
+    let url = format!("https://{api}");
+    let ca = format!("{p}/shoal-ca.pem");
+    let creds = root.join("credentials");
+    // Bootstrap as soon as the server leads (the CLI asks /v1/status over HTTPS first).
+    wait_for(
+        "a key bootstrapped over HTTPS",
+        Duration::from_secs(30),
+        || {
+            let out = std::process::Command::new(shoal_bin())
+                .args(["acl", "bootstrap", "--addr", &url, "--credentials-file"])
+                .arg(&creds)
+                .env("AWS_CA_BUNDLE", &ca)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    tail(&server.log(), 5)
+                ))
+            }
+        },
+    );
+    let (ok, out, err) = aws_profile_at(
+        &url,
+        &creds,
+        &[
+            "--profile",
+            "shoal",
+            "--ca-bundle",
+            &ca,
+            "appmesh",
+            "create-mesh",
+            "--mesh-name",
+            "secure",
+        ],
+    );
+    assert!(
+        ok && out.contains("secure"),
+        "create-mesh over HTTPS: {err}"
+    );
+    let (ok, _, err) = aws_profile_at(
+        &url,
+        &creds,
+        &["--profile", "shoal", "appmesh", "list-meshes"],
+    );
+    assert!(
+        !ok && err.contains("CERTIFICATE_VERIFY_FAILED"),
+        "without the CA the AWS CLI must refuse the certificate: {err}"
+    );
+    let plain = http_request(api, "GET", "/v1/status", None, Duration::from_secs(5));
+    assert!(
+        plain.as_ref().map_or(true, |r| r.code != 200),
+        "plain HTTP was answered: {:?}",
+        plain.map(|r| r.body)
+    );
+    let text = std::fs::read_to_string(&creds).expect("credentials");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .expect("credentials field")
+            .to_string()
+    };
+    let got = std::process::Command::new(shoal_bin())
+        .args(["get", "meshes", "--addr", &url])
+        .env("AWS_CA_BUNDLE", &ca)
+        .env("AWS_ACCESS_KEY_ID", field("aws_access_key_id = "))
+        .env("AWS_SECRET_ACCESS_KEY", field("aws_secret_access_key = "))
+        .output()
+        .expect("shoal get");
+    assert!(
+        got.status.success() && String::from_utf8_lossy(&got.stdout).contains("secure"),
+        "shoal get over HTTPS: {}",
+        String::from_utf8_lossy(&got.stderr)
     );
 }

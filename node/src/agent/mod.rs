@@ -360,6 +360,7 @@ where
                 l,
                 api::routes(state.clone(), true),
                 limits,
+                None,
                 stopped,
             )
             .await;

@@ -132,7 +132,11 @@ pub async fn run(cmd: AclCommand) -> anyhow::Result<()> {
                         .find(|m| m["node_id"].as_u64() == leader)
                         .and_then(|m| m["api_addr"].as_str())
                 })
-                .map(|a| format!("http://{a}"))
+                .map(|leader| {
+                    // The leader is reached the way the server asked was (http or https).
+                    let scheme = a.target.addr.split_once("://").map_or("http", |(s, _)| s);
+                    format!("{scheme}://{leader}")
+                })
                 .unwrap_or_else(|| a.target.addr.clone());
             let mut c = Client::new(&api)?;
             c.credentials = None;

@@ -96,12 +96,14 @@ pub fn raise_descriptor_limit() -> u64 {
 }
 
 /// Serves `app` on `listener` under `limits` until `shutdown` resolves, then gives the open
-/// connections [`Limits::shutdown_grace`] to finish. `what` names the API in logs.
+/// connections [`Limits::shutdown_grace`] to finish. With `tls`, every connection is TLS
+/// (HTTPS). `what` names the API in logs.
 pub async fn serve(
     what: &'static str,
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -144,8 +146,22 @@ pub async fn serve(
         let app = app.clone();
         let limits = limits.clone();
         let closing = closing.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, app, &limits, closing).await;
+            match tls {
+                None => serve_connection(stream, app, &limits, closing).await,
+                Some(cfg) => {
+                    // The handshake gets the header-read timeout too.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => serve_connection(s, app, &limits, closing).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             tracing::trace!(%peer, "connection closed");
             drop(slot);
         });
@@ -165,12 +181,14 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     limits: &Limits,
     mut closing: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(AtomicU64::new(NOTHING_YET));
     let started = Instant::now();
     let io = TokioIo::new(Tracked {

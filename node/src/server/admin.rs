@@ -97,8 +97,8 @@ async fn remove_server(
             leader: Some(l), ..
         }) => {
             let url = format!(
-                "http://{}/v1/operator/remove-server?node_id={}",
-                l.api_addr, q.node_id
+                "{}://{}/v1/operator/remove-server?node_id={}",
+                s.api_scheme, l.api_addr, q.node_id
             );
             match super::forward::send_signed(&s, s.http.post(&url)).await {
                 Ok(r) => {

@@ -109,6 +109,11 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub api_auth: bool,
+    /// Serve the API over HTTPS with this server's certificate (`--tls-cert`; it must be valid
+    /// for the address clients dial: `shoal tls cert create --ip`).
+    #[arg(long)]
+    #[serde(default)]
+    pub api_tls: bool,
 }
 
 fn default_api() -> SocketAddr {
@@ -173,6 +178,9 @@ impl ServerConfig {
         }
         if self.bootstrap_expect == 0 {
             bail!("--bootstrap-expect must be at least 1");
+        }
+        if self.api_tls && self.tls_cert.is_none() {
+            bail!("--api-tls serves this server's certificate: give --tls-ca, --tls-cert and --tls-key");
         }
         if self.tls_ca.is_none() && !self.raft.ip().is_loopback() && !self.insecure {
             bail!(

@@ -113,7 +113,7 @@ async fn forward_commit(
     leader: &NodeInfo,
     cmd: &Command,
 ) -> Result<Outcome, Forward> {
-    let url = format!("http://{}{COMMIT}", leader.api_addr);
+    let url = format!("{}://{}{COMMIT}", state.api_scheme, leader.api_addr);
     let resp = send_signed(state, state.http.post(&url).json(cmd))
         .await
         .map_err(|e| {
@@ -145,7 +145,7 @@ pub async fn linearize(state: &AppState) -> Result<(), ApiError> {
             leader: Some(leader),
             ..
         }) => {
-            let url = format!("http://{}{READ_INDEX}", leader.api_addr);
+            let url = format!("{}://{}{READ_INDEX}", state.api_scheme, leader.api_addr);
             let resp = send_signed(state, state.http.get(&url))
                 .await
                 .map_err(|e| {

@@ -199,11 +199,20 @@ where
             region: cfg.region.clone(),
         }),
         metrics: Arc::new(Metrics::new()),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .context("building the HTTP client")?,
+        http: {
+            let mut b = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(1));
+            if let (Some(m), true) = (&tls, cfg.api_tls) {
+                // Other servers' APIs are HTTPS too, with certificates from the cluster CA.
+                b = b.tls_built_in_root_certs(false).add_root_certificate(
+                    reqwest::Certificate::from_pem(m.ca_pem().as_bytes())
+                        .context("reading the cluster CA certificate")?,
+                );
+            }
+            b.build().context("building the HTTP client")?
+        },
+        api_scheme: if cfg.api_tls { "https" } else { "http" },
         members: gossip.clone().or(agent_gossip),
         gossip: gossip.clone(),
         removed: cluster::Removed::default(),
@@ -279,6 +288,10 @@ where
         grpc_addr,
     });
     let limits = crate::http::Limits::from_process();
+    let api_tls = match (&tls, cfg.api_tls) {
+        (Some(m), true) => Some(m.api_server_config()?),
+        _ => None,
+    };
     tracing::info!(
         max_connections = limits.max_connections,
         header_read_timeout = ?limits.header_read_timeout,
@@ -286,7 +299,7 @@ where
         "API connection limits"
     );
     tokio::select! {
-        () = crate::http::serve("server API", listener, app, limits, stopped(stop_rx)) => {}
+        () = crate::http::serve("server API", listener, app, limits, api_tls, stopped(stop_rx)) => {}
         why = raft.core_stopped() => {
             // Nothing can be written or read any more: leave, so that the supervisor restarts
             // this server on its store (verified again at start) instead of it answering

@@ -35,6 +35,9 @@ pub struct AppState {
     pub members: Option<shoal_gossip::Gossip>,
     /// Whether the API requires SigV4 signatures with keys shoal issued (`--api-auth`).
     pub auth: bool,
+    /// `https` when the servers' APIs speak TLS (`--api-tls`), else `http`: how this server
+    /// reaches another's API.
+    pub api_scheme: &'static str,
 }
 
 impl AppState {
