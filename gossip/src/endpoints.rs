@@ -8,27 +8,44 @@ use shoal_model::discovery::{Endpoint, Instance};
 
 use crate::keys;
 
+fn id_key<'x>(id: &'x &ChitchatId) -> (&'x str, u64, std::net::SocketAddr) {
+    (&id.node_id, id.generation_id, id.gossip_advertise_addr)
+}
+
 /// For each node name, the generation whose instances count: this process for our own name,
-/// else the newest live generation. A restarted node thus replaces its previous generation as
-/// soon as the new one is live, and two generations of one name never mix in the view.
+/// else the newest live generation at the name holder's address ([`crate::names::hold`]). A
+/// restarted node thus replaces its previous generation as soon as the new one is live, two
+/// generations of one name never mix in the view, and another host claiming a live name does
+/// not take its place (the refused claims come back as conflicts, ours included: a live holder
+/// of our own name elsewhere).
 pub(crate) fn newest_live<'a>(
     self_id: &'a ChitchatId,
     live: impl IntoIterator<Item = &'a ChitchatId>,
-) -> Vec<&'a ChitchatId> {
-    let mut by_name: BTreeMap<&str, &ChitchatId> = BTreeMap::new();
-    by_name.insert(&self_id.node_id, self_id);
-    for id in live {
-        if id.node_id.is_empty() || id.node_id == self_id.node_id {
-            continue;
-        }
-        match by_name.get(&*id.node_id) {
-            Some(kept) if kept.generation_id >= id.generation_id => {}
-            _ => {
-                by_name.insert(&id.node_id, id);
-            }
-        }
-    }
-    by_name.into_values().collect()
+) -> (Vec<&'a ChitchatId>, Vec<crate::names::NameConflict>) {
+    let ids: Vec<&ChitchatId> = live
+        .into_iter()
+        .filter(|id| !id.node_id.is_empty())
+        .chain(std::iter::once(self_id))
+        .collect();
+    let (others, mut conflicts) = crate::names::hold(
+        ids.iter()
+            .copied()
+            .filter(|id| id.node_id != self_id.node_id),
+        id_key,
+    );
+    // Our own name: this process counts here whatever happens, but a claim it loses is
+    // reported (everyone else refuses it).
+    let (_, own) = crate::names::hold(
+        ids.iter()
+            .copied()
+            .filter(|id| id.node_id == self_id.node_id),
+        id_key,
+    );
+    conflicts.extend(own);
+    let mut chosen: BTreeMap<&str, &ChitchatId> =
+        others.into_iter().map(|id| (&*id.node_id, id)).collect();
+    chosen.insert(&self_id.node_id, self_id);
+    (chosen.into_values().collect(), conflicts)
 }
 
 /// What one instance key held at one version: the decoded instance and its health, or `None`
@@ -161,6 +178,7 @@ mod tests {
             id("", 3),
         ];
         let chosen: Vec<(String, u64)> = newest_live(&me, &live)
+            .0
             .into_iter()
             .map(|id| (id.node_id.to_string(), id.generation_id))
             .collect();

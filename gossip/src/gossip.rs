@@ -111,6 +111,8 @@ struct Shared {
     endpoint_cache: Mutex<EndpointCache>,
     /// The endpoint view.
     endpoints: watch::Sender<Arc<Vec<Endpoint>>>,
+    /// Refused claims on a name, each logged once.
+    name_conflicts: Mutex<std::collections::BTreeSet<crate::names::NameConflict>>,
     /// Bumped after every change of `endpoints`.
     endpoint_epoch: watch::Sender<u64>,
     /// Instance values skipped because they could not be decoded (once per key version).
@@ -199,6 +201,7 @@ impl Gossip {
             endpoints,
             endpoint_epoch,
             invalid_values: AtomicU64::new(0),
+            name_conflicts: Mutex::default(),
             wake,
         });
         // The view holds at least this node from the start.
@@ -427,6 +430,12 @@ impl Gossip {
         self.inner.shared.invalid_values.load(Ordering::Relaxed)
     }
 
+    /// Every refused claim on a gossip name this node has seen (two live hosts with one
+    /// name), each also logged once as an error.
+    pub fn name_conflicts(&self) -> Vec<crate::names::NameConflict> {
+        self.inner.shared.conflicts()
+    }
+
     /// Stops gossiping (for every clone) and waits for the UDP socket to close. Peers notice
     /// through their failure detectors: the node leaves their member lists after a few
     /// seconds (about `phi_threshold × 2.3 ×` the observed heartbeat interval). The last
@@ -452,10 +461,59 @@ impl Gossip {
 }
 
 impl Shared {
+    /// Logs each refused claim on a name once, as an error: on the holder's side "another
+    /// host claims our name", on the claimant's side "our name is held elsewhere"; others see
+    /// "two hosts claim a name".
+    fn report_conflicts(&self, conflicts: Vec<crate::names::NameConflict>) {
+        if conflicts.is_empty() {
+            return;
+        }
+        let mut seen = self
+            .name_conflicts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for c in conflicts {
+            if !seen.insert(c.clone()) {
+                continue;
+            }
+            let me = (
+                self.self_id.gossip_advertise_addr,
+                self.self_id.generation_id,
+            );
+            if c.refused == me {
+                tracing::error!(
+                    name = %c.name, holder = %c.holder.0,
+                    "this node's gossip name is held by another live node: every other node refuses this one (its instances and metadata are ignored); give each host a unique --name"
+                );
+            } else if c.holder == me {
+                tracing::error!(
+                    name = %c.name, claimant = %c.refused.0,
+                    "another node claims this node's gossip name: refused; give each host a unique --name"
+                );
+            } else {
+                tracing::error!(
+                    name = %c.name, holder = %c.holder.0, refused = %c.refused.0,
+                    "two live nodes claim one gossip name: the first keeps it, the other is refused"
+                );
+            }
+        }
+    }
+
+    /// Every refused claim on a name seen so far.
+    fn conflicts(&self) -> Vec<crate::names::NameConflict> {
+        self.name_conflicts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Rebuilds the endpoint view from the newest live generation of every node, and publishes
     /// it (bumping the epoch) if it changed. Called with the chitchat lock held.
     fn refresh_endpoints(&self, chitchat: &Chitchat) {
-        let chosen = newest_live(&self.self_id, chitchat.live_nodes());
+        let (chosen, conflicts) = newest_live(&self.self_id, chitchat.live_nodes());
+        self.report_conflicts(conflicts);
         let nodes = chosen
             .into_iter()
             .filter_map(|id| Some((id, chitchat.node_state(id)?)));
@@ -497,7 +555,8 @@ impl Shared {
             .iter()
             .filter(|(id, _)| *id.node_id != *self.name)
             .filter_map(|(id, state)| parse_member(id, state));
-        let next = newest_per_name(own.into_iter().chain(others));
+        let (next, conflicts) = newest_per_name(own.into_iter().chain(others));
+        self.report_conflicts(conflicts);
         drop(live);
 
         let mut events = Vec::new();

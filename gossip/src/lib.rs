@@ -38,13 +38,18 @@
 //!
 //! Security: chitchat's UDP transport is neither encrypted nor authenticated; the cluster id
 //! only keeps separate clusters apart. Malformed datagrams are dropped by chitchat's decoder.
+//! A name is held by its first live process: another address claiming it (a twin or a rogue)
+//! is refused in every view and reported loudly on both sides ([`names`], [`NameConflict`]),
+//! instead of replacing the holder's instances.
 
 mod config;
 mod endpoints;
 mod gossip;
 pub mod keys;
 mod member;
+mod names;
 
 pub use config::{GossipConfig, DEFAULT_PORT};
 pub use gossip::{Error, Gossip};
 pub use member::{diff, Member, MemberEvent, NodeMeta, Role, UnknownRole};
+pub use names::NameConflict;

@@ -151,19 +151,14 @@ pub(crate) fn parse_member(chitchat_id: &ChitchatId, node_state: &NodeState) -> 
     })
 }
 
-/// Keeps one member per name, the one with the highest generation (a restarted node's old
-/// generation lingers until the failure detector drops it), sorted by name.
-pub(crate) fn newest_per_name(members: impl IntoIterator<Item = Member>) -> Vec<Member> {
-    let mut by_name: BTreeMap<String, Member> = BTreeMap::new();
-    for member in members {
-        match by_name.get(&member.name) {
-            Some(kept) if kept.generation >= member.generation => {}
-            _ => {
-                by_name.insert(member.name.clone(), member);
-            }
-        }
-    }
-    by_name.into_values().collect()
+/// Keeps one member per name, sorted by name: the newest generation at the name holder's
+/// address (a restarted node's old generation lingers until the failure detector drops it),
+/// never a claim from another address while the holder lives ([`crate::names::hold`]); those
+/// claims come back as conflicts.
+pub(crate) fn newest_per_name(
+    members: impl IntoIterator<Item = Member>,
+) -> (Vec<Member>, Vec<crate::names::NameConflict>) {
+    crate::names::hold(members, |m| (m.name.as_str(), m.generation, m.gossip_addr))
 }
 
 /// The events that turn the view `previous` into the view `next`, in name order. Members are
@@ -320,7 +315,8 @@ mod tests {
             member("b", 9),
             member("b", 7),
         ];
-        let kept = newest_per_name(members);
+        let (kept, conflicts) = newest_per_name(members);
+        assert!(conflicts.is_empty());
         let kept: Vec<(&str, u64)> = kept
             .iter()
             .map(|m| (m.name.as_str(), m.generation))

@@ -1107,3 +1107,103 @@ fn the_api_over_https_with_the_cluster_ca() {
         String::from_utf8_lossy(&got.stderr)
     );
 }
+
+/// Before: an agent started with an existing host's name (a rogue, or a misconfigured twin)
+/// replaced that host's instances in every view. Now the first live holder keeps the name: the
+/// newcomer's instances are refused everywhere, and both sides log the conflict.
+#[test]
+fn a_second_host_with_a_taken_name_is_refused_not_swapped_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 7);
+    sspec.bootstrap_expect = 1;
+    let dns = SocketAddr::new(sspec.api.ip(), shoal_e2e::DNS_PORT);
+    sspec.extra = vec!["--dns".into(), dns.to_string()];
+    let _server = shoal_e2e::ServerProcess::spawn(&sspec);
+    wait_for("the server leads", Duration::from_secs(30), || {
+        node_status(sspec.api)
+            .filter(|s| s.leader_id == Some(7))
+            .map(|_| ())
+            .ok_or_else(|| "no leader yet".to_string())
+    });
+    let register = |api: SocketAddr, id: &str, ip: &str| {
+        let out = shoal_e2e::run_shoal(
+            &[
+                "register",
+                "--addr",
+                &format!("http://{api}"),
+                "--namespace",
+                "apps.local",
+                "--service",
+                "web",
+                "--instance-id",
+                id,
+                "--address",
+                ip,
+                "--port",
+                "80",
+            ],
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.status.success(),
+            "register {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let answers = || shoal_e2e::dig(dns, "web.apps.local", "A", &[]).answers;
+
+    let mut first = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 1);
+    first.name = "dup".into();
+    first.join = vec![sspec.gossip];
+    let first_proc = first.spawn();
+    wait_for("the first agent's API", Duration::from_secs(30), || {
+        http_request(first.api, "GET", "/v1/status", None, Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    register(first.api, "i1", "10.0.0.1");
+    wait_for(
+        "the server's DNS answers the first host's instance",
+        Duration::from_secs(30),
+        || {
+            let a = answers();
+            (a == ["10.0.0.1"])
+                .then_some(())
+                .ok_or_else(|| format!("{a:?}"))
+        },
+    );
+
+    let mut second = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 2);
+    second.name = "dup".into();
+    second.join = vec![sspec.gossip];
+    let second_proc = second.spawn();
+    wait_for("the second agent's API", Duration::from_secs(30), || {
+        http_request(
+            second.api,
+            "GET",
+            "/v1/status",
+            None,
+            Duration::from_secs(2),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    });
+    register(second.api, "i2", "10.0.0.2");
+    wait_for(
+        "both sides report the conflict",
+        Duration::from_secs(30),
+        || {
+            let refused = second_proc.log().contains("held by another live node");
+            let holder = first_proc.log().contains("claims this node's gossip name");
+            (refused && holder).then_some(()).ok_or_else(|| {
+                format!("refused side logged: {refused}, holder side logged: {holder}")
+            })
+        },
+    );
+    // The view keeps the holder's instance, and never takes the newcomer's.
+    for _ in 0..10 {
+        assert_eq!(answers(), ["10.0.0.1"]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
