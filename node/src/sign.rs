@@ -41,6 +41,15 @@ impl Credentials {
     }
 }
 
+/// Every header as a (name, value) pair of strings, as SigV4 reads them (values that are not
+/// text are left out: they cannot be part of a valid signature).
+pub fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
 /// The service name shoal's signatures are scoped to (App Mesh's).
 pub const SERVICE: &str = "appmesh";
 
@@ -68,11 +77,7 @@ pub fn sign(req: &mut reqwest::Request, creds: &Credentials) -> anyhow::Result<(
         .and_then(reqwest::Body::as_bytes)
         .unwrap_or_default()
         .to_vec();
-    let pairs: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
+    let pairs = header_pairs(req.headers());
     let hs: Vec<(&str, &str)> = pairs
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))

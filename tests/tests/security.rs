@@ -13,24 +13,29 @@ use shoal_raft::proto::RaftMessage;
 const BLOCK: u8 = 50;
 
 /// A lone server (no gossip: it bootstraps a one-member cluster of its own).
-fn lone_server(root: &std::path::Path, last: u8) -> (Process, SocketAddr, SocketAddr) {
-    let ip = std::net::IpAddr::from([127, 0, BLOCK, last]);
-    let api = SocketAddr::new(ip, 7070);
-    let raft = SocketAddr::new(ip, 7071);
-    let data = root.join("data");
-    let args = [
+/// The command line of server 1 of a one-member cluster at `ip` (API :7070, Raft :7071) with
+/// its data in `root/data`, plus `extra` flags.
+fn server_args(root: &std::path::Path, ip: std::net::IpAddr, extra: &[String]) -> Vec<String> {
+    let mut args = vec![
         "server".to_string(),
         "--node-id".into(),
         "1".into(),
         "--data-dir".into(),
-        data.display().to_string(),
+        root.join("data").display().to_string(),
         "--api".into(),
-        api.to_string(),
+        SocketAddr::new(ip, 7070).to_string(),
         "--raft".into(),
-        raft.to_string(),
+        SocketAddr::new(ip, 7071).to_string(),
     ];
+    args.extend(extra.iter().cloned());
+    args
+}
+
+fn lone_server(root: &std::path::Path, last: u8) -> (Process, SocketAddr, SocketAddr) {
+    let ip = std::net::IpAddr::from([127, 0, BLOCK, last]);
+    let args = server_args(root, ip, &[]);
     let p = Process::spawn("server 1", &shoal_bin(), &args, &root.join("server.log"));
-    (p, api, raft)
+    (p, SocketAddr::new(ip, 7070), SocketAddr::new(ip, 7071))
 }
 
 fn wait_leader(api: SocketAddr) -> shoal_e2e::NodeStatus {
@@ -241,25 +246,22 @@ fn a_thousand_idle_connections_leave_dns_and_the_api_working() {
         prlimit,
         "prlimit (util-linux) is needed to run a server under a descriptor limit"
     );
-    let args = [
+    let mut args = vec![
         "--nofile=1100:1100".to_string(),
         shoal_bin().display().to_string(),
-        "server".into(),
-        "--node-id".into(),
-        "1".into(),
-        "--data-dir".into(),
-        root.join("data").display().to_string(),
-        "--api".into(),
-        api.to_string(),
-        "--raft".into(),
-        SocketAddr::new(ip, 7071).to_string(),
-        "--gossip".into(),
-        SocketAddr::new(ip, 7946).to_string(),
-        "--bootstrap-expect".into(),
-        "1".into(),
-        "--dns".into(),
-        dns.to_string(),
     ];
+    args.extend(server_args(
+        root,
+        ip,
+        &[
+            "--gossip".into(),
+            SocketAddr::new(ip, 7946).to_string(),
+            "--bootstrap-expect".into(),
+            "1".into(),
+            "--dns".into(),
+            dns.to_string(),
+        ],
+    ));
     let server = Process::spawn(
         "server 1",
         std::path::Path::new("/usr/bin/prlimit"),
@@ -694,18 +696,7 @@ fn the_aws_cli_signs_and_unsigned_attacks_are_refused() {
     let root = dir.path();
     let ip = std::net::IpAddr::from([127, 0, BLOCK, 15]);
     let api = SocketAddr::new(ip, 7070);
-    let args = [
-        "server".to_string(),
-        "--node-id".into(),
-        "1".into(),
-        "--data-dir".into(),
-        root.join("data").display().to_string(),
-        "--api".into(),
-        api.to_string(),
-        "--raft".into(),
-        SocketAddr::new(ip, 7071).to_string(),
-        "--api-auth".into(),
-    ];
+    let args = server_args(root, ip, &["--api-auth".into()]);
     let _server = Process::spawn("server 1", &shoal_bin(), &args, &root.join("server.log"));
     wait_leader(api);
     let creds = root.join("credentials");
@@ -1009,25 +1000,20 @@ fn the_api_over_https_with_the_cluster_ca() {
         &p,
     ]);
     let api = SocketAddr::new(ip, 7070);
-    let args = [
-        "server".to_string(),
-        "--node-id".into(),
-        "1".into(),
-        "--data-dir".into(),
-        root.join("data").display().to_string(),
-        "--api".into(),
-        api.to_string(),
-        "--raft".into(),
-        SocketAddr::new(ip, 7071).to_string(),
-        "--api-auth".into(),
-        "--api-tls".into(),
-        "--tls-ca".into(),
-        format!("{p}/shoal-ca.pem"),
-        "--tls-cert".into(),
-        format!("{p}/s1.pem"),
-        "--tls-key".into(),
-        format!("{p}/s1-key.pem"),
-    ];
+    let args = server_args(
+        root,
+        ip,
+        &[
+            "--api-auth".into(),
+            "--api-tls".into(),
+            "--tls-ca".into(),
+            format!("{p}/shoal-ca.pem"),
+            "--tls-cert".into(),
+            format!("{p}/s1.pem"),
+            "--tls-key".into(),
+            format!("{p}/s1-key.pem"),
+        ],
+    );
     let server = Process::spawn("server 1", &shoal_bin(), &args, &root.join("server.log"));
     let url = format!("https://{api}");
     let ca = format!("{p}/shoal-ca.pem");

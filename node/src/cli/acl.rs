@@ -27,15 +27,23 @@ pub enum AclCommand {
     Revoke(RevokeArgs),
 }
 
-/// `shoal acl bootstrap`.
+/// Where a new key goes: printed as an AWS credentials profile, or written to a new file.
 #[derive(Debug, Args)]
-pub struct BootstrapArgs {
-    /// Write the key to this AWS credentials file (a new file) as profile `--profile`.
+pub struct KeyOut {
+    /// Write the key to this AWS credentials file (a new file, mode 0600) as profile
+    /// `--profile`.
     #[arg(long)]
     pub credentials_file: Option<PathBuf>,
     /// The profile name.
     #[arg(long, default_value = "shoal")]
     pub profile: String,
+}
+
+/// `shoal acl bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    #[command(flatten)]
+    pub out: KeyOut,
     #[command(flatten)]
     pub target: Target,
 }
@@ -50,12 +58,8 @@ pub struct CreateArgs {
     /// What the key is for.
     #[arg(long, default_value = "")]
     pub description: String,
-    /// Write the key to this AWS credentials file (a new file) as profile `--profile`.
-    #[arg(long)]
-    pub credentials_file: Option<PathBuf>,
-    /// The profile name.
-    #[arg(long, default_value = "shoal")]
-    pub profile: String,
+    #[command(flatten)]
+    pub out: KeyOut,
     #[command(flatten)]
     pub target: Target,
 }
@@ -92,9 +96,10 @@ fn profile_text(profile: &str, key: &Value) -> anyhow::Result<String> {
     ))
 }
 
-fn emit(profile: &str, key: &Value, file: Option<&PathBuf>) -> anyhow::Result<()> {
+fn emit(out: &KeyOut, key: &Value) -> anyhow::Result<()> {
+    let profile = out.profile.as_str();
     let text = profile_text(profile, key)?;
-    match file {
+    match out.credentials_file.as_ref() {
         None => print!("{text}"),
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -143,7 +148,7 @@ pub async fn run(cmd: AclCommand) -> anyhow::Result<()> {
             let key = c
                 .call(Method::POST, &segs(&["v1", "acl", "bootstrap"]), &[], None)
                 .await?;
-            emit(&a.profile, &key, a.credentials_file.as_ref())
+            emit(&a.out, &key)
         }
         AclCommand::Create(a) => {
             let policy: Value = match a.policy.as_str() {
@@ -167,7 +172,7 @@ pub async fn run(cmd: AclCommand) -> anyhow::Result<()> {
                     Some(json!({ "Policy": policy, "Description": a.description })),
                 )
                 .await?;
-            emit(&a.profile, &key, a.credentials_file.as_ref())
+            emit(&a.out, &key)
         }
         AclCommand::List(a) => {
             let c = Client::new(&a.target.addr)?;

@@ -254,11 +254,7 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
         Ok(b) => b,
         Err(e) => return error_response(&e),
     };
-    let pairs: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
+    let pairs = crate::sign::header_pairs(&parts.headers);
     let hs: Vec<(&str, &str)> = pairs
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
