@@ -229,6 +229,26 @@ impl Client {
         u
     }
 
+    /// A client for an HTTPS API whose certificate comes from the CA `ca_pem` (instead of
+    /// `AWS_CA_BUNDLE`), signing with `credentials`.
+    pub fn with_tls(
+        addr: &str,
+        ca_pem: &str,
+        credentials: Option<crate::sign::Credentials>,
+    ) -> anyhow::Result<Client> {
+        let mut c = Client::new(addr)?;
+        c.http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the CA PEM")?,
+            )
+            .build()
+            .context("building the HTTP client")?;
+        c.credentials = credentials;
+        Ok(c)
+    }
+
     /// Sends one request and decodes the JSON answer or the App Mesh error.
     pub async fn call(
         &self,

@@ -1193,3 +1193,121 @@ fn a_second_host_with_a_taken_name_is_refused_not_swapped_in() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// `shoal dev --secure`: one command turns the machinery on locally, and the AWS CLI command
+/// of the issue works as written: `AWS_SHARED_CREDENTIALS_FILE=<data-dir>/credentials aws
+/// --profile shoal appmesh list-meshes --endpoint-url https://… --ca-bundle <data-dir>/ca.pem`.
+/// An unsigned request is refused; the embedded agent follows the model over mutual TLS (its
+/// DNS knows the example mesh's names). A restart on the same data dir keeps the key.
+#[test]
+fn shoal_dev_secure_works_with_the_aws_cli_as_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("dev");
+    let ip = std::net::IpAddr::from([127, 0, BLOCK, 19]);
+    let at = |port: u16| SocketAddr::new(ip, port).to_string();
+    let args = vec![
+        "dev".to_string(),
+        "--secure".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--api".into(),
+        at(7070),
+        "--raft".into(),
+        at(7071),
+        "--gossip".into(),
+        at(7946),
+        "--dns".into(),
+        at(8600),
+        "--xds".into(),
+        at(18000),
+    ];
+    let run = |label: &str| {
+        let p = Process::spawn(
+            label,
+            &shoal_bin(),
+            &args,
+            &dir.path().join(format!("{label}.log")),
+        );
+        wait_for(
+            "shoal dev --secure is ready",
+            Duration::from_secs(60),
+            || {
+                p.log()
+                    .contains("shoal dev --secure is ready")
+                    .then_some(())
+                    .ok_or_else(|| tail(&p.log(), 5))
+            },
+        );
+        p
+    };
+    let first = run("dev");
+    let creds = data.join("credentials");
+    let ca = data.join("ca.pem").display().to_string();
+    let url = format!("https://{}", at(7070));
+    let mode = std::fs::metadata(&creds)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("the credentials file");
+    assert_eq!(mode, 0o600);
+    let (ok, out, err) = aws_profile_at(
+        &url,
+        &creds,
+        &[
+            "--profile",
+            "shoal",
+            "appmesh",
+            "list-meshes",
+            "--ca-bundle",
+            &ca,
+        ],
+    );
+    assert!(ok && out.contains("colorapp"), "list-meshes: {out}{err}");
+    let (ok, _, err) = aws_profile_at(
+        &url,
+        &creds,
+        &[
+            "--no-sign-request",
+            "appmesh",
+            "list-meshes",
+            "--ca-bundle",
+            &ca,
+        ],
+    );
+    assert!(
+        !ok && err.contains("MissingAuthenticationTokenException"),
+        "{err}"
+    );
+    let dns = SocketAddr::new(ip, 8600);
+    wait_for(
+        "the dev agent's DNS knows the example mesh",
+        Duration::from_secs(20),
+        || {
+            let a = shoal_e2e::dig(dns, "colorteller.colorapp.local", "A", &[]);
+            (a.status == "NOERROR").then_some(()).ok_or(a.raw)
+        },
+    );
+    assert!(
+        first.log().contains("server=https://"),
+        "the agent follows over TLS"
+    );
+
+    // Restarted on the same data dir: the same CA and key still work.
+    let mut first = first;
+    first.terminate(Duration::from_secs(20));
+    let _second = run("dev-again");
+    let (ok, out, err) = aws_profile_at(
+        &url,
+        &creds,
+        &[
+            "--profile",
+            "shoal",
+            "appmesh",
+            "list-meshes",
+            "--ca-bundle",
+            &ca,
+        ],
+    );
+    assert!(
+        ok && out.contains("colorapp"),
+        "after a restart: {out}{err}"
+    );
+}

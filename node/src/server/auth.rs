@@ -347,17 +347,26 @@ fn key_answer(k: &AccessKey) -> serde_json::Value {
     json!({ "AccessKeyId": k.id, "SecretAccessKey": k.secret, "Description": k.description })
 }
 
-/// `POST /v1/acl/bootstrap`: the first key (every action), once per cluster, unauthenticated;
-/// refused once any key exists. Also creates the servers' internal key.
-async fn bootstrap(State(s): State<AppState>) -> Response {
+/// The first key (every action) and the servers' internal key, committed on this server (the
+/// leader) if no key exists yet. Returns the first key.
+pub async fn bootstrap_keys(
+    raft: &shoal_raft::RaftNode,
+) -> Result<Result<AccessKey, ApiError>, shoal_raft::WriteError> {
     let admin = new_key(&Policy::admin(), "bootstrap (every action)", false);
     let internal = new_key(&Policy::admin(), "servers' internal key", true);
     let cmd = Command::BootstrapAccessKeys {
         keys: vec![admin.clone(), internal],
     };
-    match s.raft.write(cmd).await {
-        Ok(w) => match w.outcome {
-            Ok(_) => {
+    let w = raft.write(cmd).await?;
+    Ok(w.outcome.map(|_| admin))
+}
+
+/// `POST /v1/acl/bootstrap`: the first key (every action), once per cluster, unauthenticated;
+/// refused once any key exists. Also creates the servers' internal key.
+async fn bootstrap(State(s): State<AppState>) -> Response {
+    match bootstrap_keys(&s.raft).await {
+        Ok(outcome) => match outcome {
+            Ok(admin) => {
                 tracing::info!(access_key = %admin.id, "access keys bootstrapped");
                 (StatusCode::OK, Json(key_answer(&admin))).into_response()
             }

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 mod admin;
 mod appmesh;
 mod auth;
+pub use auth::bootstrap_keys;
 mod cluster;
 mod config;
 mod forward;
