@@ -79,6 +79,8 @@ proptest! {
         for (i, cmd) in log.iter().enumerate() {
             // Commands travel through the log as JSON: replay the decoded copy on `b`.
             let wire: Command = serde_json::from_slice(&serde_json::to_vec(cmd).unwrap()).unwrap();
+            // What the API builds passes the leader's re-check of forwarded commands.
+            prop_assert!(shoal_model::check::command(&wire).is_ok(), "{:?}", shoal_model::check::command(&wire));
             let ra = a.apply(i as u64 + 1, cmd);
             let rb = b.apply(i as u64 + 1, &wire);
             prop_assert_eq!(ra, rb);
