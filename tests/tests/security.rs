@@ -1248,18 +1248,22 @@ fn shoal_dev_secure_works_with_the_aws_cli_as_written() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .expect("the credentials file");
     assert_eq!(mode, 0o600);
-    let (ok, out, err) = aws_profile_at(
-        &url,
-        &creds,
-        &[
-            "--profile",
-            "shoal",
-            "appmesh",
-            "list-meshes",
-            "--ca-bundle",
-            &ca,
-        ],
-    );
+    // The command, as written.
+    let list_meshes = || {
+        aws_profile_at(
+            &url,
+            &creds,
+            &[
+                "--profile",
+                "shoal",
+                "appmesh",
+                "list-meshes",
+                "--ca-bundle",
+                &ca,
+            ],
+        )
+    };
+    let (ok, out, err) = list_meshes();
     assert!(ok && out.contains("colorapp"), "list-meshes: {out}{err}");
     let (ok, _, err) = aws_profile_at(
         &url,
@@ -1294,18 +1298,7 @@ fn shoal_dev_secure_works_with_the_aws_cli_as_written() {
     let mut first = first;
     first.terminate(Duration::from_secs(20));
     let _second = run("dev-again");
-    let (ok, out, err) = aws_profile_at(
-        &url,
-        &creds,
-        &[
-            "--profile",
-            "shoal",
-            "appmesh",
-            "list-meshes",
-            "--ca-bundle",
-            &ca,
-        ],
-    );
+    let (ok, out, err) = list_meshes();
     assert!(
         ok && out.contains("colorapp"),
         "after a restart: {out}{err}"
