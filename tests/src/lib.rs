@@ -1669,6 +1669,16 @@ impl Envoy {
         Envoy::spawn(dir, name, admin, &bootstrap)
     }
 
+    /// Starts an Envoy with a bootstrap file made elsewhere (whose admin is at `admin`).
+    pub fn start_with_bootstrap(
+        dir: &Path,
+        name: &str,
+        admin: SocketAddr,
+        bootstrap: &Path,
+    ) -> Envoy {
+        Envoy::spawn(dir, name, admin, bootstrap)
+    }
+
     fn spawn(dir: &Path, name: &str, admin: SocketAddr, bootstrap: &Path) -> Envoy {
         let base_id = u32::from(admin.port());
         let args = vec![

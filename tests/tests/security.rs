@@ -1304,3 +1304,172 @@ fn shoal_dev_secure_works_with_the_aws_cli_as_written() {
         "after a restart: {out}{err}"
     );
 }
+
+/// Listeners an Envoy has from ADS (0 if its admin does not answer yet).
+fn envoy_listeners(envoy: &shoal_e2e::Envoy) -> usize {
+    envoy
+        .config_dump()
+        .ok()
+        .and_then(|d| {
+            d["configs"].as_array().and_then(|cs| {
+                cs.iter()
+                    .find_map(|c| c["dynamic_listeners"].as_array().map(|l| l.len()))
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Before: any local client that named another proxy's node id got that proxy's whole
+/// configuration. With `--xds-auth` an ADS stream must carry the proxy's token: a real Envoy
+/// bootstrapped by `shoal envoy bootstrap --proxy-token-key` gets its listeners; one
+/// bootstrapped without the key, or with a token made for another proxy, gets nothing, and the
+/// agent logs the refusal.
+#[test]
+fn an_envoy_gets_its_configuration_only_with_its_proxy_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 8);
+    sspec.bootstrap_expect = 1;
+    let _server = shoal_e2e::ServerProcess::spawn(&sspec);
+    wait_for("the server leads", Duration::from_secs(30), || {
+        node_status(sspec.api)
+            .filter(|s| s.leader_id == Some(8))
+            .map(|_| ())
+            .ok_or_else(|| "no leader yet".to_string())
+    });
+    let put = |path: &str, body: &str| {
+        let r = http_request(sspec.api, "PUT", path, Some(body), Duration::from_secs(10))
+            .expect("HTTP");
+        assert_eq!(r.code, 200, "{path}: {}", r.body);
+    };
+    put("/v20190125/meshes", r#"{"meshName":"m"}"#);
+    let node = |name: &str| {
+        format!(
+            r#"{{"virtualNodeName":"{name}","spec":{{"listeners":[{{"portMapping":{{"port":8080,"protocol":"http"}}}}]}}}}"#
+        )
+    };
+    put("/v20190125/meshes/m/virtualNodes", &node("front"));
+    put("/v20190125/meshes/m/virtualNodes", &node("back"));
+
+    let mut aspec = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 3);
+    aspec.join = vec![sspec.gossip];
+    aspec.extra = vec!["--xds-auth".into()];
+    let agent = aspec.spawn();
+    wait_for(
+        "the agent follows the model",
+        Duration::from_secs(30),
+        || {
+            let v = http_request(aspec.api, "GET", "/v1/status", None, Duration::from_secs(2))
+                .ok()
+                .and_then(|r| r.json())
+                .ok_or("no status")?;
+            (v["revision"].as_u64() >= Some(3))
+                .then_some(())
+                .ok_or_else(|| v.to_string())
+        },
+    );
+    let key = aspec.data_dir.join("proxy-token.key");
+    let key_mode = std::fs::metadata(&key)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("the proxy-token key");
+    assert_eq!(key_mode, 0o600);
+    let xds = aspec.xds.to_string();
+    let args = |ip: &str, with_key: bool| {
+        let mut a: Vec<String> = [
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "front",
+            "--xds",
+            &xds,
+            "--listen-address",
+            ip,
+        ]
+        .map(String::from)
+        .to_vec();
+        if with_key {
+            a.push("--proxy-token-key".into());
+            a.push(key.display().to_string());
+        }
+        a
+    };
+    let good = shoal_e2e::Envoy::start(
+        root,
+        "good",
+        "127.0.50.201:9901".parse().unwrap(),
+        &args("127.0.50.201", true),
+    );
+    let keyless = shoal_e2e::Envoy::start(
+        root,
+        "keyless",
+        "127.0.50.202:9901".parse().unwrap(),
+        &args("127.0.50.202", false),
+    );
+    // A token made for `back`, presented as `front`: the bootstrap for `back` with the node id
+    // edited to `front` (what a local client holding one proxy's bootstrap could try).
+    let back = shoal_e2e::run_shoal(
+        &[
+            "envoy",
+            "bootstrap",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "back",
+            "--xds",
+            &xds,
+            "--admin-address",
+            "127.0.50.203",
+            "--admin-port",
+            "9901",
+            "--listen-address",
+            "127.0.50.203",
+            "--proxy-token-key",
+            &key.display().to_string(),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(back.status.success());
+    let forged = String::from_utf8_lossy(&back.stdout)
+        .replace("mesh/m/virtualNode/back", "mesh/m/virtualNode/front");
+    std::fs::write(root.join("forged-bootstrap.json"), forged).unwrap();
+    let forged = shoal_e2e::Envoy::start_with_bootstrap(
+        root,
+        "forged",
+        "127.0.50.203:9901".parse().unwrap(),
+        &root.join("forged-bootstrap.json"),
+    );
+
+    wait_for(
+        "the Envoy with its token gets its listeners",
+        Duration::from_secs(30),
+        || {
+            let n = envoy_listeners(&good);
+            (n > 0)
+                .then_some(())
+                .ok_or_else(|| format!("{n} listeners"))
+        },
+    );
+    wait_for(
+        "the agent refuses the other two",
+        Duration::from_secs(30),
+        || {
+            let refused = agent
+                .log()
+                .matches("no valid proxy token for mesh/m/virtualNode/front")
+                .count();
+            (refused >= 2)
+                .then_some(())
+                .ok_or_else(|| format!("{refused} refusals logged"))
+        },
+    );
+    assert_eq!(
+        envoy_listeners(&keyless),
+        0,
+        "an Envoy without a token got listeners"
+    );
+    assert_eq!(
+        envoy_listeners(&forged),
+        0,
+        "another proxy's token got listeners"
+    );
+}

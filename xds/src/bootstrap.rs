@@ -25,6 +25,20 @@ pub struct BootstrapParams {
     /// [`crate::translate::SDS_CLUSTER`] reaches, for certificates the model names by SDS
     /// secret. Envoy connects only when a listener or cluster asks for such a secret.
     pub sds_socket: String,
+    /// The proxy's token for an agent run with `--xds-auth`, sent as gRPC initial metadata
+    /// on the ADS stream ([`crate::proxy::PROXY_TOKEN_HEADER`]).
+    pub proxy_token: Option<String>,
+}
+
+/// The ADS gRPC service of the bootstrap, with the proxy token as initial metadata if any.
+fn grpc_service(token: Option<&str>) -> Value {
+    match token {
+        None => json!({"envoy_grpc": {"cluster_name": "shoal-xds"}}),
+        Some(t) => json!({
+            "envoy_grpc": {"cluster_name": "shoal-xds"},
+            "initial_metadata": [{"key": crate::proxy::PROXY_TOKEN_HEADER, "value": t}],
+        }),
+    }
 }
 
 /// The bootstrap for `p`: node id and metadata, the admin listener, ADS over gRPC to the agent
@@ -52,7 +66,7 @@ pub fn bootstrap(p: &BootstrapParams) -> Value {
                 "api_type": if p.delta { "DELTA_GRPC" } else { "GRPC" },
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "shoal-xds"}}],
+                "grpc_services": [grpc_service(p.proxy_token.as_deref())],
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -121,6 +135,7 @@ mod tests {
             admin_port: 9901,
             delta: false,
             sds_socket: crate::translate::SDS_SOCKET.into(),
+            proxy_token: None,
         }
     }
 

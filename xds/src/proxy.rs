@@ -79,6 +79,28 @@ impl fmt::Display for ProxyId {
     }
 }
 
+/// The gRPC metadata (HTTP/2 header) an Envoy's ADS stream carries its proxy token in.
+pub const PROXY_TOKEN_HEADER: &str = "x-shoal-proxy-token";
+
+/// The proxy token of `proxy` under the agent's `secret`: HMAC-SHA256 of its node id, hex. An
+/// agent started with `--xds-auth` serves a proxy's configuration only to a stream that
+/// carries its token, and only `shoal envoy bootstrap` run by someone who can read the
+/// secret file (the agent's data dir, mode 0600) can make one: a local client naming another
+/// proxy's node id gets nothing.
+pub fn proxy_token(secret: &[u8], proxy: &ProxyId) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    hex::encode(ring::hmac::sign(&key, proxy.to_string().as_bytes()).as_ref())
+}
+
+/// Whether `token` is `proxy`'s under `secret` (compared in constant time).
+pub fn proxy_token_valid(secret: &[u8], proxy: &ProxyId, token: &str) -> bool {
+    let Ok(tag) = hex::decode(token) else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::verify(&key, proxy.to_string().as_bytes(), &tag).is_ok()
+}
+
 /// Per-proxy settings from the Envoy's bootstrap `node.metadata` (what App Mesh's Envoy image
 /// took from its environment). Defaults are App Mesh's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -144,5 +166,23 @@ mod tests {
         assert!(e.to_string().contains("a\\n2026 INFO forged"), "{e}");
         assert!(!e.to_string().contains('\n'), "{e}");
         assert!(ProxyId::parse(&format!("mesh/m/virtualNode/{}", "n".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn a_proxy_token_is_its_own_and_no_one_elses() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let red = ProxyId::parse("mesh/m/virtualNode/red").unwrap();
+        let blue = ProxyId::parse("mesh/m/virtualNode/blue").unwrap();
+        let t = proxy_token(secret, &red);
+        assert_eq!(t.len(), 64);
+        assert!(proxy_token_valid(secret, &red, &t));
+        assert!(!proxy_token_valid(secret, &blue, &t));
+        assert!(!proxy_token_valid(
+            b"another secret, another agent..",
+            &red,
+            &t
+        ));
+        assert!(!proxy_token_valid(secret, &red, "not hex"));
+        assert!(!proxy_token_valid(secret, &red, ""));
     }
 }

@@ -80,6 +80,7 @@ impl Envoy {
             admin_port,
             delta,
             sds_socket: shoal_xds::translate::SDS_SOCKET.into(),
+            proxy_token: None,
         });
         let config = dir.path().join("envoy.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&b).unwrap()).unwrap();

@@ -92,6 +92,12 @@ pub struct AgentConfig {
     #[arg(long)]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Serve each Envoy only its own configuration: an ADS stream must carry the proxy's token
+    /// (`shoal envoy bootstrap --proxy-token-key <data-dir>/proxy-token.key` puts it in the
+    /// bootstrap), made from a key in the data dir that only its owner can read.
+    #[arg(long)]
+    #[serde(default)]
+    pub xds_auth: bool,
     /// Run the cluster gRPC port without TLS beyond loopback: anyone who reaches it can forge
     /// Raft messages (servers) or read the model. Refused without this flag; warned about at
     /// every start with it.

@@ -75,6 +75,46 @@ pub struct Bound {
     pub gossip: SocketAddr,
 }
 
+/// The file of the agent's proxy-token key, in its data dir.
+pub const PROXY_TOKEN_KEY: &str = "proxy-token.key";
+
+/// The agent's proxy-token key (`--xds-auth`): 32 random bytes, hex, in
+/// `<data dir>/proxy-token.key`, made readable by its owner only at first start and kept.
+fn proxy_token_key(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join(PROXY_TOKEN_KEY);
+    if !path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let secret: [u8; 32] = rand::random();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(format!("{}\n", hex::encode(secret)).as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    read_proxy_token_key(&path)
+}
+
+/// Reads a proxy-token key file (`shoal envoy bootstrap --proxy-token-key`).
+pub fn read_proxy_token_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the proxy-token key {}", path.display()))?;
+    let key = hex::decode(text.trim())
+        .ok()
+        .filter(|k| k.len() == 32)
+        .with_context(|| {
+            format!(
+                "{} is not a proxy-token key (64 hex digits)",
+                path.display()
+            )
+        })?;
+    Ok(key)
+}
+
 /// The gRPC URLs of the servers to follow: the configured ones, then every server gossip knows
 /// that has joined a formed cluster.
 fn servers(cfg: &AgentConfig, gossip: &Gossip, tls: bool) -> Vec<String> {
@@ -229,9 +269,17 @@ pub async fn start(
     let dns_handler = dns_sockets
         .as_ref()
         .map(|_| shoal_dns::DnsHandler::new(pipeline.view.shared(), dns::dns_config(&cfg)));
-    let ads = xds_listener
-        .as_ref()
-        .map(|_| shoal_xds::server::AdsServer::new(pipeline.proxies.clone()));
+    let ads = match (&xds_listener, cfg.xds_auth) {
+        (None, _) => None,
+        (Some(_), false) => Some(shoal_xds::server::AdsServer::new(pipeline.proxies.clone())),
+        (Some(_), true) => {
+            let secret = proxy_token_key(&cfg.data_dir)?;
+            Some(shoal_xds::server::AdsServer::with_proxy_tokens(
+                pipeline.proxies.clone(),
+                secret,
+            ))
+        }
+    };
     let state = AgentState {
         cfg: cfg.clone(),
         gossip: gossip.clone(),

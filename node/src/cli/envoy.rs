@@ -56,6 +56,10 @@ pub struct BootstrapArgs {
     /// by SDS secret.
     #[arg(long, default_value = shoal_xds::translate::SDS_SOCKET)]
     pub sds_socket: String,
+    /// The agent's proxy-token key (`<agent data dir>/proxy-token.key`), for an agent run with
+    /// `--xds-auth`: the bootstrap then carries this proxy's token, and only this proxy's.
+    #[arg(long)]
+    pub proxy_token_key: Option<std::path::PathBuf>,
 }
 
 /// `shoal envoy bootstrap`.
@@ -69,12 +73,20 @@ pub(super) fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     if args.mesh.is_empty() || name.is_empty() || args.mesh.contains('/') || name.contains('/') {
         bail!("mesh and resource names must be non-empty and hold no '/'");
     }
+    let proxy = ProxyId {
+        mesh: args.mesh,
+        kind,
+        name,
+    };
+    let proxy_token = match &args.proxy_token_key {
+        None => None,
+        Some(path) => {
+            let secret = crate::agent::read_proxy_token_key(path)?;
+            Some(shoal_xds::proxy::proxy_token(&secret, &proxy))
+        }
+    };
     let params = shoal_xds::bootstrap::BootstrapParams {
-        proxy: ProxyId {
-            mesh: args.mesh,
-            kind,
-            name,
-        },
+        proxy,
         options: ProxyOptions {
             ingress_port: args.ingress_port,
             egress_port: args.egress_port,
@@ -86,6 +98,7 @@ pub(super) fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         admin_port: args.admin_port,
         delta: args.delta,
         sds_socket: args.sds_socket,
+        proxy_token,
     };
     println!(
         "{}",

@@ -67,14 +67,26 @@ impl Service<http::Request<tonic::body::Body>> for AdsService {
                     .into_http());
                 }
             }
+            // gRPC initial metadata travels as HTTP/2 headers.
+            let token = req
+                .headers()
+                .get(crate::proxy::PROXY_TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let response = match req.uri().path() {
                 SOTW_PATH => {
                     let requests = decode::<DiscoveryRequest>(req.into_body());
-                    server.stream::<SotwSession>(requests).await.map(respond)
+                    server
+                        .stream::<SotwSession>(requests, token)
+                        .await
+                        .map(respond)
                 }
                 DELTA_PATH => {
                     let requests = decode::<DeltaDiscoveryRequest>(req.into_body());
-                    server.stream::<DeltaSession>(requests).await.map(respond)
+                    server
+                        .stream::<DeltaSession>(requests, token)
+                        .await
+                        .map(respond)
                 }
                 other => Err(Status::unimplemented(format!("no method {other}"))),
             };

@@ -125,6 +125,9 @@ struct Inner {
     source: Box<dyn SnapshotSource>,
     stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
+    /// With it, a stream gets its proxy's configuration only with that proxy's token
+    /// ([`crate::proxy::proxy_token`]).
+    token_secret: Option<Vec<u8>>,
 }
 
 /// The ADS server: a cheap handle (clone it freely) on the source, the counters and the
@@ -150,6 +153,21 @@ impl AdsServer {
                 source: Box::new(source),
                 stats: Arc::default(),
                 shutdown: watch::Sender::new(false),
+                token_secret: None,
+            }),
+        }
+    }
+
+    /// A server that asks `source` for configurations and serves one only to a stream that
+    /// carries the proxy's token under `secret` (in the [`crate::proxy::PROXY_TOKEN_HEADER`]
+    /// metadata); any other is refused with `PERMISSION_DENIED`.
+    pub fn with_proxy_tokens(source: impl SnapshotSource, secret: Vec<u8>) -> AdsServer {
+        AdsServer {
+            inner: Arc::new(Inner {
+                source: Box::new(source),
+                stats: Arc::default(),
+                shutdown: watch::Sender::new(false),
+                token_secret: Some(secret),
             }),
         }
     }
@@ -239,6 +257,7 @@ impl AdsServer {
         &self,
         node: Option<&Node>,
         protocol: Protocol,
+        token: Option<&str>,
     ) -> Result<(StreamGuard, SnapshotWatch), Status> {
         let refused = |status: Status| {
             self.inner
@@ -251,6 +270,15 @@ impl AdsServer {
         };
         let (proxy, opts) =
             parse_node(node).map_err(|e| refused(Status::invalid_argument(e.to_string())))?;
+        if let Some(secret) = &self.inner.token_secret {
+            let valid = token.is_some_and(|t| crate::proxy::proxy_token_valid(secret, &proxy, t));
+            if !valid {
+                return Err(refused(Status::permission_denied(format!(
+                    "no valid proxy token for {proxy}: bootstrap this Envoy with `shoal envoy \
+                     bootstrap --proxy-token-key <the agent's data dir>/proxy-token.key`"
+                ))));
+            }
+        }
         let node = node.expect("parse_node refuses a missing node");
         let watch = self
             .inner
@@ -274,9 +302,10 @@ impl AdsServer {
     async fn stream<S: Session>(
         &self,
         mut requests: Streaming<S::Req>,
+        token: Option<String>,
     ) -> Result<BoxStream<S::Resp>, Status> {
         let first = self.first(&mut requests).await?;
-        let (guard, watch) = self.open(S::node(&first), S::PROTOCOL)?;
+        let (guard, watch) = self.open(S::node(&first), S::PROTOCOL, token.as_deref())?;
         let driver = Driver::new(
             S::new(guard),
             requests,
