@@ -37,6 +37,9 @@ pub struct GossipConfig {
     /// gets that node's whole state again instead. Longer costs memory per deleted key, shorter
     /// costs full-state transfers after partitions.
     pub marked_for_deletion_grace: Duration,
+    /// Keys every datagram is sealed and opened with (AES-256-GCM, see [`crate::Keyring`]);
+    /// none: plaintext gossip that anyone on the network can read and forge.
+    pub keyring: Option<crate::Keyring>,
 }
 
 impl GossipConfig {
@@ -53,6 +56,7 @@ impl GossipConfig {
             phi_threshold: 8.0,
             dead_node_grace: Duration::from_secs(60 * 60),
             marked_for_deletion_grace: Duration::from_secs(15 * 60),
+            keyring: None,
         }
     }
 

@@ -99,6 +99,17 @@ impl Drop for Inner {
     }
 }
 
+/// Datagrams a sealed member dropped since it started, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DroppedDatagrams {
+    /// No installed key authenticated it: no key, another key, a removed key, or tampering.
+    pub unauthenticated: u64,
+    /// Authenticated but not a gossip message.
+    pub malformed: u64,
+    /// Too large to send once sealed.
+    pub oversized: u64,
+}
+
 /// What the membership watcher task and the API methods share.
 struct Shared {
     name: String,
@@ -119,6 +130,10 @@ struct Shared {
     invalid_values: AtomicU64,
     /// Wakes the view task: an instance key was written here or arrived from a peer.
     wake: Arc<Notify>,
+    /// Datagrams the sealed transport dropped.
+    drops: Arc<crate::seal::DropCounters>,
+    /// The keys gossip is sealed with, if any.
+    keyring: Option<crate::Keyring>,
 }
 
 /// Last generation handed out in this process, so that two starts within one millisecond (or
@@ -170,12 +185,21 @@ impl Gossip {
             .into_iter()
             .filter_map(|(key, value)| Some((key.to_string(), value?)))
             .collect();
-        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
-            .await
-            .map_err(|err| Error::Start {
-                listen: cfg.listen,
-                reason: format!("{err:#}"),
-            })?;
+        let drops = Arc::new(crate::seal::DropCounters::default());
+        let spawned = match &cfg.keyring {
+            Some(keyring) => {
+                let transport = crate::seal::SealedTransport {
+                    keyring: keyring.clone(),
+                    drops: drops.clone(),
+                };
+                spawn_chitchat(chitchat_config, initial, &transport).await
+            }
+            None => spawn_chitchat(chitchat_config, initial, &UdpTransport).await,
+        };
+        let handle = spawned.map_err(|err| Error::Start {
+            listen: cfg.listen,
+            reason: format!("{err:#}"),
+        })?;
         let chitchat = handle.chitchat();
         let wake = Arc::new(Notify::new());
         let (live, listener) = {
@@ -201,6 +225,8 @@ impl Gossip {
             endpoints,
             endpoint_epoch,
             invalid_values: AtomicU64::new(0),
+            drops,
+            keyring: cfg.keyring.clone(),
             name_conflicts: Mutex::default(),
             wake,
         });
@@ -428,6 +454,23 @@ impl Gossip {
     /// did not match their key (each key version counted once, on the live nodes' state only).
     pub fn invalid_instance_values(&self) -> u64 {
         self.inner.shared.invalid_values.load(Ordering::Relaxed)
+    }
+
+    /// The keyring gossip is sealed with (none: plaintext gossip). Changes to it apply to the
+    /// next datagram.
+    pub fn keyring(&self) -> Option<&crate::Keyring> {
+        self.inner.shared.keyring.as_ref()
+    }
+
+    /// Datagrams dropped before chitchat saw them: `(unauthenticated, malformed, oversized)`
+    /// (always zero without a keyring; chitchat drops malformed plaintext itself).
+    pub fn dropped_datagrams(&self) -> DroppedDatagrams {
+        let d = &self.inner.shared.drops;
+        DroppedDatagrams {
+            unauthenticated: d.unauthenticated.load(Ordering::Relaxed),
+            malformed: d.malformed.load(Ordering::Relaxed),
+            oversized: d.oversized.load(Ordering::Relaxed),
+        }
     }
 
     /// Every refused claim on a gossip name this node has seen (two live hosts with one

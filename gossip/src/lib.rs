@@ -36,8 +36,13 @@
 //! `cargo bench -p shoal-gossip --bench convergence` measures how fast the view converges with
 //! N members in one process and the default settings (registration, withdrawal, host death).
 //!
-//! Security: chitchat's UDP transport is neither encrypted nor authenticated; the cluster id
-//! only keeps separate clusters apart. Malformed datagrams are dropped by chitchat's decoder.
+//! Security: with a [`Keyring`] in [`GossipConfig::keyring`], every datagram is sealed with
+//! AES-256-GCM ([`seal`](Keyring::seal)); one that no installed key opens is dropped before
+//! chitchat decodes it and counted ([`Gossip::dropped_datagrams`]); keys rotate without
+//! downtime by install, use, remove on every member. Without one, gossip is plaintext and
+//! unauthenticated (the cluster id only keeps separate clusters apart). chitchat is a patched
+//! copy (`third_party/chitchat`) because its envelope codec is private upstream.
+//! Malformed datagrams are dropped by chitchat's decoder.
 //! A name is held by its first live process: another address claiming it (a twin or a rogue)
 //! is refused in every view and reported loudly on both sides ([`names`], [`NameConflict`]),
 //! instead of replacing the holder's instances.
@@ -48,8 +53,10 @@ mod gossip;
 pub mod keys;
 mod member;
 mod names;
+mod seal;
 
 pub use config::{GossipConfig, DEFAULT_PORT};
-pub use gossip::{Error, Gossip};
+pub use gossip::{DroppedDatagrams, Error, Gossip};
 pub use member::{diff, Member, MemberEvent, NodeMeta, Role, UnknownRole};
 pub use names::NameConflict;
+pub use seal::{GossipKey, Keyring, KeyringError, KEY_LEN, MAX_KEYS, SEAL_OVERHEAD};
