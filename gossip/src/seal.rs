@@ -426,7 +426,7 @@ mod tests {
             );
         }
         // An unsealed chitchat datagram (magic 45139 little-endian) is not taken.
-        assert_eq!(ring.open(&mut vec![0x53, 0xb0, 0, 0, 0, 0]), None);
+        assert_eq!(ring.open(&mut [0x53, 0xb0, 0, 0, 0, 0]), None);
     }
 
     #[test]
