@@ -64,7 +64,7 @@ pub enum HarnessError {
 }
 
 /// Creates a cluster CA and certificates for servers `s1..s<servers>` and agents `a1`, `a2`
-/// in `dir/pki` with `shoal tls`.
+/// in `dir/pki` with `shoal tls`, and the gossip key (`gossip.key`) with `shoal gossip keygen`.
 fn make_pki(shoal: &Path, dir: &Path, servers: u64) -> Result<PathBuf, HarnessError> {
     let pki = dir.join("pki");
     let p = pki.display().to_string();
@@ -77,6 +77,14 @@ fn make_pki(shoal: &Path, dir: &Path, servers: u64) -> Result<PathBuf, HarnessEr
                 source,
             })?;
         if out.status.success() {
+            if args == ["gossip", "keygen"] {
+                std::fs::write(pki.join("gossip.key"), &out.stdout).map_err(|source| {
+                    HarnessError::Io {
+                        what: "write the gossip key".into(),
+                        source,
+                    }
+                })?;
+            }
             Ok(())
         } else {
             Err(HarnessError::Failed(format!(
@@ -86,6 +94,7 @@ fn make_pki(shoal: &Path, dir: &Path, servers: u64) -> Result<PathBuf, HarnessEr
         }
     };
     run(&["tls", "ca", "create", "--dir", &p])?;
+    run(&["gossip", "keygen"])?;
     let members = (1..=servers)
         .map(|id| ("server", format!("s{id}")))
         .chain((1..=2).map(|n| ("agent", format!("a{n}"))));
@@ -97,7 +106,7 @@ fn make_pki(shoal: &Path, dir: &Path, servers: u64) -> Result<PathBuf, HarnessEr
     Ok(pki)
 }
 
-/// The TLS flags of member `name` (files from [`make_pki`]).
+/// The TLS and gossip-key flags of member `name` (files from [`make_pki`]).
 fn tls_args(pki: &Path, name: &str) -> Vec<String> {
     let f = |file: String| pki.join(file).display().to_string();
     vec![
@@ -107,6 +116,8 @@ fn tls_args(pki: &Path, name: &str) -> Vec<String> {
         f(format!("{name}.pem")),
         "--tls-key".into(),
         f(format!("{name}-key.pem")),
+        "--gossip-key-file".into(),
+        f("gossip.key".into()),
     ]
 }
 

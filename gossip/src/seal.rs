@@ -283,7 +283,7 @@ impl DropCounters {
             logged.len() < LOGGED_SOURCES && logged.insert(from.ip())
         };
         if first {
-            tracing::warn!(%from, reason, "gossip datagram dropped (later ones from this address are counted in shoal_gossip_datagrams_dropped_total, not logged)");
+            tracing::warn!(%from, reason, "gossip datagram dropped (later ones from this address are counted in shoal_agent_gossip_datagrams_dropped_total, not logged)");
         } else {
             tracing::debug!(%from, reason, "gossip datagram dropped");
         }

@@ -40,7 +40,7 @@ pub struct DevArgs {
     pub no_example: bool,
     /// Turn the security machinery on, locally: a cluster CA and certificates in
     /// `<data-dir>/tls`, the API over HTTPS with SigV4 required, mutual TLS on Raft and the
-    /// watch stream; writes the CA to `<data-dir>/ca.pem` and an AWS credentials file with a
+    /// watch stream, gossip sealed with a key in `<data-dir>/tls/gossip.key`; writes the CA to `<data-dir>/ca.pem` and an AWS credentials file with a
     /// profile `shoal` to `<data-dir>/credentials`.
     #[arg(long)]
     pub secure: bool,
@@ -152,6 +152,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         acfg.tls_ca = Some(p.ca.clone());
         acfg.tls_cert = Some(p.agent.0.clone());
         acfg.tls_key = Some(p.agent.1.clone());
+        // Sealed gossip too, with a key made at first start.
+        let key = data_dir.join("tls").join("gossip.key");
+        if !key.exists() {
+            let text = format!("{}\n", shoal_gossip::GossipKey::generate().to_base64());
+            write_private(&key, &text, 0o600)?;
+        }
+        acfg.gossip_key_file = Some(key);
     }
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let agent = tokio::spawn(agent::run(acfg, crate::shutdown_signal(), move |st| {

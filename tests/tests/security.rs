@@ -1473,3 +1473,237 @@ fn an_envoy_gets_its_configuration_only_with_its_proxy_token() {
         "another proxy's token got listeners"
     );
 }
+
+/// The names in a member's `/v1/members`, sorted.
+fn member_names(api: SocketAddr) -> Result<Vec<String>, String> {
+    let reply = http_request(api, "GET", "/v1/members", None, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&reply.body).map_err(|e| e.to_string())?;
+    let mut names: Vec<String> = v["members"]
+        .as_array()
+        .ok_or("not a list")?
+        .iter()
+        .filter_map(|m| m["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `shoal gossip …` with `args`; panics with its stderr when it fails.
+fn shoal_gossip(args: &[&str]) -> String {
+    let mut all = vec!["gossip"];
+    all.extend_from_slice(args);
+    let out = shoal_e2e::run_shoal(&all, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "shoal {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sealed gossip across real processes: a rogue agent without the key joins nothing, its
+/// instance never reaches DNS, and its datagrams are counted; the keyring then rotates with
+/// `shoal gossip keyring` across the running server and agent without either ever losing the
+/// other from its view; afterwards a member on the old key is shut out and a restarted agent
+/// keeps the rotated keyring from its data dir.
+#[test]
+fn gossip_is_sealed_rogues_are_shut_out_and_the_key_rotates_live() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let old_key = root.join("old.key");
+    let new_key = root.join("new.key");
+    std::fs::write(&old_key, shoal_gossip(&["keygen"])).unwrap();
+    std::fs::write(&new_key, shoal_gossip(&["keygen"])).unwrap();
+    let key_flag =
+        |f: &std::path::Path| vec!["--gossip-key-file".to_string(), f.display().to_string()];
+
+    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 10);
+    sspec.bootstrap_expect = 1;
+    let dns = SocketAddr::new(sspec.api.ip(), shoal_e2e::DNS_PORT);
+    sspec.extra = vec!["--dns".into(), dns.to_string()];
+    sspec.extra.extend(key_flag(&old_key));
+    let _server = shoal_e2e::ServerProcess::spawn(&sspec);
+    wait_for("the server leads", Duration::from_secs(30), || {
+        node_status(sspec.api)
+            .filter(|s| s.leader_id == Some(10))
+            .map(|_| ())
+            .ok_or_else(|| "no leader yet".to_string())
+    });
+    let mut honest = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 4);
+    honest.join = vec![sspec.gossip];
+    honest.extra = key_flag(&old_key);
+    let mut honest_proc = honest.spawn();
+    let mut rogue = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 5);
+    rogue.join = vec![sspec.gossip];
+    let _rogue_proc = rogue.spawn();
+    let register = |api: SocketAddr, id: &str, ip: &str| {
+        let addr = format!("http://{api}");
+        let args = [
+            "register",
+            "--addr",
+            &addr,
+            "--namespace",
+            "apps.local",
+            "--service",
+            "web",
+            "--instance-id",
+            id,
+            "--address",
+            ip,
+            "--port",
+            "80",
+        ];
+        wait_for("a registration", Duration::from_secs(30), || {
+            let out = shoal_e2e::run_shoal(&args, Duration::from_secs(10));
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        });
+    };
+    register(honest.api, "honest", "10.0.0.4");
+    register(rogue.api, "rogue", "10.6.6.6");
+    let both = vec!["agent-4".to_string(), "server-10".to_string()];
+    wait_for(
+        "server and honest agent see each other",
+        Duration::from_secs(30),
+        || {
+            let (s, a) = (member_names(sspec.api)?, member_names(honest.api)?);
+            (s == both && a == both)
+                .then_some(())
+                .ok_or_else(|| format!("server sees {s:?}, agent sees {a:?}"))
+        },
+    );
+    wait_for(
+        "DNS answers the honest instance",
+        Duration::from_secs(30),
+        || {
+            let a = shoal_e2e::dig(dns, "web.apps.local", "A", &[]).answers;
+            (a == ["10.0.0.4"])
+                .then_some(())
+                .ok_or_else(|| format!("{a:?}"))
+        },
+    );
+    // Twenty gossip rounds later the rogue is still nowhere, and alone in its own view.
+    for _ in 0..10 {
+        assert_eq!(member_names(sspec.api).unwrap(), both);
+        assert_eq!(member_names(honest.api).unwrap(), both);
+        assert_eq!(member_names(rogue.api).unwrap(), ["agent-5"]);
+        assert_eq!(
+            shoal_e2e::dig(dns, "web.apps.local", "A", &[]).answers,
+            ["10.0.0.4"]
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let metrics = http_request(
+        sspec.api,
+        "GET",
+        "/v1/agent/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .body;
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("shoal_agent_gossip_datagrams_dropped_total{reason=\"unauthenticated\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drop counter in:\n{metrics}"));
+    assert!(
+        dropped >= 5,
+        "the server counted {dropped} of the rogue's datagrams"
+    );
+    let server_log = std::fs::read_to_string(&sspec.log).unwrap_or_default();
+    assert!(
+        server_log.contains("gossip datagram dropped"),
+        "the drop was not logged"
+    );
+
+    // Rotation with the CLI, member by member, while a watcher checks both views every 50 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, both, apis) = (stop.clone(), both.clone(), [sspec.api, honest.api]);
+        std::thread::spawn(move || {
+            let (mut checks, mut short) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for api in apis {
+                    match member_names(api) {
+                        Ok(n) if n == both => {}
+                        other => short.push(format!("{api}: {other:?}")),
+                    }
+                }
+                checks += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (checks, short)
+        })
+    };
+    let addrs = format!("http://{},{}", sspec.api, honest.url());
+    let new = new_key.display().to_string();
+    let old = old_key.display().to_string();
+    for (op, key) in [("install", &new), ("use", &new), ("remove", &old)] {
+        let out = shoal_gossip(&["keyring", op, "--key-file", key, "--addr", &addrs]);
+        assert_eq!(out.lines().count(), 2, "{out}");
+        std::thread::sleep(Duration::from_secs(2)); // ten gossip rounds on the new state
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (checks, short) = watcher.join().unwrap();
+    assert!(checks >= 50, "the watcher ran {checks} times");
+    assert!(
+        short.is_empty(),
+        "views lacked a member during the rotation: {short:?}"
+    );
+    let listing = shoal_gossip(&["keyring", "list", "--addr", &addrs]);
+    let new_fp = shoal_gossip::GossipKey::from_base64(&std::fs::read_to_string(&new_key).unwrap())
+        .unwrap()
+        .fingerprint();
+    for line in listing.lines() {
+        assert!(
+            line.contains(&format!("\"keys\":[\"{new_fp}\"]")),
+            "after the rotation: {line}"
+        );
+    }
+    // Removing the primary is refused, with the reason.
+    let out = shoal_e2e::run_shoal(
+        &[
+            "gossip",
+            "keyring",
+            "remove",
+            "--key-file",
+            &new,
+            "--addr",
+            &addrs,
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("primary"));
+
+    // A newcomer on the old key is shut out.
+    let mut stale = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 6);
+    stale.join = vec![sspec.gossip];
+    stale.extra = key_flag(&old_key);
+    let _stale_proc = stale.spawn();
+    for _ in 0..8 {
+        assert_eq!(member_names(sspec.api).unwrap(), both);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The honest agent, restarted with its old flag, keeps the rotated keyring and rejoins.
+    honest_proc.terminate(Duration::from_secs(20));
+    let honest_proc = honest.spawn();
+    wait_for(
+        "the restarted agent rejoins on the new key",
+        Duration::from_secs(30),
+        || {
+            let (s, a) = (member_names(sspec.api)?, member_names(honest.api)?);
+            (s == both && a == both)
+                .then_some(())
+                .ok_or_else(|| format!("server sees {s:?}, agent sees {a:?}"))
+        },
+    );
+    assert!(honest_proc.log().contains("not in this member's keyring"));
+}

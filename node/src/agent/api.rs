@@ -30,7 +30,11 @@ pub fn routes(state: AgentState, standalone: bool) -> Router {
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/agent/xds", get(xds_status))
         .route("/v1/agent/xds/config", get(xds_config))
-        .route("/v1/agent/xds/static-bootstrap", get(xds_static_bootstrap));
+        .route("/v1/agent/xds/static-bootstrap", get(xds_static_bootstrap))
+        .route(
+            "/v1/agent/gossip/keyring",
+            get(keyring_list).post(keyring_change),
+        );
     if standalone {
         r = r
             .route("/v1/status", get(status))
@@ -333,4 +337,67 @@ mod tests {
             (d.listen_address, d.ingress_port, d.egress_port)
         );
     }
+}
+
+/// A rotation step of `POST /v1/agent/gossip/keyring`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringChange {
+    op: crate::gossip_keys::KeyOp,
+    /// The key, base64.
+    key: String,
+}
+
+/// The keyring's fingerprints, or why there is none. Only for this host's operator or an
+/// authorized key: the fingerprints tell nothing about the keys, but which key a member uses is
+/// nobody else's business.
+async fn keyring_list(State(s): State<AgentState>, ext: axum::http::Extensions) -> Response {
+    if !crate::http::from_operator(&ext) {
+        return forbidden_keyring();
+    }
+    match &s.gossip_keys {
+        Some(keys) => Json(keys.listing()).into_response(),
+        None => no_keyring(),
+    }
+}
+
+/// One rotation step, saved before it is answered.
+async fn keyring_change(
+    State(s): State<AgentState>,
+    ext: axum::http::Extensions,
+    body: axum::body::Bytes,
+) -> Response {
+    if !crate::http::from_operator(&ext) {
+        return forbidden_keyring();
+    }
+    let Some(keys) = &s.gossip_keys else {
+        return no_keyring();
+    };
+    let change: KeyringChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad(format!("invalid keyring change: {e}")),
+    };
+    let key = match shoal_gossip::GossipKey::from_base64(&change.key) {
+        Ok(k) => k,
+        Err(e) => return bad(e.to_string()),
+    };
+    match keys.apply(change.op, key) {
+        Ok(listing) => Json(listing).into_response(),
+        Err(e) => bad(format!("{e:#}")),
+    }
+}
+
+fn forbidden_keyring() -> Response {
+    tracing::warn!(
+        "gossip keyring request refused: not from this host and not signed by an authorized key"
+    );
+    crate::http::aws_error(
+        StatusCode::FORBIDDEN,
+        "AccessDeniedException",
+        "the gossip keyring is managed from this host, or with a key allowed shoal:ManageGossipKeyring on a server with --api-auth",
+    )
+}
+
+fn no_keyring() -> Response {
+    bad("gossip is not encrypted on this member: start it with --gossip-key-file to use a keyring")
 }

@@ -15,6 +15,11 @@ struct TypeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabel {
     health: &'static str,
 }
@@ -77,6 +82,26 @@ pub fn render(state: &AgentState) -> String {
         "members",
         "Gossip members this agent sees",
         state.gossip.members().len() as i64,
+    );
+    let dropped = state.gossip.dropped_datagrams();
+    let drops = Family::<ReasonLabel, Counter<u64>>::default();
+    for (reason, n) in [
+        ("unauthenticated", dropped.unauthenticated),
+        ("malformed", dropped.malformed),
+        ("oversized", dropped.oversized),
+    ] {
+        drops.get_or_create(&ReasonLabel { reason }).inc_by(n);
+    }
+    r.register(
+        "gossip_datagrams_dropped",
+        "Gossip datagrams dropped before decoding, by reason (unauthenticated: no installed key opens it)",
+        drops,
+    );
+    gauge(
+        &mut r,
+        "gossip_keys",
+        "Keys in the gossip keyring (0: gossip is plaintext)",
+        state.gossip.keyring().map_or(0, |k| k.keys().len() as i64),
     );
     gauge(
         &mut r,

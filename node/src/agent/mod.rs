@@ -60,6 +60,8 @@ pub struct AgentState {
     pub ads: Option<shoal_xds::server::AdsServer>,
     /// Addresses actually bound (for `:0`).
     pub bound: Arc<Bound>,
+    /// The gossip keyring and its file, when gossip is sealed.
+    pub gossip_keys: Option<crate::gossip_keys::GossipKeys>,
 }
 
 /// Addresses an agent actually listens on.
@@ -197,7 +199,7 @@ impl Pipeline {
 /// here (see [`run`] and [`routes`]).
 pub async fn start(
     cfg: AgentConfig,
-    gossip: Option<Gossip>,
+    gossip: Option<(Gossip, Option<crate::gossip_keys::GossipKeys>)>,
     api_addr: Option<SocketAddr>,
     tls: Option<crate::tls::Material>,
     stop_rx: watch::Receiver<bool>,
@@ -238,7 +240,7 @@ pub async fn start(
     };
     let xds_addr = xds_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let dns_addr = dns_sockets.as_ref().map(|d| d.addr);
-    let gossip = match gossip {
+    let (gossip, gossip_keys) = match gossip {
         Some(g) => g,
         None => {
             let mut meta = NodeMeta::new(Role::Agent, env!("CARGO_PKG_VERSION"));
@@ -248,9 +250,17 @@ pub async fn start(
             meta.zone = cfg.zone.clone();
             let mut gcfg = GossipConfig::new(cfg.node_name(), cfg.gossip);
             gcfg.seeds = cfg.join.clone();
-            Gossip::start(gcfg, meta)
+            let keys = crate::gossip_keys::open_for(
+                &cfg.data_dir,
+                cfg.gossip_key_file.as_deref(),
+                cfg.gossip,
+                cfg.insecure,
+            )?;
+            gcfg.keyring = keys.as_ref().map(|k| k.keyring.clone());
+            let g = Gossip::start(gcfg, meta)
                 .await
-                .with_context(|| format!("starting gossip on {}", cfg.gossip))?
+                .with_context(|| format!("starting gossip on {}", cfg.gossip))?;
+            (g, keys)
         }
     };
     let gossip_addr = gossip
@@ -283,6 +293,7 @@ pub async fn start(
     let state = AgentState {
         cfg: cfg.clone(),
         gossip: gossip.clone(),
+        gossip_keys,
         model: pipeline.model.subscribe(),
         follow: follow_status.clone(),
         local: local.clone(),

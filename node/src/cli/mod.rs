@@ -8,6 +8,7 @@
 //! - [`cluster`]: `status`, `members`, `endpoints`, `operator`, `snapshot`.
 //! - [`envoy`]: `envoy bootstrap`.
 //! - [`acl`]: `acl bootstrap|create|list|revoke` (the API's access keys).
+//! - [`gossip`]: `gossip keygen`, `gossip keyring list|step` (the gossip encryption keys).
 //! - [`tls`]: `tls ca create`, `tls cert create` (the cluster CA and member certificates).
 //!
 //! The HTTP client they use is `crate::client` (shared with `shoal dev` and `shoal-bench`).
@@ -15,6 +16,7 @@
 mod acl;
 mod cluster;
 mod envoy;
+mod gossip;
 mod instances;
 mod output;
 mod resources;
@@ -79,6 +81,9 @@ pub enum Command {
     /// The API's access keys (with `shoal server --api-auth`).
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// The gossip encryption key: make one, list and rotate a member's keyring.
+    #[command(subcommand)]
+    Gossip(gossip::GossipCommand),
 }
 
 /// Where the client commands send their requests.
@@ -130,5 +135,6 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Snapshot(SnapshotCommand::Restore(a)) => cluster::snapshot_restore(a).await,
         Command::Tls(c) => tls::run(c),
         Command::Acl(c) => acl::run(c).await,
+        Command::Gossip(c) => gossip::run(c).await,
     }
 }

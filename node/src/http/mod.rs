@@ -12,6 +12,21 @@ use serde_json::json;
 use shoal_model::ApiError;
 
 /// An API answer: a JSON body with a status, or an App Mesh error.
+/// Put in a request's extensions by the API's authentication once the request's key was
+/// authorized for the action; handlers that otherwise act only for this host's operator (a
+/// loopback peer) take it as permission.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Authorized;
+
+/// Whether a request may change this member's private settings (its gossip keyring): it was
+/// authorized by an access key, or it comes from this host.
+pub(crate) fn from_operator(ext: &axum::http::Extensions) -> bool {
+    ext.get::<Authorized>().is_some()
+        || ext
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .is_some_and(|p| p.0.ip().is_loopback())
+}
+
 pub(crate) type ApiResult = Result<(StatusCode, serde_json::Value), ApiError>;
 
 /// Turns an [`ApiError`] into the rest-json error shape botocore parses: the exception name in

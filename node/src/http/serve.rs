@@ -149,14 +149,14 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, app, &limits, closing).await,
+                None => serve_connection(stream, peer, app, &limits, closing).await,
                 Some(cfg) => {
                     // The handshake gets the header-read timeout too.
                     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => serve_connection(s, app, &limits, closing).await,
+                        Ok(Ok(s)) => serve_connection(s, peer, app, &limits, closing).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -183,6 +183,7 @@ pub async fn serve(
 
 async fn serve_connection<S>(
     stream: S,
+    peer: std::net::SocketAddr,
     app: Router,
     limits: &Limits,
     mut closing: watch::Receiver<bool>,
@@ -196,8 +197,11 @@ async fn serve_connection<S>(
         activity: activity.clone(),
         started,
     });
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let mut app = app.clone();
+        // Handlers that act only for this host's operator check where the request came from.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         async move { app.call(req).await }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -99,6 +99,7 @@ pub fn need(method: &Method, path: &str, query: &str, body: &[u8], id: &Identity
         ["v1", "snapshot"] => act("shoal:SnapshotSave", "*"),
         ["v1", "snapshot", "restore"] => act("shoal:SnapshotRestore", "*"),
         ["v1", "operator", ..] => act("shoal:RemoveServer", "*"),
+        ["v1", "agent", "gossip", "keyring"] => act("shoal:ManageGossipKeyring", "*"),
         ["v1", "agent", ..] => act("shoal:AgentApi", "*"),
         ["v1", ..] | ["metrics"] => act("shoal:ReadCluster", "*"),
         ["v20190125", "tag"] => tag_need("TagResource", query),
@@ -311,6 +312,8 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
             ),
         );
     }
+    let mut parts = parts;
+    parts.extensions.insert(crate::http::Authorized);
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }

@@ -98,9 +98,16 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// Run the cluster gRPC port without TLS beyond loopback: anyone who reaches it can forge
-    /// Raft messages (servers) or read the model. Refused without this flag; warned about at
-    /// every start with it.
+    /// A file holding the gossip key (base64, from `shoal gossip keygen`): every gossip
+    /// datagram is sealed with AES-256-GCM. It seeds `<data-dir>/gossip-keyring.json` at first
+    /// start; from then on that keyring (changed by `shoal gossip keyring`) is used.
+    #[arg(long)]
+    #[serde(default)]
+    pub gossip_key_file: Option<PathBuf>,
+    /// Run without TLS or a gossip key beyond loopback: anyone who reaches the cluster gRPC
+    /// port can forge Raft messages (servers) or read the model, and anyone who reaches the
+    /// gossip port can read it and inject members and instances. Refused without this flag;
+    /// warned about at every start with it.
     #[arg(long)]
     #[serde(default)]
     pub insecure: bool,

@@ -127,6 +127,7 @@ where
         }
         opened => opened.context("opening the Raft store")?,
     };
+    let mut gossip_keys = None;
     let gossip = match cfg.gossip {
         None => {
             // A lone server without gossip: bootstrap alone and wait for its own election.
@@ -141,6 +142,13 @@ where
         Some(addr) => {
             let mut gcfg = shoal_gossip::GossipConfig::new(format!("server-{}", cfg.node_id), addr);
             gcfg.seeds = cfg.join.clone();
+            gossip_keys = crate::gossip_keys::open_for(
+                &cfg.data_dir,
+                cfg.gossip_key_file.as_deref(),
+                addr,
+                cfg.insecure,
+            )?;
+            gcfg.keyring = gossip_keys.as_ref().map(|k| k.keyring.clone());
             let initialized = raft
                 .is_initialized()
                 .await
@@ -178,7 +186,7 @@ where
             // It follows this server's watch stream with the server's own certificate.
             let started = crate::agent::start(
                 acfg,
-                Some(g.clone()),
+                Some((g.clone(), gossip_keys.clone())),
                 Some(api_addr),
                 tls.clone(),
                 stop_rx.clone(),
