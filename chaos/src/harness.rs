@@ -118,6 +118,10 @@ fn tls_args(pki: &Path, name: &str) -> Vec<String> {
         f(format!("{name}-key.pem")),
         "--gossip-key-file".into(),
         f("gossip.key".into()),
+        // The workload and the checks speak plain, unsigned HTTP to the APIs, which listen on
+        // the namespaces' addresses: this permits exactly that (Raft and the watch stream stay
+        // on mutual TLS and gossip stays sealed, since their material is given).
+        "--insecure".into(),
     ]
 }
 

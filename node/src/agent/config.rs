@@ -150,6 +150,15 @@ impl AgentConfig {
                 self.gossip
             );
         }
+        if let Some(api) = self.api {
+            if !api.ip().is_loopback() && !self.insecure {
+                bail!(
+                    "--api {api} is reachable beyond this host, and the agent's API takes \
+                     registrations without credentials: keep it on loopback (the default), or \
+                     --insecure to run it so"
+                );
+            }
+        }
         if self.dns_ttl > 86_400 {
             bail!("--dns-ttl must be at most 86400 seconds");
         }
@@ -205,6 +214,17 @@ mod tests {
             "apps.local/colorteller/colorteller-red-1"
         );
         assert_eq!(cfg.dns, Some("127.0.0.1:8600".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_api_beyond_loopback_needs_insecure() {
+        let mut c = AgentConfig::new("/tmp/x".into(), "127.0.0.1:7946".parse().unwrap());
+        c.validate().unwrap();
+        c.api = Some("10.0.1.23:7070".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("loopback") && e.contains("--insecure"), "{e}");
+        c.insecure = true;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -404,6 +404,9 @@ where
             "--insecure: following servers beyond this host without TLS"
         );
     }
+    if let Some(api) = cfg.api.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(%api, "--insecure: the agent API (registrations) listens beyond this host without credentials");
+    }
     let started = start(cfg, None, api_addr, tls, stop_rx.clone()).await?;
     let state = started.state.clone();
     on_ready(state.clone());

@@ -197,6 +197,15 @@ impl ServerConfig {
                 self.raft
             );
         }
+        if !self.api.ip().is_loopback() && !(self.api_auth && self.api_tls) && !self.insecure {
+            bail!(
+                "--api {} is reachable beyond this host, and without --api-auth and --api-tls \
+                 anyone who reaches it can read and change the mesh, in cleartext: give \
+                 --api-auth --api-tls (with --tls-ca, --tls-cert and --tls-key), or --insecure \
+                 to run without",
+                self.api
+            );
+        }
         if let Some(g) = self.gossip {
             // Other servers dial these addresses as they are: 0.0.0.0 would make a peer dial
             // itself (openraft's leader must never replicate to itself).
@@ -242,6 +251,26 @@ mod tests {
         c.validate().unwrap();
         c.insecure = false;
         c.tls_ca = Some("/etc/shoal/tls/shoal-ca.pem".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn an_api_beyond_loopback_needs_signatures_and_https_or_insecure() {
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.api = "10.0.0.11:7070".parse().unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--api-auth --api-tls") && e.contains("--insecure"),
+            "{e}"
+        );
+        c.api_auth = true;
+        assert!(c.validate().is_err(), "signatures without HTTPS");
+        c.api_tls = true;
+        c.tls_cert = Some("/etc/shoal/tls/server-1.pem".into());
+        c.validate().unwrap();
+        c.api_auth = false;
+        assert!(c.validate().is_err(), "HTTPS without signatures");
+        c.insecure = true;
         c.validate().unwrap();
     }
 

@@ -87,6 +87,16 @@ where
              TLS; anyone who reaches it can forge Raft messages and read the model"
         );
     }
+    if !cfg.api.ip().is_loopback() && !(cfg.api_auth && cfg.api_tls) {
+        // Only with --insecure, as above.
+        tracing::warn!(
+            api = %cfg.api,
+            auth = cfg.api_auth,
+            https = cfg.api_tls,
+            "--insecure: the API listens beyond loopback without both --api-auth and \
+             --api-tls; whoever reaches it can read or change the mesh, or read the traffic"
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let listener = TcpListener::bind(cfg.api)
