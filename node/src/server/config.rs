@@ -197,7 +197,8 @@ impl ServerConfig {
                 self.raft
             );
         }
-        if !self.api.ip().is_loopback() && !(self.api_auth && self.api_tls) && !self.insecure {
+        let api_protected = self.api_auth && self.api_tls;
+        if !(self.api.ip().is_loopback() || api_protected || self.insecure) {
             bail!(
                 "--api {} is reachable beyond this host, and without --api-auth and --api-tls \
                  anyone who reaches it can read and change the mesh, in cleartext: give \

@@ -87,7 +87,8 @@ where
              TLS; anyone who reaches it can forge Raft messages and read the model"
         );
     }
-    if !cfg.api.ip().is_loopback() && !(cfg.api_auth && cfg.api_tls) {
+    let api_protected = cfg.api_auth && cfg.api_tls;
+    if !(cfg.api.ip().is_loopback() || api_protected) {
         // Only with --insecure, as above.
         tracing::warn!(
             api = %cfg.api,
