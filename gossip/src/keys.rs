@@ -113,9 +113,11 @@ pub const VERSION: &str = "ver";
 pub const INCARNATION: &str = "inc";
 /// `1` once the node's Raft state is initialized (member of a formed cluster), else `0`.
 pub const RAFT_INITIALIZED: &str = "rinit";
+/// The id of the Raft cluster a server belongs to, once that cluster named itself.
+pub const CLUSTER_ID: &str = "cid";
 
 /// All metadata keys, in the order they are written.
-pub const METADATA_KEYS: [&str; 11] = [
+pub const METADATA_KEYS: [&str; 12] = [
     SCHEMA,
     ROLE,
     RAFT_ID,
@@ -127,6 +129,7 @@ pub const METADATA_KEYS: [&str; 11] = [
     VERSION,
     INCARNATION,
     RAFT_INITIALIZED,
+    CLUSTER_ID,
 ];
 
 /// Prefix of the keys under which an agent publishes a registered service instance
@@ -261,6 +264,7 @@ pub(crate) fn encode_meta(meta: &NodeMeta) -> Vec<(&'static str, Option<String>)
             RAFT_INITIALIZED,
             Some(if meta.raft_initialized { "1" } else { "0" }.to_string()),
         ),
+        (CLUSTER_ID, meta.cluster_id.clone()),
     ]
 }
 
@@ -304,6 +308,7 @@ pub(crate) fn decode_meta<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<N
         version: text(VERSION)?,
         incarnation: text(INCARNATION),
         raft_initialized,
+        cluster_id: text(CLUSTER_ID),
     })
 }
 
@@ -331,6 +336,7 @@ mod tests {
             version: "0.1.0-rc.12+g0123456789ab".into(),
             incarnation: Some("4f9c2a2e-5b1d-4e0a-9a53-7c1f0e2d3b4a".into()),
             raft_initialized: true,
+            cluster_id: Some("0b4e7c1a-93d2-4f55-8a1e-2c6d9f30b7e4".into()),
         }
     }
 

@@ -82,6 +82,9 @@ pub struct NodeMeta {
     /// True once the node's Raft state is initialized; servers waiting for `--bootstrap-expect`
     /// peers use it to join an existing cluster instead of bootstrapping a second one.
     pub raft_initialized: bool,
+    /// The id of the Raft cluster a server belongs to, once that cluster named itself: a
+    /// leader never adds a server of another cluster.
+    pub cluster_id: Option<String>,
 }
 
 impl NodeMeta {
@@ -98,6 +101,7 @@ impl NodeMeta {
             version: version.into(),
             incarnation: None,
             raft_initialized: false,
+            cluster_id: None,
         }
     }
 }

@@ -32,6 +32,7 @@
 // helpers around them return it too, rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+mod cluster_id;
 mod codec;
 mod error;
 mod log_store;

@@ -61,9 +61,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What the client side knows about the peers, shared by every connection and read by
 /// [`crate::RaftNode::status`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Peers {
     inner: Mutex<PeersInner>,
+    /// This store's cluster id, sent with every request.
+    pub(crate) cluster: Arc<crate::cluster_id::ClusterId>,
     /// Mutual TLS for every connection, when configured.
     tls: Option<crate::ClientTls>,
 }
@@ -109,9 +111,13 @@ impl Peers {
     }
 
     /// Peers reached over mutual TLS with `tls` (none: plain HTTP/2).
-    pub(crate) fn new(tls: Option<crate::ClientTls>) -> Peers {
+    pub(crate) fn new(
+        tls: Option<crate::ClientTls>,
+        cluster: Arc<crate::cluster_id::ClusterId>,
+    ) -> Peers {
         Peers {
             inner: Mutex::default(),
+            cluster,
             tls,
         }
     }
@@ -277,6 +283,7 @@ impl Connection {
             target_incarnation: self.node.incarnation.clone(),
             payload,
             chunk,
+            cluster_id: self.peers.cluster.get().unwrap_or_default(),
         });
         request.set_timeout(ttl);
         let sent = tokio::time::timeout(ttl, async move {
@@ -434,6 +441,7 @@ pub struct RaftGrpc {
     /// Accept requests that name no incarnation (stores older than incarnations).
     accept_unnamed: bool,
     contact: Arc<LeaderContact>,
+    cluster: Arc<crate::cluster_id::ClusterId>,
 }
 
 impl std::fmt::Debug for RaftGrpc {
@@ -452,6 +460,7 @@ impl RaftGrpc {
         incarnation: &str,
         accept_unnamed: bool,
         contact: Arc<LeaderContact>,
+        cluster: Arc<crate::cluster_id::ClusterId>,
     ) -> RaftGrpc {
         RaftGrpc {
             raft,
@@ -459,6 +468,7 @@ impl RaftGrpc {
             incarnation: incarnation.into(),
             accept_unnamed,
             contact,
+            cluster,
         }
     }
 
@@ -483,6 +493,28 @@ impl RaftGrpc {
                  part",
                 self.node_id
             )));
+        }
+        match self.cluster.admit(&msg.cluster_id) {
+            Ok(crate::cluster_id::Admission::Same) => {}
+            Ok(crate::cluster_id::Admission::Adopted) => {
+                tracing::info!(cluster_id = %msg.cluster_id, "this server joined a cluster");
+            }
+            Ok(crate::cluster_id::Admission::Foreign { ours }) => {
+                tracing::error!(
+                    ours = %ours,
+                    theirs = %shoal_model::logsafe::LogSafe(&msg.cluster_id),
+                    "refused a Raft RPC from a server of another cluster (two clusters share a \
+                     gossip pool: separate them)"
+                );
+                return Err(Status::failed_precondition(format!(
+                    "Raft node {} belongs to another cluster",
+                    self.node_id
+                )));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot save the cluster id");
+                return Err(Status::unavailable("cannot save the cluster id"));
+            }
         }
         serde_json::from_slice(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("malformed Raft request: {e}")))
@@ -546,7 +578,9 @@ mod tests {
     }
 
     async fn vote_to(addr: &str) -> RPCError<u64, NodeInfo, RaftError<u64>> {
-        let mut net = Network::new(Arc::new(Peers::default()));
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Arc::new(crate::cluster_id::ClusterId::open(dir.path()).unwrap());
+        let mut net = Network::new(Arc::new(Peers::new(None, cluster)));
         let mut conn = net.new_client(2, &node(addr)).await;
         let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
         conn.vote(vote, RPCOption::new(Duration::from_secs(5)))

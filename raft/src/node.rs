@@ -325,7 +325,9 @@ impl RaftNode {
             ..Default::default()
         }
         .validate()?;
-        let peers = Arc::new(Peers::new(cfg.tls.clone()));
+        let cluster =
+            Arc::new(crate::cluster_id::ClusterId::open(&dir.root).map_err(|e| refused(&e))?);
+        let peers = Arc::new(Peers::new(cfg.tls.clone(), cluster));
         let network = Network::new(peers.clone());
         let raft = Raft::new(cfg.node_id, Arc::new(raft_cfg), network, log_store, sm).await?;
         tracing::info!(
@@ -359,6 +361,13 @@ impl RaftNode {
     pub async fn bootstrap_single(&self) -> Result<(), Error> {
         let members = BTreeMap::from([(self.inner.cfg.node_id, self.node_info())]);
         self.initialize(members).await
+    }
+
+    /// The id of the cluster this store belongs to: made by the server that formed the
+    /// cluster, taken by every other member from the first RPC it was sent; none before that
+    /// (or in a store older than cluster ids).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.inner.peers.cluster.get()
     }
 
     /// This server's incarnation: a random id made when its store was created. Peers address
@@ -412,6 +421,14 @@ impl RaftNode {
         for (id, info) in &members {
             check_incarnation(*id, info).map_err(Error::Initialize)?;
         }
+        // Named before the first RPC goes out, so every member learns the id from it.
+        let cluster_id = self
+            .inner
+            .peers
+            .cluster
+            .name_new()
+            .map_err(|e| Error::Store(e.to_string()))?;
+        tracing::info!(%cluster_id, "this server forms a new cluster");
         let n = members.len();
         match self.raft().initialize(members).await {
             Ok(()) => {
@@ -563,6 +580,7 @@ impl RaftNode {
             &id.incarnation,
             id.legacy,
             self.inner.contact.clone(),
+            self.inner.peers.cluster.clone(),
         ))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)

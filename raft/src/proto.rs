@@ -24,6 +24,10 @@ pub struct RaftMessage {
     /// array of numbers (which would triple its size).
     #[prost(bytes = "vec", tag = "4")]
     pub chunk: Vec<u8>,
+    /// The sender's cluster id (requests only; empty while it has none): a server of another
+    /// cluster refuses the request (`cluster_id.rs`).
+    #[prost(string, tag = "5")]
+    pub cluster_id: String,
 }
 
 include!(concat!(env!("OUT_DIR"), "/shoal.raft.v1.Raft.rs"));

@@ -693,6 +693,7 @@ async fn misaddressed_and_malformed_rpcs_are_refused() {
                     target_incarnation: incarnation.to_string(),
                     payload: vote.to_vec(),
                     chunk: vec![],
+                    cluster_id: String::new(),
                 })
                 .await
                 .expect_err("refused");
@@ -704,10 +705,25 @@ async fn misaddressed_and_malformed_rpcs_are_refused() {
                 target_incarnation: server.node.incarnation().to_string(),
                 payload: b"garbage".to_vec(),
                 chunk: vec![],
+                cluster_id: String::new(),
             })
             .await
             .expect_err("refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        // Correctly addressed, but from a server of another cluster: refused before Raft.
+        assert!(server.node.cluster_id().is_some(), "a bootstrapped store is named");
+        let status = client
+            .vote(RaftMessage {
+                target_node_id: 1,
+                target_incarnation: server.node.incarnation().to_string(),
+                payload: vote.to_vec(),
+                chunk: vec![],
+                cluster_id: "0000-another-cluster".into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("another cluster"), "{status:?}");
 
         // The same vote, correctly addressed, reaches Raft, and a higher term than ours is
         // answered (a single-server cluster cannot be disturbed by a stranger's vote, but it
@@ -718,6 +734,7 @@ async fn misaddressed_and_malformed_rpcs_are_refused() {
                 target_incarnation: server.node.incarnation().to_string(),
                 payload: vote.to_vec(),
                 chunk: vec![],
+                cluster_id: String::new(),
             })
             .await
             .expect("answered")

@@ -101,6 +101,7 @@ fn a_dead_raft_core_exits_70_and_the_restarted_server_has_its_data() {
             target_incarnation: "guessed".into(),
             payload: b"{}".to_vec(),
             chunk: Vec::new(),
+            cluster_id: String::new(),
         },
     )
     .expect_err("a vote for another incarnation is refused");
@@ -127,6 +128,7 @@ fn a_dead_raft_core_exits_70_and_the_restarted_server_has_its_data() {
             target_incarnation: real,
             payload: serde_json::to_vec(&forged).expect("JSON"),
             chunk: Vec::new(),
+            cluster_id: String::new(),
         },
     );
     let status = wait_for(
@@ -417,6 +419,7 @@ fn forge_append(
                 target_incarnation: incarnation.to_string(),
                 payload: serde_json::to_vec(&forged).expect("JSON"),
                 chunk: Vec::new(),
+                cluster_id: String::new(),
             })
             .await
             .map(tonic::Response::into_inner)
@@ -1706,4 +1709,126 @@ fn gossip_is_sealed_rogues_are_shut_out_and_the_key_rotates_live() {
         },
     );
     assert!(honest_proc.log().contains("not in this member's keyring"));
+}
+
+/// Two one-server clusters pointed at each other's gossip (one key, shared seeds: an operator's
+/// slip): neither leader takes the other server in, whose log it would overwrite; both report
+/// the stranger; each keeps its own data. A third server given `--join` without
+/// `--bootstrap-expect` never forms a cluster of its own: it is added to the one it joined.
+#[test]
+fn a_server_of_another_cluster_is_never_taken_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let mut a = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 11);
+    a.bootstrap_expect = 1;
+    let _a = shoal_e2e::ServerProcess::spawn(&a);
+    let leads = |spec: &shoal_e2e::ServerSpec| {
+        let (api, id) = (spec.api, spec.node_id);
+        wait_for("the server leads", Duration::from_secs(30), move || {
+            node_status(api)
+                .filter(|s| s.leader_id == Some(id))
+                .map(|_| ())
+                .ok_or_else(|| format!("{:?}", node_status(api)))
+        });
+    };
+    leads(&a);
+    let mesh = |api: SocketAddr, name: &str| {
+        let r = http_request(
+            api,
+            "PUT",
+            "/v20190125/meshes",
+            Some(&json!({ "meshName": name }).to_string()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(r.code, 200, "{}", r.body);
+    };
+    mesh(a.api, "only-in-a");
+    let mut b = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 12);
+    b.bootstrap_expect = 1; // explicitly a cluster of its own
+    b.join = vec![a.gossip];
+    let _b = shoal_e2e::ServerProcess::spawn(&b);
+    leads(&b);
+    mesh(b.api, "only-in-b");
+    let log = |spec: &shoal_e2e::ServerSpec| std::fs::read_to_string(&spec.log).unwrap_or_default();
+    wait_for(
+        "both leaders report the stranger",
+        Duration::from_secs(30),
+        || {
+            let (la, lb) = (log(&a), log(&b));
+            let says = |l: &str| l.contains("a server of another cluster is in this gossip pool");
+            (says(&la) && says(&lb))
+                .then_some(())
+                .ok_or_else(|| format!("a reports: {}, b reports: {}", says(&la), says(&lb)))
+        },
+    );
+    let member_ids = |api: SocketAddr| -> Vec<u64> {
+        node_status(api)
+            .map(|s| s.members.iter().map(|m| m.node_id).collect())
+            .unwrap_or_default()
+    };
+    let meshes = |api: SocketAddr| -> Vec<String> {
+        let r = http_request(
+            api,
+            "GET",
+            "/v20190125/meshes",
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        v["meshes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["meshName"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for _ in 0..6 {
+        assert_eq!(member_ids(a.api), [11]);
+        assert_eq!(member_ids(b.api), [12]);
+        assert_eq!(meshes(a.api), ["only-in-a"]);
+        assert_eq!(meshes(b.api), ["only-in-b"]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A newcomer with --join and no --bootstrap-expect: added to a's cluster, never its own.
+    let mut c = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 13);
+    c.join = vec![a.gossip];
+    let mut args = c.args();
+    let at = args.iter().position(|x| x == "--bootstrap-expect").unwrap();
+    args.drain(at..at + 2);
+    let _c = Process::spawn("server 13", &shoal_bin(), &args, &c.log);
+    wait_for(
+        "the newcomer joins a's cluster",
+        Duration::from_secs(40),
+        || {
+            let ids = member_ids(a.api);
+            (ids == [11, 13])
+                .then_some(())
+                .ok_or_else(|| format!("{ids:?}"))
+        },
+    );
+    wait_for(
+        "the newcomer holds a's data",
+        Duration::from_secs(20),
+        || {
+            let m = meshes(c.api);
+            (m == ["only-in-a"])
+                .then_some(())
+                .ok_or_else(|| format!("{m:?}"))
+        },
+    );
+    // b's leader may have added the newcomer as a learner while it was still new (both saw it
+    // fresh); once it names a's cluster, b drops it, and its RPCs were refused meanwhile.
+    wait_for(
+        "b's cluster is b alone again",
+        Duration::from_secs(20),
+        || {
+            let ids = member_ids(b.api);
+            (ids == [12])
+                .then_some(())
+                .ok_or_else(|| format!("{ids:?}"))
+        },
+    );
+    assert_eq!(meshes(b.api), ["only-in-b"]);
 }

@@ -33,6 +33,8 @@ pub struct Peer {
     pub initialized: bool,
     /// Its gossip generation (changes when the process restarts).
     pub generation: u64,
+    /// The cluster it says it belongs to, once that cluster named itself.
+    pub cluster_id: Option<String>,
 }
 
 /// Servers an operator removed, by Raft id, with the gossip generation they had then. The
@@ -56,6 +58,20 @@ pub struct RaftView {
     /// Members the leader replicates to that have caught up (a matched index within the
     /// healthy lag of its log) and answered recently: only these learners become voters.
     pub caught_up: BTreeSet<u64>,
+    /// This server's cluster id, once the cluster named itself.
+    pub cluster_id: Option<String>,
+}
+
+/// Servers gossip shows that belong to another Raft cluster (they name a cluster id that is
+/// not this server's): never added, removed or counted, and reported by [`run`].
+pub fn foreign<'a>(raft: &RaftView, peers: &'a [Peer]) -> Vec<&'a Peer> {
+    peers
+        .iter()
+        .filter(|p| match (&raft.cluster_id, &p.cluster_id) {
+            (Some(own), Some(theirs)) => own != theirs,
+            _ => false,
+        })
+        .collect()
 }
 
 /// One step the manager takes.
@@ -88,15 +104,27 @@ pub fn peers(members: &[Member]) -> Vec<Peer> {
                 },
                 initialized: m.meta.raft_initialized,
                 generation: m.generation,
+                cluster_id: m.meta.cluster_id.clone(),
             })
         })
         .collect()
 }
 
 /// Decides the next step. Pure: every rule of cluster formation is here and unit-tested.
+/// `expect` 0: this server never forms a cluster, it waits to be added to the one it joined.
 pub fn plan(raft: &RaftView, peers: &[Peer], expect: usize) -> Option<Action> {
+    let foreign = foreign(raft, peers);
+    let own: Vec<Peer> = peers
+        .iter()
+        .filter(|p| !foreign.iter().any(|f| std::ptr::eq(*f, *p)))
+        .cloned()
+        .collect();
+    let peers = own.as_slice();
     if !raft.initialized {
-        if expect <= 1 {
+        if expect == 0 {
+            return None;
+        }
+        if expect == 1 {
             let me = peers.iter().find(|p| p.id == raft.me)?;
             return Some(Action::Bootstrap(BTreeMap::from([(
                 me.id,
@@ -154,8 +182,13 @@ pub fn plan(raft: &RaftView, peers: &[Peer], expect: usize) -> Option<Action> {
     if let Some(dead) = raft.learners.keys().find(|id| !alive.contains(id)) {
         return Some(Action::Remove(*dead));
     }
+    // A server is added when its store is new (nothing to lose), or when it says it belongs
+    // to this cluster (an operator removed it, and it came back). A store that belongs to a
+    // cluster not yet named, or to another, would have its log overwritten: it is left alone.
     for p in peers {
-        if !members.contains_key(&p.id) {
+        let ours = !p.initialized
+            || (raft.cluster_id.is_some() && p.cluster_id.as_deref() == raft.cluster_id.as_deref());
+        if !members.contains_key(&p.id) && ours {
             return Some(Action::AddLearner(p.id, p.node.clone()));
         }
     }
@@ -199,6 +232,7 @@ fn raft_view(raft: &RaftNode) -> RaftView {
         .map(|s| s.node_id)
         .collect();
     RaftView {
+        cluster_id: raft.cluster_id(),
         me: m.id,
         initialized: !voters.is_empty(),
         leader: m.current_leader == Some(m.id),
@@ -222,6 +256,7 @@ pub fn server_meta(raft: &RaftNode, initialized: bool, dns: Option<SocketAddr>) 
         version: env!("CARGO_PKG_VERSION").to_string(),
         incarnation: Some(info.incarnation.clone()),
         raft_initialized: initialized,
+        cluster_id: raft.cluster_id(),
     }
 }
 
@@ -238,6 +273,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced = None;
+    let mut reported: BTreeSet<(u64, String)> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -248,16 +284,31 @@ pub async fn run(
             return;
         }
         let view = raft_view(&raft);
-        if announced != Some(view.initialized) {
+        let state = (view.initialized, view.cluster_id.clone());
+        if announced.as_ref() != Some(&state) {
             gossip
                 .set_meta(server_meta(&raft, view.initialized, dns))
                 .await;
-            announced = Some(view.initialized);
+            announced = Some(state);
         }
         let mut peers = peers(&gossip.members());
         {
             let removed = removed.lock().expect("removed lock");
             peers.retain(|p| removed.get(&p.id) != Some(&p.generation));
+        }
+        for p in foreign(&view, &peers) {
+            let theirs = p.cluster_id.clone().unwrap_or_default();
+            if reported.insert((p.id, theirs.clone())) {
+                tracing::error!(
+                    server = p.id,
+                    raft_addr = %shoal_model::logsafe::LogSafe(&p.node.raft_addr),
+                    their_cluster = %shoal_model::logsafe::LogSafe(&theirs),
+                    our_cluster = view.cluster_id.as_deref().unwrap_or_default(),
+                    "a server of another cluster is in this gossip pool: it is not added, and \
+                     it does not join this cluster (two clusters share a gossip key and seeds; \
+                     separate them)"
+                );
+            }
         }
         let Some(action) = plan(&view, &peers, expect) else {
             continue;
@@ -298,6 +349,7 @@ mod tests {
             node: node(id, "i"),
             initialized,
             generation: 1,
+            cluster_id: None,
         }
     }
 
@@ -316,6 +368,7 @@ mod tests {
             voters: voters.iter().map(|i| (*i, node(*i, "i"))).collect(),
             learners: learners.iter().map(|i| (*i, node(*i, "i"))).collect(),
             caught_up: voters.iter().chain(learners).copied().collect(),
+            cluster_id: Some("c1".into()),
         }
     }
 
@@ -426,5 +479,72 @@ mod tests {
         let mut f = leader(2, &[1, 2, 3], &[]);
         f.leader = false;
         assert_eq!(plan(&f, &seen, 3), None);
+    }
+
+    #[test]
+    fn a_server_given_join_without_expect_never_bootstraps() {
+        let peers = [peer(1, false), peer(2, false), peer(3, false)];
+        assert_eq!(
+            plan(&fresh(1), &peers, 0),
+            None,
+            "even alone with fresh peers"
+        );
+        assert_eq!(plan(&fresh(1), &peers[..1], 0), None);
+        assert!(matches!(
+            plan(&fresh(1), &peers[..1], 1),
+            Some(Action::Bootstrap(_))
+        ));
+    }
+
+    #[test]
+    fn servers_of_another_cluster_are_never_added_nor_removed() {
+        let view = leader(1, &[1, 2, 3], &[]);
+        let mut stranger = peer(4, true);
+        stranger.cluster_id = Some("c2".into());
+        // A member of ours whose id another cluster reuses, with another incarnation.
+        let mut twin = peer(2, true);
+        twin.node.incarnation = "other".into();
+        twin.cluster_id = Some("c2".into());
+        let peers = [peer(1, true), twin, peer(3, true), stranger];
+        assert_eq!(plan(&view, &peers, 3), None);
+        assert_eq!(
+            foreign(&view, &peers)
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+            [2, 4]
+        );
+        // A new server (no id yet) and one of our own are added.
+        let mut ours = peer(5, false);
+        ours.cluster_id = Some("c1".into());
+        let peers = [peer(1, true), peer(2, true), peer(3, true), ours.clone()];
+        assert_eq!(
+            plan(&view, &peers, 3),
+            Some(Action::AddLearner(5, ours.node.clone()))
+        );
+        let new = peer(6, false);
+        assert_eq!(
+            plan(
+                &view,
+                &[peer(1, true), peer(2, true), peer(3, true), new.clone()],
+                3
+            ),
+            Some(Action::AddLearner(6, new.node))
+        );
+        // Before the cluster is named nothing is foreign.
+        let mut unnamed = view.clone();
+        unnamed.cluster_id = None;
+        assert!(foreign(&unnamed, &peers).is_empty());
+        // A server whose store belongs to a cluster not named yet (just bootstrapped
+        // elsewhere) is not added either: only new stores and our own are.
+        let elsewhere = peer(7, true);
+        assert_eq!(
+            plan(
+                &view,
+                &[peer(1, true), peer(2, true), peer(3, true), elsewhere],
+                3
+            ),
+            None
+        );
     }
 }

@@ -37,10 +37,12 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub join: Vec<String>,
-    /// Servers to wait for before forming the cluster.
-    #[arg(long, default_value_t = one())]
-    #[serde(default = "one")]
-    pub bootstrap_expect: u32,
+    /// Servers to wait for before forming a new cluster. Not given: 1 without `--join` (a
+    /// cluster of one), and never with `--join` (the server joins the cluster it finds and
+    /// never bootstraps a second one beside it).
+    #[arg(long)]
+    #[serde(default)]
+    pub bootstrap_expect: Option<u32>,
     /// Account id written into ARNs (12 digits).
     #[arg(long, default_value_t = default_account())]
     #[serde(default = "default_account")]
@@ -129,9 +131,6 @@ fn default_api() -> SocketAddr {
 fn default_raft() -> SocketAddr {
     "127.0.0.1:7071".parse().expect("literal")
 }
-fn one() -> u32 {
-    1
-}
 /// The account id shoal uses when none is configured.
 fn default_account() -> String {
     "000000000000".into()
@@ -164,6 +163,16 @@ impl ServerConfig {
             .expect("the defaults make a configuration")
     }
 
+    /// How many servers a new cluster waits for before it forms; 0: this server never forms
+    /// one (it was given `--join` without `--bootstrap-expect`), it waits to be added.
+    pub fn expect(&self) -> usize {
+        match self.bootstrap_expect {
+            Some(n) => n as usize,
+            None if self.join.is_empty() => 1,
+            None => 0,
+        }
+    }
+
     /// Checks the configuration before anything is opened or bound.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.node_id == 0 {
@@ -183,7 +192,7 @@ impl ServerConfig {
         {
             bail!("need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
         }
-        if self.bootstrap_expect == 0 {
+        if self.bootstrap_expect == Some(0) {
             bail!("--bootstrap-expect must be at least 1");
         }
         if self.api_tls && self.tls_cert.is_none() {
@@ -222,7 +231,7 @@ impl ServerConfig {
         if self.discard_untrusted_store && self.join.is_empty() {
             bail!("--discard-untrusted-store needs --join: a server started empty is re-replicated by the others, and a lone server would lose every resource");
         }
-        if self.gossip.is_none() && (self.bootstrap_expect > 1 || !self.join.is_empty()) {
+        if self.gossip.is_none() && (self.expect() > 1 || !self.join.is_empty()) {
             bail!("a multi-server cluster needs --gossip (servers find each other through gossip)");
         }
         Ok(())

@@ -255,7 +255,7 @@ where
             raft.clone(),
             g,
             cfg.dns,
-            cfg.bootstrap_expect as usize,
+            cfg.expect(),
             removed.clone(),
             stop_rx.clone(),
         ))
