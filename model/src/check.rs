@@ -975,7 +975,44 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
         Command::BootstrapAccessKeys { keys } => keys.iter().try_for_each(access_key),
         Command::PutAccessKey { key: k } => access_key(k),
         Command::RevokeAccessKey { id } => access_key_id(id),
+        Command::ImportClusterCa { ca } => {
+            let pem = |s: &str, what: &str| s.starts_with("-----BEGIN ") && s.contains(what);
+            if !pem(&ca.cert_pem, "CERTIFICATE")
+                || !pem(&ca.key_pem, "PRIVATE KEY")
+                || ca.cert_pem.len() > 16 << 10
+                || ca.key_pem.len() > 16 << 10
+            {
+                return Err(ApiError::bad_request(
+                    "A cluster CA is a PEM certificate and a PEM private key",
+                ));
+            }
+            Ok(())
+        }
+        Command::PutJoinToken { token } => {
+            join_token_id(&token.id)?;
+            let hex64 = token.secret_sha256.len() == 64
+                && token.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex64
+                || !matches!(token.role.as_str(), "agent" | "server")
+                || token.description.len() > 1024
+            {
+                return Err(ApiError::bad_request(
+                    "A join token has a SHA-256 of its secret, the role agent or server, and a description of at most 1024 bytes",
+                ));
+            }
+            Ok(())
+        }
+        Command::RevokeJoinToken { id } => join_token_id(id),
     }
+}
+
+fn join_token_id(id: &str) -> Result<(), ApiError> {
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "A join token id is 16 hexadecimal digits",
+        ));
+    }
+    Ok(())
 }
 
 fn access_key_id(id: &str) -> Result<(), ApiError> {

@@ -34,4 +34,6 @@ pub mod validate;
 
 pub use error::{ApiError, ErrorKind};
 pub use resource::{Kind, Metadata, Resource, ResourceKey, Spec};
-pub use store::{Applied, Change, Command, Model, Outcome, PutMode, Reply, Stamp};
+pub use store::{
+    Applied, Change, ClusterCa, Command, JoinToken, Model, Outcome, PutMode, Reply, Stamp,
+};

@@ -111,6 +111,58 @@ pub enum Command {
         /// Its id.
         id: String,
     },
+    /// Puts the cluster CA into the replicated state (a server started with its key does, when
+    /// it first leads): applied only while there is none, so the first CA stays.
+    ImportClusterCa {
+        /// The CA certificate and key.
+        ca: ClusterCa,
+    },
+    /// Adds a join token (`shoal tls token create`).
+    PutJoinToken {
+        /// The token (its secret only as a hash).
+        token: JoinToken,
+    },
+    /// Revokes a join token (`shoal tls token revoke`).
+    RevokeJoinToken {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// The cluster CA: what every member's certificate chains to, and the key the servers sign
+/// joining members' certificates with. Kept in the replicated model (servers only, never in
+/// watch streams; in snapshots, so backups hold it: protect them as the key itself).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    /// The CA certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClusterCa").finish_non_exhaustive()
+    }
+}
+
+/// A join token: a secret a new member presents, once or many times until it expires or is
+/// revoked, to have its certificate signed by the cluster CA. Only the secret's SHA-256 is
+/// kept (a backup does not hold usable tokens).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// The token's public half (16 hex digits).
+    pub id: String,
+    /// SHA-256 of the secret half, hex.
+    pub secret_sha256: String,
+    /// `agent` or `server`: the role the certificates it gets are for.
+    pub role: String,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// An API access key shoal issued: the id and secret an AWS profile holds (SigV4 signs with
@@ -163,6 +215,13 @@ pub enum Reply {
         /// Their ids.
         ids: Vec<String>,
     },
+    /// The cluster CA is in place (imported by this command, or already there).
+    ClusterCa,
+    /// Join tokens created or revoked, by id.
+    JoinTokens {
+        /// Their ids.
+        ids: Vec<String>,
+    },
 }
 
 impl Reply {
@@ -170,7 +229,11 @@ impl Reply {
     pub fn into_resource(self) -> Option<Resource> {
         match self {
             Reply::Resource(r) => Some(*r),
-            Reply::Restored { .. } | Reply::Batch(_) | Reply::AccessKeys { .. } => None,
+            Reply::Restored { .. }
+            | Reply::Batch(_)
+            | Reply::AccessKeys { .. }
+            | Reply::ClusterCa
+            | Reply::JoinTokens { .. } => None,
         }
     }
 }
@@ -263,6 +326,10 @@ pub struct Model {
     tokens: BTreeMap<String, TokenRecord>,
     /// API access keys by id (empty on agents' replicas).
     access_keys: BTreeMap<String, AccessKey>,
+    /// The cluster CA (none on agents' replicas, or before one is imported).
+    cluster_ca: Option<ClusterCa>,
+    /// Join tokens by id (empty on agents' replicas).
+    join_tokens: BTreeMap<String, JoinToken>,
     revision: u64,
 }
 
@@ -275,6 +342,10 @@ struct Snapshot {
     tokens: Vec<(String, TokenRecord)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     access_keys: Vec<AccessKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_ca: Option<ClusterCa>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    join_tokens: Vec<JoinToken>,
 }
 
 impl From<Model> for Snapshot {
@@ -289,6 +360,8 @@ impl From<Model> for Snapshot {
                 .collect(),
             tokens: m.tokens.into_iter().collect(),
             access_keys: m.access_keys.into_values().collect(),
+            cluster_ca: m.cluster_ca,
+            join_tokens: m.join_tokens.into_values().collect(),
         }
     }
 }
@@ -306,6 +379,12 @@ impl From<Snapshot> for Model {
                 .access_keys
                 .into_iter()
                 .map(|k| (k.id.clone(), k))
+                .collect(),
+            cluster_ca: s.cluster_ca,
+            join_tokens: s
+                .join_tokens
+                .into_iter()
+                .map(|t| (t.id.clone(), t))
                 .collect(),
             revision: s.revision,
         }
@@ -339,6 +418,8 @@ impl Model {
                 .collect(),
             tokens: BTreeMap::new(),
             access_keys: BTreeMap::new(),
+            cluster_ca: None,
+            join_tokens: BTreeMap::new(),
             revision,
         }
     }
@@ -346,6 +427,21 @@ impl Model {
     /// The access key `id`, if it exists.
     pub fn access_key(&self, id: &str) -> Option<&AccessKey> {
         self.access_keys.get(id)
+    }
+
+    /// The cluster CA, once imported.
+    pub fn cluster_ca(&self) -> Option<&ClusterCa> {
+        self.cluster_ca.as_ref()
+    }
+
+    /// The join token `id`, if it exists (expired ones too: the caller checks the time).
+    pub fn join_token(&self, id: &str) -> Option<&JoinToken> {
+        self.join_tokens.get(id)
+    }
+
+    /// Every join token, by id.
+    pub fn join_tokens(&self) -> impl Iterator<Item = &JoinToken> {
+        self.join_tokens.values()
     }
 
     /// Every access key, by id.
@@ -597,6 +693,44 @@ impl Model {
                     Ok(Reply::AccessKeys {
                         ids: vec![key.id.clone()],
                     })
+                };
+                return Applied {
+                    outcome,
+                    changes: Vec::new(),
+                };
+            }
+            Command::ImportClusterCa { ca } => {
+                if self.cluster_ca.is_none() {
+                    self.cluster_ca = Some(ca.clone());
+                }
+                return Applied {
+                    outcome: Ok(Reply::ClusterCa),
+                    changes: Vec::new(),
+                };
+            }
+            Command::PutJoinToken { token } => {
+                let outcome = if self.join_tokens.contains_key(&token.id) {
+                    Err(ApiError::new(
+                        ErrorKind::Conflict,
+                        format!("Join token {} exists already", token.id),
+                    ))
+                } else {
+                    self.join_tokens.insert(token.id.clone(), token.clone());
+                    Ok(Reply::JoinTokens {
+                        ids: vec![token.id.clone()],
+                    })
+                };
+                return Applied {
+                    outcome,
+                    changes: Vec::new(),
+                };
+            }
+            Command::RevokeJoinToken { id } => {
+                let outcome = match self.join_tokens.remove(id) {
+                    Some(_) => Ok(Reply::JoinTokens {
+                        ids: vec![id.clone()],
+                    }),
+                    None => Err(ApiError::not_found(format!("Join token {id} not found"))),
                 };
                 return Applied {
                     outcome,

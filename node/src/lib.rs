@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 mod config;
 pub mod dev;
+pub mod enroll;
 pub mod gossip_keys;
 mod http;
 pub mod registration;

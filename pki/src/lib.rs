@@ -69,6 +69,9 @@ pub enum PkiError {
     /// A name given for the certificate is not a valid DNS name or address.
     #[error("invalid name {0:?} for a certificate")]
     Name(String),
+    /// A certificate signing request that does not parse or whose signature fails.
+    #[error("certificate signing request: {0}")]
+    Csr(String),
 }
 
 /// A certificate authority: its certificate and private key, both PEM.
@@ -147,7 +150,8 @@ impl Ca {
 
     /// Issues a certificate for `name` in `role`, valid for `valid_for`: valid for the role's
     /// name, `<name>.<role>.shoal`, and the extra `dns` names and `ips` (for clients that
-    /// verify an address), with a SPIFFE-style URI `spiffe://shoal/<role>/<name>`.
+    /// verify an address), with a SPIFFE-style URI `spiffe://shoal/<role>/<name>`. The key is
+    /// made here (for `shoal tls cert create`, which writes both).
     pub fn issue(
         &self,
         role: Role,
@@ -156,48 +160,100 @@ impl Ca {
         ips: &[IpAddr],
         valid_for: Duration,
     ) -> Result<Issued, PkiError> {
-        let valid_label = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_label {
-            return Err(PkiError::Name(name.to_string()));
-        }
-        let mut names = vec![
-            role.dns_name().to_string(),
-            format!("{}.{}", name.replace('_', "-"), role.dns_name()),
-        ];
-        names.extend(dns.iter().cloned());
-        let mut p = CertificateParams::new(names).map_err(|e| PkiError::Name(e.to_string()))?;
-        for ip in ips {
-            p.subject_alt_names.push(SanType::IpAddress(*ip));
-        }
-        let uri = format!("spiffe://shoal/{}/{name}", role.as_str());
-        p.subject_alt_names.push(SanType::URI(
-            uri.clone().try_into().map_err(|_| PkiError::Name(uri))?,
-        ));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("{name}.{}", role.dns_name()));
-        dn.push(DnType::OrganizationName, "shoal");
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.use_authority_key_identifier_extension = true;
-        p.serial_number = Some(random_serial());
-        validity(&mut p, valid_for);
-        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, KeyPair::from_pem(&self.key_pem)?)?;
+        let p = leaf_params(role, name, dns, ips, valid_for)?;
         let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &issuer)?;
+        let cert = p.signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// Issues the same certificate as [`Ca::issue`] for the public key of a certificate signing
+    /// request (whose own signature is verified, proving its sender holds the key): what a
+    /// member that joins with a token gets, its key never leaving its host. Only the CSR's key
+    /// is used; the names come from the caller (what the token allows), never from the CSR.
+    pub fn issue_for_csr(
+        &self,
+        csr_pem: &str,
+        role: Role,
+        name: &str,
+        dns: &[String],
+        ips: &[IpAddr],
+        valid_for: Duration,
+    ) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Csr(e.to_string()))?;
+        let signed = rcgen::CertificateSigningRequestParams {
+            params: leaf_params(role, name, dns, ips, valid_for)?,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer()?)?;
+        Ok(signed.pem())
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        Ok(Issuer::from_ca_cert_pem(
+            &self.cert_pem,
+            KeyPair::from_pem(&self.key_pem)?,
+        )?)
+    }
+}
+
+/// A new key pair and a certificate signing request for it (PEM, PKCS#8 key), which a member
+/// sends to be signed while the key stays with it.
+pub fn new_csr(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    let csr = p.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+fn leaf_params(
+    role: Role,
+    name: &str,
+    dns: &[String],
+    ips: &[IpAddr],
+    valid_for: Duration,
+) -> Result<CertificateParams, PkiError> {
+    let valid_label = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_label {
+        return Err(PkiError::Name(name.to_string()));
+    }
+    let mut names = vec![
+        role.dns_name().to_string(),
+        format!("{}.{}", name.replace('_', "-"), role.dns_name()),
+    ];
+    names.extend(dns.iter().cloned());
+    let mut p = CertificateParams::new(names).map_err(|e| PkiError::Name(e.to_string()))?;
+    for ip in ips {
+        p.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let uri = format!("spiffe://shoal/{}/{name}", role.as_str());
+    p.subject_alt_names.push(SanType::URI(
+        uri.clone().try_into().map_err(|_| PkiError::Name(uri))?,
+    ));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{name}.{}", role.dns_name()));
+    dn.push(DnType::OrganizationName, "shoal");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    p.serial_number = Some(random_serial());
+    validity(&mut p, valid_for);
+    Ok(p)
 }
 
 /// A certificate and its private key, both PEM.
@@ -274,5 +330,33 @@ mod tests {
             );
         }
         assert!(Ca::from_pem("garbage", ca.key_pem()).is_err());
+    }
+
+    #[test]
+    fn a_csr_is_signed_for_the_callers_names_and_its_key_stays_with_the_sender() {
+        let ca = Ca::generate("test CA").unwrap();
+        let (csr, key) = new_csr("whatever-the-sender-asks").unwrap();
+        let cert = ca
+            .issue_for_csr(
+                &csr,
+                Role::Agent,
+                "ip-10-0-1-23",
+                &[],
+                &[],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let der = first_cert_der(&cert).unwrap();
+        assert_eq!(role_of(&der), Some(Role::Agent));
+        // The certificate carries the CSR's public key: the sender's key matches it.
+        let kp = KeyPair::from_pem(&key).unwrap();
+        let pk = kp.public_key_raw().to_vec();
+        assert!(der.windows(pk.len()).any(|w| w == pk.as_slice()));
+        // A damaged request is refused.
+        let bad = csr.replace("A", "B");
+        assert!(matches!(
+            ca.issue_for_csr(&bad, Role::Agent, "x", &[], &[], Duration::from_secs(60)),
+            Err(PkiError::Csr(_))
+        ));
     }
 }

@@ -1832,3 +1832,215 @@ fn a_server_of_another_cluster_is_never_taken_in() {
     );
     assert_eq!(meshes(b.api), ["only-in-b"]);
 }
+
+/// Joining with a token: a server started once with the CA key puts the CA into the replicated
+/// state; an operator makes a join token; an agent given only the CA certificate and the token
+/// gets its certificate (its key made on its host, 0600) and follows the model over mutual
+/// TLS; a restart needs no token. A garbage, a revoked and an expired token are refused with
+/// their reasons, and a server cannot join with an agent's token (it gets an agent certificate,
+/// which a server refuses to run with).
+#[test]
+fn members_join_with_a_token_and_their_keys_stay_home() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let pki = root.join("pki");
+    let p = pki.display().to_string();
+    shoal_tls(&["tls", "ca", "create", "--dir", &p]);
+    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 14);
+    sspec.bootstrap_expect = 1;
+    let ip = sspec.api.ip().to_string();
+    shoal_tls(&[
+        "tls",
+        "cert",
+        "create",
+        "--role",
+        "server",
+        "--name",
+        "server-14",
+        "--ip",
+        &ip,
+        "--ca-dir",
+        &p,
+        "--dir",
+        &p,
+    ]);
+    let f = |name: &str| pki.join(name).display().to_string();
+    sspec.extra = vec![
+        "--tls-ca".into(),
+        f("shoal-ca.pem"),
+        "--tls-cert".into(),
+        f("server-14.pem"),
+        "--tls-key".into(),
+        f("server-14-key.pem"),
+        "--tls-ca-key".into(),
+        f("shoal-ca-key.pem"),
+    ];
+    let _server = shoal_e2e::ServerProcess::spawn(&sspec);
+    let url = format!("http://{}", sspec.api);
+    wait_for(
+        "the CA is in the replicated state",
+        Duration::from_secs(30),
+        || {
+            let r = http_request(sspec.api, "GET", "/v1/tls/ca", None, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            (r.code == 200 && r.body.contains("BEGIN CERTIFICATE"))
+                .then_some(())
+                .ok_or_else(|| format!("{} {}", r.code, r.body))
+        },
+    );
+    let token = |role: &str, ttl: &str| -> String {
+        let out = shoal_e2e::run_shoal(
+            &[
+                "tls",
+                "token",
+                "create",
+                "--role",
+                role,
+                "--ttl-seconds",
+                ttl,
+                "--addr",
+                &url,
+            ],
+            Duration::from_secs(20),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let good = token("agent", "3600");
+    let token_file = |name: &str, text: &str| {
+        let path = root.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let joiner = |n: u8, token_path: String| {
+        let mut a = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, n);
+        a.join = vec![sspec.gossip];
+        a.extra = vec![
+            "--tls-ca".into(),
+            f("shoal-ca.pem"),
+            "--join-token-file".into(),
+            token_path,
+            "--join-api".into(),
+            url.clone(),
+        ];
+        a
+    };
+
+    // The good token: a certificate, the model over mutual TLS.
+    let agent = joiner(7, token_file("good.token", &good));
+    let mut agent_proc = agent.spawn();
+    let following = |api: SocketAddr| {
+        wait_for(
+            "the agent follows the server over mutual TLS",
+            Duration::from_secs(30),
+            || {
+                let r = http_request(api, "GET", "/v1/agent/status", None, Duration::from_secs(2))
+                    .map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+                v["server"]
+                    .as_str()
+                    .filter(|s| s.starts_with("https://"))
+                    .map(|_| ())
+                    .ok_or_else(|| r.body.clone())
+            },
+        );
+    };
+    following(agent.api);
+    let key = agent.data_dir.join("tls").join("agent-key.pem");
+    let cert = agent.data_dir.join("tls").join("agent.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let key_pem = std::fs::read_to_string(&key).unwrap();
+    let server_log = std::fs::read_to_string(&sspec.log).unwrap_or_default();
+    assert!(
+        server_log.contains("a member joined"),
+        "the join was not logged"
+    );
+    assert!(
+        !server_log.contains(key_pem.lines().nth(1).unwrap()),
+        "the key reached the server"
+    );
+    // A restart with the token file gone keeps the certificate.
+    agent_proc.terminate(Duration::from_secs(20));
+    std::fs::remove_file(root.join("good.token")).unwrap();
+    let before = std::fs::read(&cert).unwrap();
+    let _agent_proc = agent.spawn();
+    following(agent.api);
+    assert_eq!(std::fs::read(&cert).unwrap(), before);
+
+    // Refusals, each with its reason and a non-zero exit, nothing written.
+    let revoked = token("agent", "3600");
+    let id = revoked.split('.').next().unwrap().to_string();
+    let out = shoal_e2e::run_shoal(
+        &["tls", "token", "revoke", &id, "--addr", &url],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expired = token("agent", "1");
+    std::thread::sleep(Duration::from_secs(2));
+    let cases = [
+        (
+            8,
+            token_file("garbage.token", "not-a-token"),
+            "reads <16 hex digits>",
+        ),
+        (
+            9,
+            token_file("revoked.token", &revoked),
+            "unknown or revoked",
+        ),
+        (10, token_file("expired.token", &expired), "expired"),
+    ];
+    for (n, path, reason) in cases {
+        let spec = joiner(n, path);
+        let mut proc = spec.spawn();
+        let status = wait_for("the refused agent exits", Duration::from_secs(30), || {
+            proc.exited().ok_or_else(|| tail(&proc.log(), 5))
+        });
+        assert!(!status.success());
+        assert!(
+            proc.log().contains(reason),
+            "agent {n}: {}",
+            tail(&proc.log(), 10)
+        );
+        assert!(!spec.data_dir.join("tls").join("agent.pem").exists());
+    }
+
+    // A server with an agent's token gets an agent certificate and refuses to run with it.
+    let mut s2 = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 15);
+    s2.join = vec![sspec.gossip];
+    s2.extra = vec![
+        "--tls-ca".into(),
+        f("shoal-ca.pem"),
+        "--join-token-file".into(),
+        token_file("agent-for-server.token", &token("agent", "3600")),
+        "--join-api".into(),
+        url.clone(),
+    ];
+    let mut args = s2.args();
+    let at = args.iter().position(|x| x == "--bootstrap-expect").unwrap();
+    args.drain(at..at + 2);
+    let mut s2_proc = Process::spawn("server 15", &shoal_bin(), &args, &s2.log);
+    let status = wait_for(
+        "the server with an agent token exits",
+        Duration::from_secs(30),
+        || s2_proc.exited().ok_or_else(|| tail(&s2_proc.log(), 5)),
+    );
+    assert!(!status.success());
+    assert!(
+        s2_proc.log().to_lowercase().contains("server"),
+        "{}",
+        tail(&s2_proc.log(), 10)
+    );
+}

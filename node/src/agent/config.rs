@@ -92,6 +92,16 @@ pub struct AgentConfig {
     #[arg(long)]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// A file holding a join token (`shoal tls token create --role agent`): without
+    /// `--tls-cert`, this agent gets its certificate from `--join-api` with it (its key made
+    /// here, kept in `<data-dir>/tls`).
+    #[arg(long)]
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
+    /// API URL of a server to join with `--join-token-file`.
+    #[arg(long)]
+    #[serde(default)]
+    pub join_api: Option<String>,
     /// Serve each Envoy only its own configuration: an ADS stream must carry the proxy's token
     /// (`shoal envoy bootstrap --proxy-token-key <data-dir>/proxy-token.key` puts it in the
     /// bootstrap), made from a key in the data dir that only its owner can read.
@@ -158,6 +168,9 @@ impl AgentConfig {
                      --insecure to run it so"
                 );
             }
+        }
+        if self.join_token_file.is_some() && (self.tls_ca.is_none() || self.join_api.is_none()) {
+            bail!("--join-token-file needs --tls-ca (the cluster CA certificate) and --join-api (a server's API URL)");
         }
         if self.dns_ttl > 86_400 {
             bail!("--dns-ttl must be at most 86400 seconds");

@@ -391,6 +391,25 @@ where
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let mut cfg = cfg;
+    if let (None, Some(token_file), Some(api), Some(ca)) = (
+        &cfg.tls_cert,
+        &cfg.join_token_file,
+        &cfg.join_api,
+        &cfg.tls_ca,
+    ) {
+        let with = crate::enroll::JoinWith {
+            ca,
+            token_file,
+            api,
+            insecure: cfg.insecure,
+        };
+        let name = cfg.node_name();
+        let (cert, key) =
+            crate::enroll::enroll(&cfg.data_dir, with, shoal_pki::Role::Agent, &name, &[]).await?;
+        cfg.tls_cert = Some(cert);
+        cfg.tls_key = Some(key);
+    }
     let tls = crate::tls::Material::load(
         cfg.tls_ca.as_ref(),
         cfg.tls_cert.as_ref(),

@@ -133,7 +133,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Operator(OperatorCommand::RemoveServer(a)) => cluster::remove_server(a).await,
         Command::Snapshot(SnapshotCommand::Save(a)) => cluster::snapshot_save(a).await,
         Command::Snapshot(SnapshotCommand::Restore(a)) => cluster::snapshot_restore(a).await,
-        Command::Tls(c) => tls::run(c),
+        Command::Tls(c) => tls::run(c).await,
         Command::Acl(c) => acl::run(c).await,
         Command::Gossip(c) => gossip::run(c).await,
     }

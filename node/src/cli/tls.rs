@@ -20,6 +20,89 @@ pub enum TlsCommand {
     /// Server and agent certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Join tokens: a new server or agent presents one (`--join-token-file`) to have its
+    /// certificate signed by the servers (the CA must be in the replicated state: a server
+    /// started once with `--tls-ca-key`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `shoal tls token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; prints it (shown only now).
+    Create(TokenCreateArgs),
+    /// List the tokens (ids, roles, expiry; never secrets).
+    List(super::Target),
+    /// Revoke a token.
+    Revoke(TokenRevokeArgs),
+}
+
+/// `shoal tls token create`.
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    /// What joins with it: `agent` or `server`.
+    #[arg(long)]
+    pub role: String,
+    /// How long it can be used, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub ttl_seconds: u64,
+    /// What it is for.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    #[command(flatten)]
+    pub target: super::Target,
+}
+
+/// `shoal tls token revoke`.
+#[derive(Debug, clap::Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (the part before the dot).
+    pub id: String,
+    #[command(flatten)]
+    pub target: super::Target,
+}
+
+/// Runs `shoal tls token …` against a server's API.
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let segs = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match cmd {
+        TokenCommand::Create(a) => {
+            let c = crate::client::Client::new(&a.target.addr)?;
+            let v = c
+                .call(
+                    Method::POST,
+                    &segs(&["v1", "tls", "tokens"]),
+                    &[],
+                    Some(serde_json::json!({
+                        "Role": a.role,
+                        "TtlSeconds": a.ttl_seconds,
+                        "Description": a.description,
+                    })),
+                )
+                .await?;
+            println!("{}", v["Token"].as_str().unwrap_or_default());
+        }
+        TokenCommand::List(t) => {
+            let v = crate::client::Client::new(&t.addr)?
+                .call(Method::GET, &segs(&["v1", "tls", "tokens"]), &[], None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        TokenCommand::Revoke(a) => {
+            crate::client::Client::new(&a.target.addr)?
+                .call(
+                    Method::DELETE,
+                    &segs(&["v1", "tls", "tokens", &a.id]),
+                    &[],
+                    None,
+                )
+                .await?;
+            println!("revoked {}", a.id);
+        }
+    }
+    Ok(())
 }
 
 /// `shoal tls ca …`.
@@ -107,8 +190,9 @@ fn write_new(path: &Path, bytes: &str, private: bool) -> anyhow::Result<()> {
 }
 
 /// Runs `shoal tls …`.
-pub fn run(cmd: TlsCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: TlsCommand) -> anyhow::Result<()> {
     match cmd {
+        TlsCommand::Token(t) => token(t).await,
         TlsCommand::Ca(CaCommand::Create(a)) => {
             std::fs::create_dir_all(&a.dir)
                 .with_context(|| format!("creating {}", a.dir.display()))?;

@@ -201,7 +201,9 @@ async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Body) -> 
                 shoal_model::Reply::Restored { resources } => resources,
                 shoal_model::Reply::Resource(_)
                 | shoal_model::Reply::Batch(_)
-                | shoal_model::Reply::AccessKeys { .. } => 0,
+                | shoal_model::Reply::AccessKeys { .. }
+                | shoal_model::Reply::ClusterCa
+                | shoal_model::Reply::JoinTokens { .. } => 0,
             };
             (
                 StatusCode::OK,

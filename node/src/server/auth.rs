@@ -94,6 +94,10 @@ pub fn need(method: &Method, path: &str, query: &str, body: &[u8], id: &Identity
     match s.as_slice() {
         ["v1", "status"] if method == Method::GET => Need::Open,
         ["v1", "acl", "bootstrap"] if method == Method::POST => Need::Open,
+        // The token in the body is the credential; the CA certificate is public.
+        ["v1", "tls", "join"] if method == Method::POST => Need::Open,
+        ["v1", "tls", "ca"] if method == Method::GET => Need::Open,
+        ["v1", "tls", "tokens", ..] => act("shoal:ManageJoinTokens", "*"),
         ["internal", ..] => Need::Internal,
         ["v1", "acl", ..] => act("shoal:ManageAccessKeys", "*"),
         ["v1", "snapshot"] => act("shoal:SnapshotSave", "*"),
@@ -448,8 +452,8 @@ async fn revoke(State(s): State<AppState>, Path(id): Path<String>) -> Response {
             "The servers' internal key cannot be revoked",
         ));
     }
-    match super::forward::commit_reply(&s, Command::RevokeAccessKey { id }).await {
-        Ok(_) => StatusCode::OK.into_response(),
+    match super::forward::commit_reply(&s, Command::RevokeAccessKey { id: id.clone() }).await {
+        Ok(_) => (StatusCode::OK, Json(json!({ "AccessKeyId": id }))).into_response(),
         Err(e) => error_response(&e),
     }
 }

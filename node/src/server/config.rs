@@ -100,6 +100,22 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// The cluster CA's private key: put into the replicated state (with `--tls-ca`) when this
+    /// server leads and none is there, so that the servers sign the certificates of members
+    /// joining with a token. Needed once, on one server; remove the file afterwards.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_ca_key: Option<PathBuf>,
+    /// A file holding a join token (`shoal tls token create --role server`): without
+    /// `--tls-cert`, this server gets its certificate from `--join-api` with it (its key made
+    /// here, kept in `<data-dir>/tls`).
+    #[arg(long)]
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
+    /// API URL of a server of the cluster to join with `--join-token-file`.
+    #[arg(long)]
+    #[serde(default)]
+    pub join_api: Option<String>,
     /// A file holding the gossip key (base64, from `shoal gossip keygen`): every gossip
     /// datagram is sealed with AES-256-GCM. It seeds `<data-dir>/gossip-keyring.json` at first
     /// start; from then on that keyring (changed by `shoal gossip keyring`) is used.
@@ -195,7 +211,10 @@ impl ServerConfig {
         if self.bootstrap_expect == Some(0) {
             bail!("--bootstrap-expect must be at least 1");
         }
-        if self.api_tls && self.tls_cert.is_none() {
+        if self.join_token_file.is_some() && (self.tls_ca.is_none() || self.join_api.is_none()) {
+            bail!("--join-token-file needs --tls-ca (the cluster CA certificate) and --join-api (a server's API URL)");
+        }
+        if self.api_tls && self.tls_cert.is_none() && self.join_token_file.is_none() {
             bail!("--api-tls serves this server's certificate: give --tls-ca, --tls-cert and --tls-key");
         }
         if self.tls_ca.is_none() && !self.raft.ip().is_loopback() && !self.insecure {

@@ -18,6 +18,7 @@ pub use auth::bootstrap_keys;
 mod cluster;
 mod config;
 mod forward;
+mod join;
 mod metrics;
 mod state;
 
@@ -73,6 +74,30 @@ where
 {
     cfg.validate()?;
     crate::http::raise_descriptor_limit();
+    let mut cfg = cfg;
+    if let (None, Some(token_file), Some(api), Some(ca)) = (
+        &cfg.tls_cert,
+        &cfg.join_token_file,
+        &cfg.join_api,
+        &cfg.tls_ca,
+    ) {
+        let with = crate::enroll::JoinWith {
+            ca,
+            token_file,
+            api,
+            insecure: cfg.insecure,
+        };
+        let ips: Vec<std::net::IpAddr> = [cfg.api.ip(), cfg.raft.ip()]
+            .into_iter()
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        let name = format!("server-{}", cfg.node_id);
+        let (cert, key) =
+            crate::enroll::enroll(&cfg.data_dir, with, shoal_pki::Role::Server, &name, &ips)
+                .await?;
+        cfg.tls_cert = Some(cert);
+        cfg.tls_key = Some(key);
+    }
     let tls = crate::tls::Material::load(
         cfg.tls_ca.as_ref(),
         cfg.tls_cert.as_ref(),
@@ -239,6 +264,17 @@ where
         auth: cfg.api_auth,
     };
     let removed = state.removed.clone();
+    let _ca_import = match &cfg.tls_ca_key {
+        Some(key) => {
+            let ca = read_cluster_ca(cfg.tls_ca.as_deref(), key)?;
+            Some(tokio::spawn(join::import_ca(
+                state.clone(),
+                ca,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     // Authentication in front of everything this API serves, the embedded agent's routes too.
     let app = extra
         .merge(router(state.clone()))
@@ -347,12 +383,33 @@ where
     raft.shutdown().await.context("stopping Raft")
 }
 
+/// The CA to import (`--tls-ca` and `--tls-ca-key`), checked to be a usable CA now.
+fn read_cluster_ca(
+    cert: Option<&std::path::Path>,
+    key: &std::path::Path,
+) -> anyhow::Result<shoal_model::ClusterCa> {
+    let cert = cert.context("--tls-ca-key needs --tls-ca (the CA certificate)")?;
+    let cert_pem =
+        std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let key_pem =
+        std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    shoal_pki::Ca::from_pem(&cert_pem, &key_pem).with_context(|| {
+        format!(
+            "{} and {} are not a CA and its key",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(shoal_model::ClusterCa { cert_pem, key_pem })
+}
+
 /// The whole HTTP surface of a server: the App Mesh API, status and metrics.
 pub fn router(state: AppState) -> Router {
     appmesh::routes()
         .merge(forward::routes())
         .merge(admin::routes())
         .merge(auth::routes())
+        .merge(join::routes())
         .fallback(crate::http::no_such_operation)
         .with_state(state)
 }
