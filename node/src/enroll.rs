@@ -5,6 +5,10 @@
 //! operator hands out with the token). The signed certificate and the key are kept in
 //! `<data-dir>/tls` (key 0600, written and fsynced before the certificate, whose presence marks
 //! a finished join), and a restart uses them without the token.
+//!
+//! [`renew`] keeps the certificate current: after two thirds of its lifetime it asks for a new
+//! one for the same key (`/v1/tls/renew`, the CSR proving it holds the key), saves it, and
+//! puts it in force without a restart (new handshakes present it, new connections use it).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -121,4 +125,115 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// What a member renews: its certificate in `<data_dir>/tls`, through `api`, for `role` and
+/// `name` (and `ips`, for a server); a server also hands the new certificate to its Raft client.
+pub struct Renewal {
+    /// The member's data dir.
+    pub data_dir: PathBuf,
+    /// A server's API URL (`--join-api`).
+    pub api: String,
+    /// The member's role.
+    pub role: shoal_pki::Role,
+    /// The name its certificate is for.
+    pub name: String,
+    /// A server's addresses.
+    pub ips: Vec<IpAddr>,
+    /// A server's Raft node, whose client presents the certificate to peers.
+    pub raft: Option<shoal_raft::RaftNode>,
+}
+
+/// Renews the certificate in `live` after two thirds of its lifetime, until `stop`; retries a
+/// failed renewal every tenth of the time left (at least every second, at most every minute).
+pub async fn renew(
+    r: Renewal,
+    live: crate::tls::Live,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (cert_path, _) = paths(&r.data_dir, r.role);
+    loop {
+        let m = live.current();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let wait = match shoal_pki::validity_of(m.cert_pem()) {
+            Some((end, len)) => (end.saturating_sub(len / 3)).saturating_sub(now),
+            None => {
+                tracing::error!(cert = %cert_path.display(), "cannot read the certificate's validity; not renewing it");
+                return;
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+            _ = stop.changed() => return,
+        }
+        match renew_once(&r, &m).await {
+            Ok(renewed) => {
+                if let Err(e) = write_replacing(&cert_path, renewed.cert_pem().as_bytes()) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot save the renewed certificate; keeping the current one");
+                } else if let Err(e) = live.set(renewed.clone()) {
+                    tracing::error!(error = %format!("{e:#}"), "the renewed certificate cannot be used");
+                } else {
+                    if let Some(raft) = &r.raft {
+                        raft.set_client_tls(renewed.raft_client());
+                    }
+                    tracing::info!(cert = %cert_path.display(), "certificate renewed and in force");
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; will retry")
+            }
+        }
+        let left =
+            shoal_pki::validity_of(m.cert_pem()).map_or(60, |(end, _)| end.saturating_sub(now));
+        let retry = (left / 10).clamp(1, 60);
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(retry)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn renew_once(r: &Renewal, m: &crate::tls::Material) -> anyhow::Result<crate::tls::Material> {
+    let csr = shoal_pki::csr_for_key(&r.name, m.key_pem())?;
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(m.ca_pem().as_bytes())?)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let url = reqwest::Url::parse(&r.api)?.join("/v1/tls/renew")?;
+    let answer = http
+        .post(url.clone())
+        .json(&json!({ "Certificate": m.cert_pem(), "Name": r.name, "Csr": csr, "Ips": r.ips }))
+        .send()
+        .await
+        .with_context(|| format!("renewing through {url}"))?;
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "{url} refused the renewal ({status}): {}",
+            body["message"]
+                .as_str()
+                .or(body["Message"].as_str())
+                .unwrap_or("no reason given")
+        );
+    }
+    let cert = body["Certificate"]
+        .as_str()
+        .context("the answer holds no certificate")?;
+    Ok(m.with_certificate(cert.to_string()))
+}
+
+/// Replaces `path` with `bytes`: a temporary file, fsynced, renamed, the directory fsynced.
+fn write_replacing(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("pem.tmp");
+    write_synced(&tmp, bytes, 0o644)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }

@@ -3,10 +3,11 @@
 //! built from them. Certificates come from `shoal tls` (`cli/tls.rs`) and `shoal_pki`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::{bail, Context};
 use shoal_pki::Role;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::{Request, Status};
 
 /// The CA, certificate and key a member presents and trusts.
@@ -68,15 +69,6 @@ impl Material {
         }
     }
 
-    /// The gRPC server side: this member's certificate, and a client certificate from the CA
-    /// required during the handshake, before any RPC code runs.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .timeout(std::time::Duration::from_secs(10))
-    }
-
     /// The gRPC client side: this member's certificate, and a server certificate from the CA
     /// required of whatever address is dialled.
     pub fn client_config(&self) -> ClientTlsConfig {
@@ -86,33 +78,27 @@ impl Material {
             .domain_name(shoal_pki::SERVER_NAME)
     }
 
-    /// The HTTPS side of the API (`--api-tls`): this member's certificate, no client
-    /// certificate asked (API clients authenticate with SigV4). Clients verify it against the
-    /// cluster CA (`--ca-bundle` for the AWS CLI), so it must be valid for the address they
-    /// dial (`shoal tls cert create --ip`).
-    pub fn api_server_config(&self) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .context("reading the certificate PEM")?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .context("reading the private key PEM")?;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .context("the certificate and key do not go together")?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(std::sync::Arc::new(cfg))
-    }
-
     /// The cluster CA certificate (PEM), which clients of the HTTPS API trust.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// This member's certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Its private key (PEM).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// The same CA and key with a renewed certificate.
+    pub fn with_certificate(&self, cert_pem: String) -> Material {
+        Material {
+            cert_pem,
+            ..self.clone()
+        }
     }
 
     /// The same, for the Raft client.
@@ -158,4 +144,179 @@ pub fn grpc_url(addr: impl std::fmt::Display, tls: bool) -> String {
     } else {
         format!("http://{addr}")
     }
+}
+
+/// A member's TLS material while it runs: what it presents can change (a renewed
+/// certificate) without a restart. The HTTPS API and the cluster gRPC port take their
+/// certificate from it at every handshake; clients build new connections from
+/// [`Live::current`], and the Raft client is told by the renewal.
+#[derive(Clone)]
+pub struct Live {
+    current: Arc<RwLock<Material>>,
+    resolver: Arc<Resolver>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+/// Hands rustls the current certificate at every handshake.
+#[derive(Debug)]
+struct Resolver {
+    key: RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.key
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified_key(m: &Material) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(m.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("reading the certificate PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(m.key_pem.as_bytes())
+        .context("reading the private key PEM")?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .context("loading the private key")?;
+    let ck = rustls::sign::CertifiedKey::new(certs, signing);
+    ck.keys_match()
+        .context("the certificate and key do not go together")?;
+    Ok(Arc::new(ck))
+}
+
+impl Live {
+    /// Starts from `m`.
+    pub fn new(m: Material) -> anyhow::Result<Live> {
+        let key = certified_key(&m)?;
+        Ok(Live {
+            current: Arc::new(RwLock::new(m)),
+            resolver: Arc::new(Resolver {
+                key: RwLock::new(key),
+            }),
+        })
+    }
+
+    /// The material in force now.
+    pub fn current(&self) -> Material {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the certificate and key (a renewal): new handshakes present the new one.
+    pub fn set(&self, m: Material) -> anyhow::Result<()> {
+        let key = certified_key(&m)?;
+        *self
+            .resolver
+            .key
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = key;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = m;
+        Ok(())
+    }
+
+    /// The cluster gRPC port: the current certificate, and a client certificate from the CA
+    /// required during the handshake, before any RPC code runs.
+    pub fn grpc_server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pki_types::CertificateDer::pem_slice_iter(self.current().ca_pem.as_bytes())
+        {
+            roots
+                .add(ca.context("reading the CA certificate PEM")?)
+                .context("the CA certificate")?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .context("the client certificate verifier")?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.resolver.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// The HTTPS side of the API (`--api-tls`): the current certificate, no client certificate
+    /// asked (API clients authenticate with SigV4). Clients verify it against the cluster CA,
+    /// so it must be valid for the address they dial (`shoal tls cert create --ip`).
+    pub fn api_server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// Accepts TLS connections for the cluster gRPC port: each TCP connection's handshake runs on
+/// its own task (10 s at most), and finished ones are handed to tonic, which reads the peer's
+/// certificate from them (for [`require_server_peer`]).
+pub fn grpc_incoming(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a gRPC connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Raft RPCs are small and latency-bound: no Nagle.
+            let _ = stream.set_nodelay(true);
+            let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => {
+                        let _ = handshaken.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

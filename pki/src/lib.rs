@@ -72,6 +72,9 @@ pub enum PkiError {
     /// A certificate signing request that does not parse or whose signature fails.
     #[error("certificate signing request: {0}")]
     Csr(String),
+    /// A renewal that does not prove who asks.
+    #[error("renewal refused: {0}")]
+    Renewal(String),
 }
 
 /// A certificate authority: its certificate and private key, both PEM.
@@ -90,8 +93,10 @@ impl std::fmt::Debug for Ca {
 
 fn validity(p: &mut CertificateParams, valid_for: Duration) {
     let now = OffsetDateTime::now_utc();
-    // A little in the past, for clocks a bit behind the issuer's.
-    p.not_before = now - time::Duration::hours(1);
+    // A little in the past, for clocks a bit behind the issuer's: an hour, or a quarter of a
+    // short lifetime (minutes-long certificates in tests keep most of their life).
+    let back = std::cmp::min(Duration::from_secs(3600), valid_for / 4);
+    p.not_before = now - back;
     p.not_after = now + valid_for;
 }
 
@@ -212,6 +217,16 @@ pub fn new_csr(name: &str) -> Result<(String, String), PkiError> {
     Ok((csr.pem()?, key.serialize_pem()))
 }
 
+/// A certificate signing request for an existing key (a renewal keeps the member's key).
+pub fn csr_for_key(name: &str, key_pem: &str) -> Result<String, PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    Ok(p.serialize_request(&key)?.pem()?)
+}
+
 fn leaf_params(
     role: Role,
     name: &str,
@@ -273,6 +288,67 @@ pub fn role_of(cert_der: &[u8]) -> Option<Role> {
         rustls_pki_types::ServerName::try_from(role.dns_name())
             .is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
     })
+}
+
+/// Checks a renewal request: `cert_pem` chains to the CA `ca_pem` and is valid at `now_secs`
+/// (Unix seconds), it was issued for `name` in its role (valid for `<name>.<role>.shoal`), and
+/// the certificate signing request `csr_pem` (whose own signature proves its sender holds the
+/// key) is for the same key. Returns the role, for the renewed certificate.
+pub fn check_renewal(
+    ca_pem: &str,
+    cert_pem: &str,
+    csr_pem: &str,
+    name: &str,
+    now_secs: u64,
+) -> Result<Role, PkiError> {
+    use rcgen::PublicKeyData;
+    let refused = |why: &str| PkiError::Renewal(why.to_string());
+    let ca_der =
+        first_cert_der(ca_pem).ok_or_else(|| refused("the CA is not a PEM certificate"))?;
+    let ca_der = rustls_pki_types::CertificateDer::from(ca_der);
+    let anchor = webpki::anchor_from_trusted_cert(&ca_der)
+        .map_err(|_| refused("the CA certificate does not parse"))?;
+    let der = first_cert_der(cert_pem).ok_or_else(|| refused("no PEM certificate presented"))?;
+    let der = rustls_pki_types::CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|_| refused("the presented certificate does not parse"))?;
+    cert.verify_for_usage(
+        &[
+            webpki::ring::ECDSA_P256_SHA256,
+            webpki::ring::ECDSA_P384_SHA384,
+        ],
+        &[anchor],
+        &[],
+        rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(now_secs)),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| PkiError::Renewal(format!("the presented certificate is not valid now: {e}")))?;
+    let role = role_of(&der).ok_or_else(|| refused("the certificate has no role"))?;
+    let own_name = format!("{}.{}", name.replace('_', "-"), role.dns_name());
+    let subject = rustls_pki_types::ServerName::try_from(own_name.as_str())
+        .map_err(|_| PkiError::Name(name.to_string()))?;
+    cert.verify_is_valid_for_subject_name(&subject)
+        .map_err(|_| refused("the certificate was issued for another name"))?;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError::Csr(e.to_string()))?;
+    if csr.public_key.subject_public_key_info() != cert.subject_public_key_info().as_ref() {
+        return Err(refused(
+            "the request is for another key than the certificate's",
+        ));
+    }
+    Ok(role)
+}
+
+/// The end of a certificate's validity, in Unix seconds, and its length in seconds.
+pub fn validity_of(cert_pem: &str) -> Option<(u64, u64)> {
+    use x509_parser::prelude::FromDer;
+    let der = first_cert_der(cert_pem)?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
+    let start = cert.validity().not_before.timestamp();
+    let end = cert.validity().not_after.timestamp();
+    Some((u64::try_from(end).ok()?, u64::try_from(end - start).ok()?))
 }
 
 /// The DER of the first certificate in `pem`.
@@ -358,5 +434,32 @@ mod tests {
             ca.issue_for_csr(&bad, Role::Agent, "x", &[], &[], Duration::from_secs(60)),
             Err(PkiError::Csr(_))
         ));
+    }
+
+    #[test]
+    fn a_renewal_needs_a_valid_certificate_for_the_name_and_the_same_key() {
+        let ca = Ca::generate("test CA").unwrap();
+        let other_ca = Ca::generate("other CA").unwrap();
+        let (csr, _key) = new_csr("a1").unwrap();
+        let cert = ca
+            .issue_for_csr(&csr, Role::Agent, "a1", &[], &[], Duration::from_secs(3600))
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(
+            check_renewal(ca.cert_pem(), &cert, &csr, "a1", now).unwrap(),
+            Role::Agent
+        );
+        let (end, len) = validity_of(&cert).unwrap();
+        assert_eq!(len, 3600 + 900, "an hour, backdated by a quarter");
+        assert!(end > now && end <= now + 3600);
+        // Another name, another key, another CA, an expired certificate: refused.
+        assert!(check_renewal(ca.cert_pem(), &cert, &csr, "a2", now).is_err());
+        let (other_csr, _) = new_csr("a1").unwrap();
+        assert!(check_renewal(ca.cert_pem(), &cert, &other_csr, "a1", now).is_err());
+        assert!(check_renewal(other_ca.cert_pem(), &cert, &csr, "a1", now).is_err());
+        assert!(check_renewal(ca.cert_pem(), &cert, &csr, "a1", now + 7200).is_err());
     }
 }

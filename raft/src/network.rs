@@ -66,8 +66,8 @@ pub(crate) struct Peers {
     inner: Mutex<PeersInner>,
     /// This store's cluster id, sent with every request.
     pub(crate) cluster: Arc<crate::cluster_id::ClusterId>,
-    /// Mutual TLS for every connection, when configured.
-    tls: Option<crate::ClientTls>,
+    /// Mutual TLS for every connection, when configured (replaced by a renewal).
+    tls: Mutex<Option<crate::ClientTls>>,
 }
 
 #[derive(Debug, Default)]
@@ -118,8 +118,15 @@ impl Peers {
         Peers {
             inner: Mutex::default(),
             cluster,
-            tls,
+            tls: Mutex::new(tls),
         }
+    }
+
+    /// Presents `tls` from the next connection on: the cached channels are dropped (RPCs in
+    /// flight finish on theirs).
+    pub(crate) fn set_tls(&self, tls: crate::ClientTls) {
+        *lock(&self.tls) = Some(tls);
+        lock(&self.inner).channels.clear();
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -127,12 +134,13 @@ impl Peers {
         if let Some(ch) = inner.channels.get(addr) {
             return Ok(ch.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls = lock(&self.tls).clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let host = addr.split_once("://").map_or(addr, |(_, rest)| rest);
         let uri = format!("{scheme}://{host}");
         let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("invalid Raft address {addr:?}: {e}"))?;
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &tls {
             let cfg = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
                 .identity(tonic::transport::Identity::from_pem(
@@ -173,15 +181,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Connection {
-        let client = self.peers.channel(&node.raft_addr).map(|ch| {
-            RaftClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE)
-        });
         Connection {
             target,
             node: node.clone(),
-            client,
             peers: self.peers.clone(),
         }
     }
@@ -230,7 +232,6 @@ enum Method {
 pub(crate) struct Connection {
     target: u64,
     node: NodeInfo,
-    client: Result<RaftClient<Channel>, String>,
     peers: Arc<Peers>,
 }
 
@@ -263,7 +264,14 @@ impl Connection {
         E: std::error::Error,
         Result<Resp, RaftError<u64, E>>: DeserializeOwned,
     {
-        let mut client = match &self.client {
+        // The channel is looked up per RPC (a map lookup): after a certificate renewal the
+        // cache is emptied, and the next RPC connects with the new certificate.
+        let client = self.peers.channel(&self.node.raft_addr).map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE)
+        });
+        let mut client = match &client {
             Ok(c) => c.clone(),
             Err(reason) => {
                 return Err(RPCError::Unreachable(Unreachable::new(

@@ -363,6 +363,11 @@ impl RaftNode {
         self.initialize(members).await
     }
 
+    /// Presents `tls` to peers from the next connection on (a renewed certificate).
+    pub fn set_client_tls(&self, tls: crate::ClientTls) {
+        self.inner.peers.set_tls(tls);
+    }
+
     /// The id of the cluster this store belongs to: made by the server that formed the
     /// cluster, taken by every other member from the first RPC it was sent; none before that
     /// (or in a store older than cluster ids).

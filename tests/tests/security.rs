@@ -2044,3 +2044,137 @@ fn members_join_with_a_token_and_their_keys_stay_home() {
         tail(&s2_proc.log(), 10)
     );
 }
+
+/// Automatic renewal: with certificates that live 20 seconds, a joined agent renews its own
+/// (same key, new certificate, saved) after two thirds of its life and puts it in force without
+/// a restart: after the first certificate has expired, the server restarts, and the agent's new
+/// connection over mutual TLS succeeds with the renewed one.
+#[test]
+fn a_joined_member_renews_its_certificate_before_it_expires() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let pki = root.join("pki");
+    let p = pki.display().to_string();
+    shoal_tls(&["tls", "ca", "create", "--dir", &p]);
+    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 16);
+    sspec.bootstrap_expect = 1;
+    let ip = sspec.api.ip().to_string();
+    shoal_tls(&[
+        "tls",
+        "cert",
+        "create",
+        "--role",
+        "server",
+        "--name",
+        "server-16",
+        "--ip",
+        &ip,
+        "--ca-dir",
+        &p,
+        "--dir",
+        &p,
+    ]);
+    let f = |name: &str| pki.join(name).display().to_string();
+    sspec.extra = vec![
+        "--tls-ca".into(),
+        f("shoal-ca.pem"),
+        "--tls-cert".into(),
+        f("server-16.pem"),
+        "--tls-key".into(),
+        f("server-16-key.pem"),
+        "--tls-ca-key".into(),
+        f("shoal-ca-key.pem"),
+        "--tls-cert-ttl-seconds".into(),
+        "20".into(),
+    ];
+    let server = shoal_e2e::ServerProcess::spawn(&sspec);
+    let url = format!("http://{}", sspec.api);
+    wait_for("the CA is in the replicated state", Duration::from_secs(30), || {
+        let r = http_request(sspec.api, "GET", "/v1/tls/ca", None, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        (r.code == 200).then_some(()).ok_or_else(|| r.body)
+    });
+    let token = wait_for("a join token", Duration::from_secs(30), || {
+        let out = shoal_e2e::run_shoal(
+            &["tls", "token", "create", "--role", "agent", "--addr", &url],
+            Duration::from_secs(20),
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    let token_path = root.join("agent.token");
+    std::fs::write(&token_path, token).unwrap();
+    let mut agent = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 11);
+    agent.join = vec![sspec.gossip];
+    agent.extra = vec![
+        "--tls-ca".into(),
+        f("shoal-ca.pem"),
+        "--join-token-file".into(),
+        token_path.display().to_string(),
+        "--join-api".into(),
+        url.clone(),
+    ];
+    let agent_proc = agent.spawn();
+    let status = |api: SocketAddr| -> Result<Value, String> {
+        let r = http_request(api, "GET", "/v1/agent/status", None, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&r.body).map_err(|e| e.to_string())
+    };
+    wait_for(
+        "the agent follows over mutual TLS",
+        Duration::from_secs(30),
+        || {
+            let v = status(agent.api)?;
+            v["server"]
+                .as_str()
+                .filter(|s| s.starts_with("https://"))
+                .map(|_| ())
+                .ok_or_else(|| v.to_string())
+        },
+    );
+    let cert = agent.data_dir.join("tls").join("agent.pem");
+    let key = agent.data_dir.join("tls").join("agent-key.pem");
+    let first = std::fs::read_to_string(&cert).unwrap();
+    let key_before = std::fs::read(&key).unwrap();
+    let joined = std::time::Instant::now();
+    wait_for(
+        "the agent renews its certificate",
+        Duration::from_secs(40),
+        || {
+            let now = std::fs::read_to_string(&cert).map_err(|e| e.to_string())?;
+            (now != first)
+                .then_some(())
+                .ok_or_else(|| tail(&agent_proc.log(), 5))
+        },
+    );
+    let renewed_after = joined.elapsed();
+    assert!(
+        renewed_after >= Duration::from_secs(8),
+        "renewed after {renewed_after:?}, long before two thirds of a 25 s lifetime"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), key_before, "the key is kept");
+    assert!(agent_proc
+        .log()
+        .contains("certificate renewed and in force"));
+    // Past the first certificate's end, make the agent connect anew: only the renewed one can.
+    let remaining = Duration::from_secs(22).saturating_sub(joined.elapsed());
+    std::thread::sleep(remaining);
+    let opened_before = status(agent.api).unwrap()["streams_opened"]
+        .as_u64()
+        .unwrap();
+    drop(server);
+    let _server = shoal_e2e::ServerProcess::spawn(&sspec);
+    wait_for(
+        "the agent follows the restarted server with the renewed certificate",
+        Duration::from_secs(40),
+        || {
+            let v = status(agent.api)?;
+            let opened = v["streams_opened"].as_u64().unwrap_or(0);
+            (opened > opened_before && v["server"].as_str().is_some())
+                .then_some(())
+                .ok_or_else(|| v.to_string())
+        },
+    );
+}

@@ -52,7 +52,7 @@ const COALESCE: Duration = Duration::from_millis(20);
 
 pub async fn run(
     servers: impl Fn() -> Vec<String>,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<crate::tls::Live>,
     cache: ModelCache,
     model: watch::Sender<Arc<Model>>,
     status: Arc<Mutex<FollowStatus>>,
@@ -71,7 +71,9 @@ pub async fn run(
         let list = servers();
         if let Some(addr) = (!list.is_empty()).then(|| list[next % list.len()].clone()) {
             next = next.wrapping_add(1);
-            match Watcher::connect(&addr, current.revision(), tls.as_ref()).await {
+            // The certificate in force now: a renewed one is used from the next connection.
+            let client_tls = tls.as_ref().map(|t| t.current().client_config());
+            match Watcher::connect(&addr, current.revision(), client_tls.as_ref()).await {
                 Ok(mut w) => {
                     {
                         let mut st = status.lock().expect("status lock");

@@ -201,7 +201,7 @@ pub async fn start(
     cfg: AgentConfig,
     gossip: Option<(Gossip, Option<crate::gossip_keys::GossipKeys>)>,
     api_addr: Option<SocketAddr>,
-    tls: Option<crate::tls::Material>,
+    tls: Option<crate::tls::Live>,
     stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<Started> {
     cfg.validate()?;
@@ -321,7 +321,7 @@ pub async fn start(
         let secure = tls.is_some();
         tasks.push(tokio::spawn(follow::run(
             move || servers(&cfg, &g, secure),
-            tls.map(|m| m.client_config()),
+            tls,
             cache,
             model,
             follow_status,
@@ -426,7 +426,23 @@ where
     if let Some(api) = cfg.api.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%api, "--insecure: the agent API (registrations) listens beyond this host without credentials");
     }
-    let started = start(cfg, None, api_addr, tls, stop_rx.clone()).await?;
+    let live = tls.map(crate::tls::Live::new).transpose()?;
+    if let (Some(live), Some(api)) = (&live, &cfg.join_api) {
+        if cfg.join_token_file.is_some()
+            && cfg.tls_cert == Some(crate::enroll::paths(&cfg.data_dir, shoal_pki::Role::Agent).0)
+        {
+            let renewal = crate::enroll::Renewal {
+                data_dir: cfg.data_dir.clone(),
+                api: api.clone(),
+                role: shoal_pki::Role::Agent,
+                name: cfg.node_name(),
+                ips: Vec::new(),
+                raft: None,
+            };
+            tokio::spawn(crate::enroll::renew(renewal, live.clone(), stop_rx.clone()));
+        }
+    }
+    let started = start(cfg, None, api_addr, live, stop_rx.clone()).await?;
     let state = started.state.clone();
     on_ready(state.clone());
     let mut stop = stop_rx.clone();

@@ -95,7 +95,7 @@ pub fn need(method: &Method, path: &str, query: &str, body: &[u8], id: &Identity
         ["v1", "status"] if method == Method::GET => Need::Open,
         ["v1", "acl", "bootstrap"] if method == Method::POST => Need::Open,
         // The token in the body is the credential; the CA certificate is public.
-        ["v1", "tls", "join"] if method == Method::POST => Need::Open,
+        ["v1", "tls", "join" | "renew"] if method == Method::POST => Need::Open,
         ["v1", "tls", "ca"] if method == Method::GET => Need::Open,
         ["v1", "tls", "tokens", ..] => act("shoal:ManageJoinTokens", "*"),
         ["internal", ..] => Need::Internal,

@@ -116,6 +116,11 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub join_api: Option<String>,
+    /// How long the certificates this server signs for joining and renewing members are valid,
+    /// in seconds (members renew after two thirds of it).
+    #[arg(long, default_value_t = default_cert_ttl())]
+    #[serde(default = "default_cert_ttl")]
+    pub tls_cert_ttl_seconds: u64,
     /// A file holding the gossip key (base64, from `shoal gossip keygen`): every gossip
     /// datagram is sealed with AES-256-GCM. It seeds `<data-dir>/gossip-keyring.json` at first
     /// start; from then on that keyring (changed by `shoal gossip keyring`) is used.
@@ -141,6 +146,9 @@ pub struct ServerConfig {
     pub api_tls: bool,
 }
 
+fn default_cert_ttl() -> u64 {
+    365 * 24 * 3600
+}
 fn default_api() -> SocketAddr {
     "127.0.0.1:7070".parse().expect("literal")
 }
@@ -207,6 +215,9 @@ impl ServerConfig {
             || self.election_timeout_max_ms <= self.election_timeout_min_ms
         {
             bail!("need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+        }
+        if self.tls_cert_ttl_seconds < 10 {
+            bail!("--tls-cert-ttl-seconds must be at least 10");
         }
         if self.bootstrap_expect == Some(0) {
             bail!("--bootstrap-expect must be at least 1");

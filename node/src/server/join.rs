@@ -10,6 +10,8 @@
 //!   token (checked after a linearizable read, so a revocation anywhere counts) says the role;
 //!   the key stays on the joining host (only its CSR travels). Open: the token is the
 //!   credential. `GET /v1/tls/ca` answers the CA certificate (public).
+//! - `POST /v1/tls/renew` `{"Certificate", "Name", "Csr", "Ips"}`: a new certificate for a
+//!   member whose certificate is still valid, for the same key (the CSR proves it holds it).
 
 use std::time::Duration;
 
@@ -26,9 +28,6 @@ use shoal_model::{ApiError, ClusterCa, Command, JoinToken};
 use super::AppState;
 use crate::http::error_response;
 
-/// How long certificates signed for joining members are valid. Renewal is by joining again
-/// (with a new token) before then.
-pub const JOINED_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of a token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -37,6 +36,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/tls/ca", get(ca))
         .route("/v1/tls/join", post(join))
+        .route("/v1/tls/renew", post(renew))
         .route("/v1/tls/tokens", post(create).get(list))
         .route("/v1/tls/tokens/{id}", delete(revoke))
 }
@@ -146,12 +146,73 @@ async fn join(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     } else {
         Vec::new()
     };
-    let signed = shoal_pki::Ca::from_pem(&ca.cert_pem, &ca.key_pem).and_then(|ca| {
-        ca.issue_for_csr(&req.csr, role, &req.name, &[], &ips, JOINED_CERT_VALIDITY)
-    });
+    let signed = shoal_pki::Ca::from_pem(&ca.cert_pem, &ca.key_pem)
+        .and_then(|ca| ca.issue_for_csr(&req.csr, role, &req.name, &[], &ips, s.cert_ttl));
     match signed {
         Ok(cert) => {
             tracing::info!(token = %token.id, role = %token.role, name = %shoal_model::logsafe::LogSafe(&req.name), "a member joined: certificate signed");
+            (
+                StatusCode::OK,
+                Json(json!({ "Certificate": cert, "Ca": ca.cert_pem })),
+            )
+                .into_response()
+        }
+        Err(e) => error_response(&ApiError::bad_request(e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct RenewRequest {
+    /// The member's current certificate, still valid.
+    certificate: String,
+    name: String,
+    /// A request for the same key.
+    csr: String,
+    #[serde(default)]
+    ips: Vec<std::net::IpAddr>,
+}
+
+/// `POST /v1/tls/renew`: a new certificate for a member whose certificate is still valid,
+/// proven by a CSR for the same key (only its holder can sign one). Open: the proof is the
+/// credential. Same role and name; servers may name their addresses again.
+async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let req: RenewRequest = match shoal_model::request::json(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let Some(ca) = s.raft.read(|m| m.cluster_ca().cloned()) else {
+        return error_response(&ApiError::not_found(
+            "This cluster has no CA in its replicated state (start a server with --tls-ca-key)",
+        ));
+    };
+    let role = match shoal_pki::check_renewal(
+        &ca.cert_pem,
+        &req.certificate,
+        &req.csr,
+        &req.name,
+        now(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(reason = %e, name = %shoal_model::logsafe::LogSafe(&req.name), "renewal refused");
+            return crate::http::aws_error(
+                StatusCode::FORBIDDEN,
+                "AccessDeniedException",
+                &e.to_string(),
+            );
+        }
+    };
+    let ips = if role == shoal_pki::Role::Server {
+        req.ips
+    } else {
+        Vec::new()
+    };
+    match shoal_pki::Ca::from_pem(&ca.cert_pem, &ca.key_pem)
+        .and_then(|c| c.issue_for_csr(&req.csr, role, &req.name, &[], &ips, s.cert_ttl))
+    {
+        Ok(cert) => {
+            tracing::info!(role = role.as_str(), name = %shoal_model::logsafe::LogSafe(&req.name), "certificate renewed");
             (
                 StatusCode::OK,
                 Json(json!({ "Certificate": cert, "Ca": ca.cert_pem })),

@@ -144,6 +144,7 @@ where
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
     rcfg.snapshot_after_logs = cfg.snapshot_after_logs;
     rcfg.tls = tls.as_ref().map(crate::tls::Material::raft_client);
+    let live = tls.clone().map(crate::tls::Live::new).transpose()?;
     let raft = match RaftNode::open(rcfg.clone()).await {
         Err(shoal_raft::Error::Store(reason)) if cfg.discard_untrusted_store => {
             // The operator asked for it: keep the damaged store aside for inspection and start
@@ -224,7 +225,7 @@ where
                 acfg,
                 Some((g.clone(), gossip_keys.clone())),
                 Some(api_addr),
-                tls.clone(),
+                live.clone(),
                 stop_rx.clone(),
             )
             .await
@@ -262,8 +263,26 @@ where
         gossip: gossip.clone(),
         removed: cluster::Removed::default(),
         auth: cfg.api_auth,
+        cert_ttl: Duration::from_secs(cfg.tls_cert_ttl_seconds),
     };
     let removed = state.removed.clone();
+    // A server that joined with a token renews its own certificate.
+    if let (Some(l), Some(api), Some(_)) = (&live, &cfg.join_api, &cfg.join_token_file) {
+        if cfg.tls_cert == Some(crate::enroll::paths(&cfg.data_dir, shoal_pki::Role::Server).0) {
+            let renewal = crate::enroll::Renewal {
+                data_dir: cfg.data_dir.clone(),
+                api: api.clone(),
+                role: shoal_pki::Role::Server,
+                name: format!("server-{}", cfg.node_id),
+                ips: [cfg.api.ip(), cfg.raft.ip()]
+                    .into_iter()
+                    .filter(|ip| !ip.is_unspecified())
+                    .collect(),
+                raft: Some(raft.clone()),
+            };
+            tokio::spawn(crate::enroll::renew(renewal, l.clone(), stop_rx.clone()));
+        }
+    }
     let _ca_import = match &cfg.tls_ca_key {
         Some(key) => {
             let ca = read_cluster_ca(cfg.tls_ca.as_deref(), key)?;
@@ -302,14 +321,9 @@ where
         Duration::from_secs(5),
         stop_rx.clone(),
     );
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(m) = &tls {
-        builder = builder
-            .tls_config(m.server_config())
-            .context("configuring TLS on the gRPC port")?;
-    }
-    // With TLS, the handshake already refused any client without a certificate from the
-    // cluster CA; the Raft service further takes server certificates only.
+    // With TLS, the handshake (ours, so that a renewed certificate is presented without a
+    // restart) already refused any client without a certificate from the cluster CA; the Raft
+    // service further takes server certificates only.
     let (raft_plain, raft_guarded) = if tls.is_some() {
         let guarded = tonic::service::interceptor::InterceptedService::new(
             raft.grpc_service(),
@@ -319,23 +333,31 @@ where
     } else {
         (Some(raft.grpc_service()), None)
     };
-    let grpc = builder
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(WatchService::new(hub).into_server())
         .add_optional_service(raft_plain)
-        .add_optional_service(raft_guarded)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener).map(|conn| {
-                // Raft RPCs are small and latency-bound: without NODELAY, Nagle's algorithm
-                // holds replies back for up to 40 ms.
-                if let Ok(c) = &conn {
-                    let _ = c.set_nodelay(true);
-                }
-                conn
-            }),
-            stopped(stop_rx.clone()),
-        );
+        .add_optional_service(raft_guarded);
+    let grpc_stop = stopped(stop_rx.clone());
+    let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &live {
+            Some(l) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls::grpc_incoming(grpc_listener, l.grpc_server_config()?),
+                grpc_stop,
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener).map(|conn| {
+                    // Raft RPCs are small and latency-bound: without NODELAY, Nagle's
+                    // algorithm holds replies back for up to 40 ms.
+                    if let Ok(c) = &conn {
+                        let _ = c.set_nodelay(true);
+                    }
+                    conn
+                }),
+                grpc_stop,
+            )),
+        };
     let grpc = tokio::spawn(grpc);
     tracing::info!(grpc = %grpc_addr, "gRPC (Raft, watch) ready");
     let ready = on_ready(Running {
@@ -344,8 +366,8 @@ where
         grpc_addr,
     });
     let limits = crate::http::Limits::from_process();
-    let api_tls = match (&tls, cfg.api_tls) {
-        (Some(m), true) => Some(m.api_server_config()?),
+    let api_tls = match (&live, cfg.api_tls) {
+        (Some(l), true) => Some(l.api_server_config()?),
         _ => None,
     };
     tracing::info!(

@@ -38,6 +38,8 @@ pub struct AppState {
     /// `https` when the servers' APIs speak TLS (`--api-tls`), else `http`: how this server
     /// reaches another's API.
     pub api_scheme: &'static str,
+    /// How long the certificates this server signs for joining or renewing members are valid.
+    pub cert_ttl: std::time::Duration,
 }
 
 impl AppState {
