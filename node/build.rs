@@ -1,5 +1,6 @@
 //! Generates the gRPC stubs of shoal's own services with tonic-build's manual builder (no
-//! protoc): the messages are hand-written prost structs in `src/watch/proto.rs`.
+//! protoc): the messages are hand-written prost structs in `src/watch/proto.rs` and
+//! `src/server/rpc.rs`.
 
 fn main() {
     let watch = tonic_build::manual::Service::builder()
@@ -17,6 +18,38 @@ fn main() {
                 .build(),
         )
         .build();
-    tonic_build::manual::Builder::new().compile(&[watch]);
+    let unary = |name: &str, route: &str, input: &str, output: &str| {
+        tonic_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("tonic_prost::ProstCodec")
+            .build()
+    };
+    let forward = tonic_build::manual::Service::builder()
+        .name("Forward")
+        .package("shoal.v1")
+        .comment("What a follower asks of the leader: commits, read indexes, membership removals.")
+        .method(unary(
+            "commit",
+            "Commit",
+            "crate::server::rpc::CommitRequest",
+            "crate::server::rpc::CommitReply",
+        ))
+        .method(unary(
+            "read_index",
+            "ReadIndex",
+            "crate::server::rpc::ReadIndexRequest",
+            "crate::server::rpc::ReadIndexReply",
+        ))
+        .method(unary(
+            "remove_server",
+            "RemoveServer",
+            "crate::server::rpc::RemoveServerRequest",
+            "crate::server::rpc::RemoveServerReply",
+        ))
+        .build();
+    tonic_build::manual::Builder::new().compile(&[watch, forward]);
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -98,7 +98,7 @@ pub enum Command {
     /// Creates the first access keys (`POST /v1/acl/bootstrap`): applied only while the model
     /// holds none, so exactly one bootstrap ever succeeds, whichever server took it.
     BootstrapAccessKeys {
-        /// The operator's key and the servers' internal key.
+        /// The operator's key.
         keys: Vec<AccessKey>,
     },
     /// Adds an access key (`shoal acl create`).
@@ -182,9 +182,6 @@ pub struct AccessKey {
     pub description: String,
     /// When it was created (Unix seconds, the proposer's clock).
     pub created_at: u64,
-    /// The servers' own key, which signs requests one server forwards to another.
-    #[serde(default)]
-    pub internal: bool,
 }
 
 impl std::fmt::Debug for AccessKey {
@@ -193,7 +190,6 @@ impl std::fmt::Debug for AccessKey {
         f.debug_struct("AccessKey")
             .field("id", &self.id)
             .field("description", &self.description)
-            .field("internal", &self.internal)
             .finish_non_exhaustive()
     }
 }

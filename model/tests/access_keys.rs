@@ -4,14 +4,13 @@
 use shoal_model::store::AccessKey;
 use shoal_model::{Command, ErrorKind, Model, Reply};
 
-fn key(id: &str, internal: bool) -> AccessKey {
+fn key(id: &str) -> AccessKey {
     AccessKey {
         id: id.into(),
         secret: format!("secret-of-{id}"),
         policy: r#"{"Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#.into(),
         description: String::new(),
         created_at: 1,
-        internal,
     }
 }
 
@@ -19,7 +18,7 @@ fn key(id: &str, internal: bool) -> AccessKey {
 fn bootstrap_once_put_revoke_and_snapshot() {
     let mut m = Model::default();
     let boot = Command::BootstrapAccessKeys {
-        keys: vec![key("SHOALADMIN", false), key("SHOALINTERNAL", true)],
+        keys: vec![key("SHOALADMIN"), key("SHOALSECOND")],
     };
     let a = m.apply(1, &boot);
     assert!(matches!(a.outcome, Ok(Reply::AccessKeys { ref ids }) if ids.len() == 2));
@@ -33,7 +32,7 @@ fn bootstrap_once_put_revoke_and_snapshot() {
     let again = m.apply(
         2,
         &Command::BootstrapAccessKeys {
-            keys: vec![key("SHOALOTHER", false)],
+            keys: vec![key("SHOALOTHER")],
         },
     );
     assert_eq!(again.outcome.unwrap_err().kind, ErrorKind::Forbidden);
@@ -42,7 +41,7 @@ fn bootstrap_once_put_revoke_and_snapshot() {
     m.apply(
         3,
         &Command::PutAccessKey {
-            key: key("SHOALREAD", false),
+            key: key("SHOALREAD"),
         },
     )
     .outcome
@@ -50,7 +49,7 @@ fn bootstrap_once_put_revoke_and_snapshot() {
     let dup = m.apply(
         4,
         &Command::PutAccessKey {
-            key: key("SHOALREAD", false),
+            key: key("SHOALREAD"),
         },
     );
     assert_eq!(dup.outcome.unwrap_err().kind, ErrorKind::Conflict);
@@ -81,5 +80,5 @@ fn bootstrap_once_put_revoke_and_snapshot() {
     let replica = Model::from_resources(m.revision(), m.iter().cloned());
     assert_eq!(replica.access_keys().count(), 0);
     // And the Debug form never shows a secret.
-    assert!(!format!("{:?}", key("SHOALX", false)).contains("secret-of"));
+    assert!(!format!("{:?}", key("SHOALX")).contains("secret-of"));
 }

@@ -154,6 +154,8 @@ pub fn grpc_url(addr: impl std::fmt::Display, tls: bool) -> String {
 pub struct Live {
     current: Arc<RwLock<Material>>,
     resolver: Arc<Resolver>,
+    /// Bumped by every [`Live::set`]: clients that cache connections rebuild them.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Live {
@@ -213,6 +215,7 @@ impl Live {
             resolver: Arc::new(Resolver {
                 key: RwLock::new(key),
             }),
+            generation: Arc::default(),
         })
     }
 
@@ -233,7 +236,14 @@ impl Live {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = key;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = m;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many times the material was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The cluster gRPC port: the current certificate, and a client certificate from the CA

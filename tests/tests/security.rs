@@ -427,11 +427,54 @@ fn forge_append(
     })
 }
 
+/// The follower-to-leader Forward service as an attacker would call it: a commit that deletes
+/// `mesh`, sent with `cert` (none: no client certificate).
+fn forge_forward(
+    raft: SocketAddr,
+    pki: &std::path::Path,
+    cert: Option<&str>,
+    mesh: &str,
+) -> Result<(), String> {
+    use shoal::server::rpc::forward::forward_client::ForwardClient;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = std::fs::read_to_string(pki.join("shoal-ca.pem")).expect("CA");
+    rt.block_on(async {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+            .domain_name("server.shoal");
+        if let Some(name) = cert {
+            let c = std::fs::read_to_string(pki.join(format!("{name}.pem"))).expect("cert");
+            let k = std::fs::read_to_string(pki.join(format!("{name}-key.pem"))).expect("key");
+            tls = tls.identity(tonic::transport::Identity::from_pem(c, k));
+        }
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{raft}"))
+            .map_err(|e| e.to_string())?
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        let delete =
+            json!({"Delete": {"key": {"kind": "Mesh", "mesh": mesh, "parent": "", "name": mesh}}});
+        ForwardClient::new(ch)
+            .commit(shoal::server::rpc::CommitRequest {
+                command: serde_json::to_vec(&delete).expect("JSON"),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    })
+}
+
 /// Three servers with certificates from `shoal tls` form a cluster over mutual TLS and
 /// replicate writes. A client without a certificate is refused in the TLS handshake, before any
 /// Raft code runs; an agent's certificate gets through the handshake but not to Raft
-/// (PermissionDenied); neither changes the term or the data. A server started with an agent's
-/// certificate is refused at start.
+/// (PermissionDenied), nor to the leader's Forward service; none changes the term or the data.
+/// A server started with an agent's certificate is refused at start.
 #[test]
 fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
     let pki = tempfile::tempdir().expect("temp dir");
@@ -474,7 +517,7 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
     let leader = c.wait_leader(&all, &all, Duration::from_secs(60));
     // With --api-auth too: bootstrap a key (through any server: the CLI finds the leader),
     // then write through a follower and read on the other one. The follower forwards the
-    // write, and the read's ReadIndex, to the leader signed with the servers' internal key.
+    // write, and the read's ReadIndex, to the leader over the cluster port's mutual TLS.
     let creds = c.root().join("credentials");
     let boot = shoal_e2e::run_shoal(
         &[
@@ -543,6 +586,34 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
     let agent = forge_append(c.spec(1).raft, pki.path(), Some("a1"), &incarnation)
         .expect_err("an agent certificate is refused by the Raft service");
     assert!(agent.starts_with("PermissionDenied"), "{agent}");
+    // The leader's Forward service (what followers send writes through) takes server
+    // certificates only: the API's forwarded-commit attack has no door left.
+    let raft_of_leader = c.spec(leader).raft;
+    let no_cert = forge_forward(raft_of_leader, pki.path(), None, "tls-mesh")
+        .expect_err("a forwarded commit without a certificate is refused");
+    assert!(
+        !no_cert.contains("PermissionDenied"),
+        "refused in the handshake: {no_cert}"
+    );
+    let agent = forge_forward(raft_of_leader, pki.path(), Some("a1"), "tls-mesh")
+        .expect_err("a forwarded commit with an agent certificate is refused");
+    assert!(agent.starts_with("PermissionDenied"), "{agent}");
+    let (ok, out, _) = aws_profile(
+        c.api(leader),
+        &creds,
+        &[
+            "--profile",
+            "shoal",
+            "appmesh",
+            "describe-mesh",
+            "--mesh-name",
+            "tls-mesh",
+        ],
+    );
+    assert!(
+        ok && out.contains("tls-mesh"),
+        "the mesh survived the forged commits"
+    );
 
     let after = node_status(c.api(1)).expect("status");
     assert_eq!(after.term, term, "the forged term was not taken");
@@ -2089,11 +2160,15 @@ fn a_joined_member_renews_its_certificate_before_it_expires() {
     ];
     let server = shoal_e2e::ServerProcess::spawn(&sspec);
     let url = format!("http://{}", sspec.api);
-    wait_for("the CA is in the replicated state", Duration::from_secs(30), || {
-        let r = http_request(sspec.api, "GET", "/v1/tls/ca", None, Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
-        (r.code == 200).then_some(()).ok_or_else(|| r.body)
-    });
+    wait_for(
+        "the CA is in the replicated state",
+        Duration::from_secs(30),
+        || {
+            let r = http_request(sspec.api, "GET", "/v1/tls/ca", None, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            (r.code == 200).then_some(()).ok_or_else(|| r.body)
+        },
+    );
     let token = wait_for("a join token", Duration::from_secs(30), || {
         let out = shoal_e2e::run_shoal(
             &["tls", "token", "create", "--role", "agent", "--addr", &url],

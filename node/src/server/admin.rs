@@ -77,39 +77,26 @@ async fn remove_server(
     State(s): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<RemoveServer>,
 ) -> Response {
-    // Recorded first, so the membership loop cannot re-add the server in between.
-    if let Some(g) = &s.gossip {
-        let generation = g
-            .members()
-            .iter()
-            .find(|m| m.meta.raft_id == Some(q.node_id))
-            .map(|m| m.generation);
-        if let Some(generation) = generation {
-            s.removed
-                .lock()
-                .expect("removed lock")
-                .insert(q.node_id, generation);
-        }
-    }
+    super::cluster::mark_removed(s.gossip.as_ref(), &s.removed, q.node_id);
     match s.raft.remove_node(q.node_id).await {
         Ok(()) => (StatusCode::OK, axum::Json(json!({ "removed": q.node_id }))).into_response(),
         Err(shoal_raft::Error::ForwardToLeader {
             leader: Some(l), ..
         }) => {
-            let url = format!(
-                "{}://{}/v1/operator/remove-server?node_id={}",
-                s.api_scheme, l.api_addr, q.node_id
-            );
-            match super::forward::send_signed(&s, s.http.post(&url)).await {
-                Ok(r) => {
-                    let status = StatusCode::from_u16(r.status().as_u16())
-                        .unwrap_or(StatusCode::BAD_GATEWAY);
-                    let body: serde_json::Value = r.json().await.unwrap_or_default();
-                    (status, axum::Json(body)).into_response()
+            let forwarded = match s.forwarder.client(&l.raft_addr) {
+                Ok(mut c) => c
+                    .remove_server(super::rpc::RemoveServerRequest { node_id: q.node_id })
+                    .await
+                    .map_err(|e| e.message().to_string()),
+                Err(e) => Err(e.message),
+            };
+            match forwarded {
+                Ok(_) => {
+                    (StatusCode::OK, axum::Json(json!({ "removed": q.node_id }))).into_response()
                 }
                 Err(e) => error_response(&ApiError::new(
                     shoal_model::ErrorKind::ServiceUnavailable,
-                    format!("Cannot reach the leader: {e}"),
+                    format!("The leader could not remove server {}: {e}", q.node_id),
                 )),
             }
         }

@@ -2,8 +2,8 @@
 //! and the one-time `POST /v1/acl/bootstrap` carries an AWS Signature Version 4 made with a key
 //! shoal issued, verified against the key's secret in the replicated model, and is allowed by
 //! the key's policy for the action it asks (`appmesh:CreateVirtualNode` on the node's ARN,
-//! `shoal:SnapshotRestore`, …). The internal endpoints (a follower's forwarded writes and
-//! reads) take the servers' internal key only.
+//! `shoal:SnapshotRestore`, …). What followers ask of the leader goes over the cluster gRPC
+//! port (mutual TLS, server certificates only: `rpc.rs`), never through this API.
 //!
 //! Also the access-key endpoints: `POST /v1/acl/bootstrap`, `POST|GET /v1/acl/keys`,
 //! `DELETE /v1/acl/keys/{id}`.
@@ -32,8 +32,6 @@ use crate::http::{aws_error, error_response};
 pub enum Need {
     /// Nothing: health checks and the one-time bootstrap.
     Open,
-    /// The servers' internal key.
-    Internal,
     /// A key whose policy allows `action` on `resource`.
     Action {
         /// `appmesh:CreateMesh`, `shoal:SnapshotSave`, …
@@ -98,7 +96,6 @@ pub fn need(method: &Method, path: &str, query: &str, body: &[u8], id: &Identity
         ["v1", "tls", "join" | "renew"] if method == Method::POST => Need::Open,
         ["v1", "tls", "ca"] if method == Method::GET => Need::Open,
         ["v1", "tls", "tokens", ..] => act("shoal:ManageJoinTokens", "*"),
-        ["internal", ..] => Need::Internal,
         ["v1", "acl", ..] => act("shoal:ManageAccessKeys", "*"),
         ["v1", "snapshot"] => act("shoal:SnapshotSave", "*"),
         ["v1", "snapshot", "restore"] => act("shoal:SnapshotRestore", "*"),
@@ -286,9 +283,8 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
         return aws_error(StatusCode::FORBIDDEN, e.code(), &e.to_string());
     }
     let key = found.expect("a verified request has a key");
-    let allowed = match need(&parts.method, &path, &query, &bytes, &s.identity) {
-        Need::Open => true,
-        Need::Internal => key.internal,
+    match need(&parts.method, &path, &query, &bytes, &s.identity) {
+        Need::Open => {}
         Need::Action { action, resource } => {
             let decision = Policy::parse(&key.policy)
                 .map(|p| p.decide(&action, &resource))
@@ -303,18 +299,7 @@ pub async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -
                     ),
                 );
             }
-            true
         }
-    };
-    if !allowed {
-        return aws_error(
-            StatusCode::FORBIDDEN,
-            "AccessDeniedException",
-            &format!(
-                "Key {} may not call the servers' internal endpoints",
-                key.id
-            ),
-        );
     }
     let mut parts = parts;
     parts.extensions.insert(crate::http::Authorized);
@@ -332,7 +317,7 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// A new key: id `SHOAL` + 16 upper-case letters and digits, secret of 40 characters, both
 /// from the OS's random source.
-fn new_key(policy: &Policy, description: &str, internal: bool) -> AccessKey {
+fn new_key(policy: &Policy, description: &str) -> AccessKey {
     const ID: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let pick = |alphabet: &[u8], n: usize| -> String {
@@ -346,7 +331,6 @@ fn new_key(policy: &Policy, description: &str, internal: bool) -> AccessKey {
         policy: serde_json::to_string(policy).expect("a policy serializes"),
         description: description.to_string(),
         created_at: u64::try_from(now_secs()).unwrap_or(0),
-        internal,
     }
 }
 
@@ -354,22 +338,20 @@ fn key_answer(k: &AccessKey) -> serde_json::Value {
     json!({ "AccessKeyId": k.id, "SecretAccessKey": k.secret, "Description": k.description })
 }
 
-/// The first key (every action) and the servers' internal key, committed on this server (the
-/// leader) if no key exists yet. Returns the first key.
+/// The first key (every action), committed on this server (the leader) if no key exists yet.
 pub async fn bootstrap_keys(
     raft: &shoal_raft::RaftNode,
 ) -> Result<Result<AccessKey, ApiError>, shoal_raft::WriteError> {
-    let admin = new_key(&Policy::admin(), "bootstrap (every action)", false);
-    let internal = new_key(&Policy::admin(), "servers' internal key", true);
+    let admin = new_key(&Policy::admin(), "bootstrap (every action)");
     let cmd = Command::BootstrapAccessKeys {
-        keys: vec![admin.clone(), internal],
+        keys: vec![admin.clone()],
     };
     let w = raft.write(cmd).await?;
     Ok(w.outcome.map(|_| admin))
 }
 
 /// `POST /v1/acl/bootstrap`: the first key (every action), once per cluster, unauthenticated;
-/// refused once any key exists. Also creates the servers' internal key.
+/// refused once any key exists.
 async fn bootstrap(State(s): State<AppState>) -> Response {
     match bootstrap_keys(&s.raft).await {
         Ok(outcome) => match outcome {
@@ -414,7 +396,7 @@ async fn create(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
         Ok(p) => p,
         Err(e) => return error_response(&ApiError::bad_request(e.to_string())),
     };
-    let key = new_key(&policy, &req.description, false);
+    let key = new_key(&policy, &req.description);
     match super::forward::commit_reply(&s, Command::PutAccessKey { key: key.clone() }).await {
         Ok(_) => (StatusCode::OK, Json(key_answer(&key))).into_response(),
         Err(e) => error_response(&e),
@@ -434,7 +416,6 @@ async fn list(State(s): State<AppState>) -> Response {
                     "Description": k.description,
                     "Policy": serde_json::from_str::<serde_json::Value>(&k.policy).unwrap_or_default(),
                     "CreatedAt": k.created_at,
-                    "Internal": k.internal,
                 })
             })
             .collect()
@@ -442,16 +423,8 @@ async fn list(State(s): State<AppState>) -> Response {
     (StatusCode::OK, Json(json!({ "AccessKeys": keys }))).into_response()
 }
 
-/// `DELETE /v1/acl/keys/{id}`: revokes a key (not the servers' internal key, which forwarding
-/// needs).
+/// `DELETE /v1/acl/keys/{id}`: revokes a key.
 async fn revoke(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    if s.raft
-        .read(|m| m.access_key(&id).is_some_and(|k| k.internal))
-    {
-        return error_response(&ApiError::bad_request(
-            "The servers' internal key cannot be revoked",
-        ));
-    }
     match super::forward::commit_reply(&s, Command::RevokeAccessKey { id: id.clone() }).await {
         Ok(_) => (StatusCode::OK, Json(json!({ "AccessKeyId": id }))).into_response(),
         Err(e) => error_response(&e),
@@ -475,7 +448,6 @@ mod tests {
         let cases: Vec<(Method, &str, &str, &str, Need)> = vec![
             (Method::GET, "/v1/status", "", "", Need::Open),
             (Method::POST, "/v1/acl/bootstrap", "", "", Need::Open),
-            (Method::POST, "/internal/v1/commit", "", "", Need::Internal),
             (
                 Method::GET,
                 "/v1/acl/keys",

@@ -42,6 +42,24 @@ pub struct Peer {
 /// server removed right after it died would be re-added before gossip notices the death.
 pub type Removed = std::sync::Arc<std::sync::Mutex<BTreeMap<u64, u64>>>;
 
+/// Records that an operator removed server `node_id`, with the gossip generation it has now, so
+/// that this server's membership loop (should it lead) does not add it back until it restarts.
+/// Called before the removal, so the loop cannot re-add it in between.
+pub fn mark_removed(gossip: Option<&Gossip>, removed: &Removed, node_id: u64) {
+    let generation = gossip.and_then(|g| {
+        g.members()
+            .iter()
+            .find(|m| m.meta.raft_id == Some(node_id))
+            .map(|m| m.generation)
+    });
+    if let Some(generation) = generation {
+        removed
+            .lock()
+            .expect("removed lock")
+            .insert(node_id, generation);
+    }
+}
+
 /// What Raft says about the cluster, from this server's point of view.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RaftView {

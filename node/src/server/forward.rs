@@ -1,48 +1,22 @@
 //! Any server accepts writes and linearizable reads; only the leader can commit or confirm
 //! leadership, so followers forward. Writes travel as the already-parsed [`Command`] (the
-//! follower did the parsing and validation) to the leader's internal endpoint; reads ask the
-//! leader for a read index (ReadIndex: the leader confirms it is still leader with a quorum)
-//! and wait until the local state machine has applied it, then read locally.
+//! follower did the parsing and validation) to the leader's `shoal.v1.Forward` service on the
+//! cluster gRPC port (mutual TLS, server certificates only: `rpc.rs`); reads ask the leader for
+//! a read index (ReadIndex: the leader confirms it is still leader with a quorum) and wait
+//! until the local state machine has applied it, then read locally.
 
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use shoal_model::{ApiError, Command, ErrorKind, Outcome, Reply, Resource};
 use shoal_raft::{Error as RaftError, NodeInfo, WriteError};
 
 use super::AppState;
-use crate::http::error_response;
 
-/// Path of the leader's commit endpoint.
-const COMMIT: &str = "/internal/v1/commit";
-/// Path of the leader's read-index endpoint.
-const READ_INDEX: &str = "/internal/v1/read-index";
 /// How many times a write follows a leader change before giving up.
 const ATTEMPTS: usize = 5;
 
 fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::ServiceUnavailable, message)
-}
-
-/// Sends `req` to another server, signed with the servers' internal key when the API requires
-/// signatures (the leader's internal endpoints take that key only).
-pub(super) async fn send_signed(
-    state: &AppState,
-    req: reqwest::RequestBuilder,
-) -> reqwest::Result<reqwest::Response> {
-    let mut req = req.build()?;
-    if let Some(creds) = state.internal_credentials() {
-        if let Err(e) = crate::sign::sign(&mut req, &creds) {
-            // Sent unsigned, it is refused and reported as such.
-            tracing::error!(error = %e, "cannot sign a forwarded request");
-        }
-    }
-    state.http.execute(req).await
 }
 
 /// Commits `cmd` on the leader, wherever it is, and returns the resource it answers with.
@@ -86,7 +60,7 @@ async fn commit_inner(state: &AppState, cmd: Command) -> Result<Reply, ApiError>
                     Err(Forward::NotSent(e)) => {
                         last_error = unavailable(format!(
                             "Cannot reach the leader at {}: {e}",
-                            leader.api_addr
+                            leader.raft_addr
                         ))
                     }
                     Err(Forward::Failed(e)) => return Err(e),
@@ -113,27 +87,29 @@ async fn forward_commit(
     leader: &NodeInfo,
     cmd: &Command,
 ) -> Result<Outcome, Forward> {
-    let url = format!("{}://{}{COMMIT}", state.api_scheme, leader.api_addr);
-    let resp = send_signed(state, state.http.post(&url).json(cmd))
-        .await
-        .map_err(|e| {
-            if e.is_connect() {
-                Forward::NotSent(e.to_string())
-            } else {
-                Forward::Failed(unavailable(format!("The leader did not answer: {e}")))
-            }
-        })?;
-    if resp.status().is_success() {
-        resp.json::<Outcome>()
-            .await
-            .map_err(|e| Forward::Failed(unavailable(format!("Bad answer from the leader: {e}"))))
-    } else {
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let message = body["message"]
-            .as_str()
-            .unwrap_or("the leader refused the write")
-            .to_string();
-        Err(Forward::Failed(unavailable(message)))
+    let command = serde_json::to_vec(cmd).map_err(|e| {
+        Forward::Failed(ApiError::new(
+            ErrorKind::InternalServerError,
+            format!("cannot encode the command: {e}"),
+        ))
+    })?;
+    let mut client = state
+        .forwarder
+        .client(&leader.raft_addr)
+        .map_err(|e| Forward::NotSent(e.message))?;
+    match client.commit(super::rpc::CommitRequest { command }).await {
+        Ok(reply) => serde_json::from_slice(&reply.get_ref().outcome)
+            .map_err(|e| Forward::Failed(unavailable(format!("Bad answer from the leader: {e}")))),
+        // Unavailable: the leader was not reached, or answered that it did not commit (it is
+        // no longer the leader): either way nothing was committed, and the write follows the
+        // new leader.
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(Forward::NotSent(status.message().to_string()))
+        }
+        Err(status) => Err(Forward::Failed(unavailable(format!(
+            "The leader did not answer: {}",
+            status.message()
+        )))),
     }
 }
 
@@ -145,27 +121,22 @@ pub async fn linearize(state: &AppState) -> Result<(), ApiError> {
             leader: Some(leader),
             ..
         }) => {
-            let url = format!("{}://{}{READ_INDEX}", state.api_scheme, leader.api_addr);
-            let resp = send_signed(state, state.http.get(&url))
+            let mut client = state.forwarder.client(&leader.raft_addr)?;
+            let index = client
+                .read_index(super::rpc::ReadIndexRequest {})
                 .await
                 .map_err(|e| {
                     unavailable(format!(
-                        "Cannot reach the leader at {}: {e}",
-                        leader.api_addr
+                        "The leader at {} could not confirm a read index: {}",
+                        leader.raft_addr,
+                        e.message()
                     ))
-                })?;
-            if !resp.status().is_success() {
-                return Err(unavailable(
-                    "The leader could not confirm a read index; retry shortly",
-                ));
-            }
-            let ri: ReadIndex = resp
-                .json()
-                .await
-                .map_err(|e| unavailable(format!("Bad answer from the leader: {e}")))?;
+                })?
+                .get_ref()
+                .index;
             state
                 .raft
-                .wait_applied(ri.index, Duration::from_secs(5))
+                .wait_applied(index, Duration::from_secs(5))
                 .await
                 .map_err(|e| unavailable(format!("This server is too far behind the leader: {e}")))
         }
@@ -176,38 +147,4 @@ pub async fn linearize(state: &AppState) -> Result<(), ApiError> {
             "A linearizable read needs the Raft leader: {e}"
         ))),
     }
-}
-
-/// The leader's answer to a read-index request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReadIndex {
-    /// Log index a follower must have applied to read linearizably.
-    pub index: u64,
-}
-
-/// A follower's forwarded write. Checked again here, as the follower should have checked it:
-/// the leader never commits a command no API request could have produced.
-async fn commit_endpoint(State(s): State<AppState>, Json(cmd): Json<Command>) -> Response {
-    if let Err(e) = shoal_model::check::command(&cmd) {
-        tracing::warn!(error = %shoal_model::logsafe::LogSafe(&e.message), "refused a forwarded command");
-        return (StatusCode::OK, Json(Outcome::Err(e))).into_response();
-    }
-    match s.raft.write(cmd).await {
-        Ok(w) => (StatusCode::OK, Json(w.outcome)).into_response(),
-        Err(e) => error_response(&unavailable(format!("Not committed here: {e}"))),
-    }
-}
-
-async fn read_index_endpoint(State(s): State<AppState>) -> Response {
-    match s.raft.read_index().await {
-        Ok(index) => (StatusCode::OK, Json(ReadIndex { index })).into_response(),
-        Err(e) => error_response(&unavailable(format!("No read index here: {e}"))),
-    }
-}
-
-/// The internal endpoints followers call on the leader.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(COMMIT, post(commit_endpoint))
-        .route(READ_INDEX, get(read_index_endpoint))
 }

@@ -20,6 +20,7 @@ mod config;
 mod forward;
 mod join;
 mod metrics;
+pub mod rpc;
 mod state;
 
 pub use config::ServerConfig;
@@ -245,20 +246,7 @@ where
             region: cfg.region.clone(),
         }),
         metrics: Arc::new(Metrics::new()),
-        http: {
-            let mut b = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .connect_timeout(Duration::from_secs(1));
-            if let (Some(m), true) = (&tls, cfg.api_tls) {
-                // Other servers' APIs are HTTPS too, with certificates from the cluster CA.
-                b = b.tls_built_in_root_certs(false).add_root_certificate(
-                    reqwest::Certificate::from_pem(m.ca_pem().as_bytes())
-                        .context("reading the cluster CA certificate")?,
-                );
-            }
-            b.build().context("building the HTTP client")?
-        },
-        api_scheme: if cfg.api_tls { "https" } else { "http" },
+        forwarder: Arc::new(rpc::Forwarder::new(live.clone())),
         members: gossip.clone().or(agent_gossip),
         gossip: gossip.clone(),
         removed: cluster::Removed::default(),
@@ -333,12 +321,29 @@ where
     } else {
         (Some(raft.grpc_service()), None)
     };
+    // The leader's Forward service takes server certificates only, as Raft does.
+    let forward = rpc::forward::forward_server::ForwardServer::new(rpc::ForwardService::new(
+        raft.clone(),
+        gossip.clone(),
+        removed.clone(),
+    ));
+    let (forward_plain, forward_guarded) = if tls.is_some() {
+        let guarded = tonic::service::interceptor::InterceptedService::new(
+            forward,
+            crate::tls::require_server_peer,
+        );
+        (None, Some(guarded))
+    } else {
+        (Some(forward), None)
+    };
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(WatchService::new(hub).into_server())
         .add_optional_service(raft_plain)
-        .add_optional_service(raft_guarded);
+        .add_optional_service(raft_guarded)
+        .add_optional_service(forward_plain)
+        .add_optional_service(forward_guarded);
     let grpc_stop = stopped(stop_rx.clone());
     let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &live {
@@ -428,7 +433,6 @@ fn read_cluster_ca(
 /// The whole HTTP surface of a server: the App Mesh API, status and metrics.
 pub fn router(state: AppState) -> Router {
     appmesh::routes()
-        .merge(forward::routes())
         .merge(admin::routes())
         .merge(auth::routes())
         .merge(join::routes())

@@ -25,8 +25,8 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
-    /// Client for calls to other servers (forwarding to the leader).
-    pub http: reqwest::Client,
+    /// Calls to the leader's `shoal.v1.Forward` service (commits, read indexes, removals).
+    pub forwarder: Arc<super::rpc::Forwarder>,
     /// Gossip membership, when this server runs in a cluster.
     pub gossip: Option<shoal_gossip::Gossip>,
     /// Servers removed by an operator, kept out until they restart.
@@ -35,28 +35,6 @@ pub struct AppState {
     pub members: Option<shoal_gossip::Gossip>,
     /// Whether the API requires SigV4 signatures with keys shoal issued (`--api-auth`).
     pub auth: bool,
-    /// `https` when the servers' APIs speak TLS (`--api-tls`), else `http`: how this server
-    /// reaches another's API.
-    pub api_scheme: &'static str,
     /// How long the certificates this server signs for joining or renewing members are valid.
     pub cert_ttl: std::time::Duration,
-}
-
-impl AppState {
-    /// The servers' internal key, to sign forwarded requests with (when `--api-auth` is on
-    /// and the keys were bootstrapped).
-    pub fn internal_credentials(&self) -> Option<crate::sign::Credentials> {
-        if !self.auth {
-            return None;
-        }
-        self.raft.read(|m| {
-            m.access_keys()
-                .find(|k| k.internal)
-                .map(|k| crate::sign::Credentials {
-                    access_key: k.id.clone(),
-                    secret: k.secret.clone(),
-                    region: self.identity.region.clone(),
-                })
-        })
-    }
 }
