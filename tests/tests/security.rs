@@ -2166,7 +2166,7 @@ fn a_joined_member_renews_its_certificate_before_it_expires() {
         || {
             let r = http_request(sspec.api, "GET", "/v1/tls/ca", None, Duration::from_secs(2))
                 .map_err(|e| e.to_string())?;
-            (r.code == 200).then_some(()).ok_or_else(|| r.body)
+            (r.code == 200).then_some(()).ok_or(r.body)
         },
     );
     let token = wait_for("a join token", Duration::from_secs(30), || {
