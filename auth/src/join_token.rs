@@ -81,12 +81,20 @@ pub fn check(token: &str, stored: Option<(&str, u64)>, now: u64) -> Result<(), J
 mod tests {
     use super::*;
 
+    /// A presented token, the stored hash and expiry, the time, and the decision.
+    type Case<'a> = (
+        &'a str,
+        Option<(&'a str, u64)>,
+        u64,
+        Result<(), JoinRefusal>,
+    );
+
     #[test]
     fn decisions() {
         let (id, secret, hash) = generate();
         let token = format!("{id}.{secret}");
         let other = format!("{id}.{}", "0".repeat(32));
-        let cases: Vec<(&str, Option<(&str, u64)>, u64, Result<(), JoinRefusal>)> = vec![
+        let cases: Vec<Case> = vec![
             (&token, Some((&hash, 100)), 99, Ok(())),
             (
                 &token,
