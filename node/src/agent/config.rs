@@ -169,6 +169,16 @@ impl AgentConfig {
                 );
             }
         }
+        if let Some(xds) = self.xds {
+            if !xds.ip().is_loopback() && !self.xds_auth && !self.insecure {
+                bail!(
+                    "--xds {xds} is reachable beyond this host, and without --xds-auth any \
+                     client that names a proxy gets its whole configuration: give --xds-auth \
+                     (`shoal envoy bootstrap --proxy-token-key` puts each proxy's token in its \
+                     bootstrap), keep xDS on loopback, or --insecure"
+                );
+            }
+        }
         if self.join_token_file.is_some() && (self.tls_ca.is_none() || self.join_api.is_none()) {
             bail!("--join-token-file needs --tls-ca (the cluster CA certificate) and --join-api (a server's API URL)");
         }
@@ -227,6 +237,19 @@ mod tests {
             "apps.local/colorteller/colorteller-red-1"
         );
         assert_eq!(cfg.dns, Some("127.0.0.1:8600".parse().unwrap()));
+    }
+
+    #[test]
+    fn xds_beyond_loopback_needs_proxy_tokens_or_insecure() {
+        let mut c = AgentConfig::new("/tmp/x".into(), "127.0.0.1:7946".parse().unwrap());
+        c.xds = Some("10.0.1.23:18000".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--xds-auth") && e.contains("--insecure"), "{e}");
+        c.xds_auth = true;
+        c.validate().unwrap();
+        c.xds_auth = false;
+        c.insecure = true;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -423,6 +423,9 @@ where
             "--insecure: following servers beyond this host without TLS"
         );
     }
+    if let Some(xds) = cfg.xds.filter(|a| !a.ip().is_loopback() && !cfg.xds_auth) {
+        tracing::warn!(%xds, "--insecure: xDS listens beyond this host without --xds-auth; any client that names a proxy gets its configuration");
+    }
     if let Some(api) = cfg.api.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%api, "--insecure: the agent API (registrations) listens beyond this host without credentials");
     }
