@@ -184,14 +184,23 @@ async fn snapshot_purge_restart() {
                 .expect("write");
             assert!(w.outcome.is_ok());
         }
-        // LogsSinceLast(5) has built a snapshot by now, or will shortly; force one as well.
-        node.raft().trigger().snapshot().await.expect("trigger");
-        let m = node
-            .raft()
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= 8), "snapshot")
-            .await
-            .expect("snapshot built");
+        // LogsSinceLast(5) has built a snapshot by now, or will shortly; force one covering
+        // every write as well. openraft drops a trigger that arrives while the automatic
+        // snapshot is still being built, so trigger again until one covers index 8.
+        let mut built = None;
+        for _ in 0..10 {
+            node.raft().trigger().snapshot().await.expect("trigger");
+            if let Ok(m) = node
+                .raft()
+                .wait(Some(Duration::from_secs(1)))
+                .metrics(|m| m.snapshot.is_some_and(|s| s.index >= 8), "snapshot")
+                .await
+            {
+                built = Some(m);
+                break;
+            }
+        }
+        let m = built.expect("a snapshot covering every write within 10 triggers");
         let snap = m.snapshot.unwrap();
         // Drop the log the snapshot covers, so the restart must start from the snapshot.
         node.raft()

@@ -1783,8 +1783,9 @@ fn gossip_is_sealed_rogues_are_shut_out_and_the_key_rotates_live() {
 }
 
 /// Two one-server clusters pointed at each other's gossip (one key, shared seeds: an operator's
-/// slip): neither leader takes the other server in, whose log it would overwrite; both report
-/// the stranger; each keeps its own data. A third server given `--join` without
+/// slip): neither leader's log reaches the other server (an accidental learner add during the
+/// start-up race is refused by the stranger and undone); both report the stranger; each keeps
+/// its own data. A third server given `--join` without
 /// `--bootstrap-expect` never forms a cluster of its own: it ends in exactly one of the two.
 #[test]
 fn a_server_of_another_cluster_is_never_taken_in() {
@@ -1858,6 +1859,19 @@ fn a_server_of_another_cluster_is_never_taken_in() {
         })
         .unwrap_or_default()
     };
+    // A leader that saw the other server while it was still new (before it bootstrapped) may
+    // have added it as a learner; the learner refused every RPC (another cluster's id), so
+    // nothing of it was overwritten, and the leader drops it once it announces its cluster.
+    wait_for(
+        "each cluster is its own server alone",
+        Duration::from_secs(20),
+        || {
+            let (ia, ib) = (member_ids(a.api), member_ids(b.api));
+            (ia == [11] && ib == [12])
+                .then_some(())
+                .ok_or_else(|| format!("a: {ia:?}, b: {ib:?}"))
+        },
+    );
     for _ in 0..6 {
         assert_eq!(member_ids(a.api), [11]);
         assert_eq!(member_ids(b.api), [12]);
