@@ -39,6 +39,28 @@ pub struct JoinWith<'a> {
     pub insecure: bool,
 }
 
+impl<'a> JoinWith<'a> {
+    /// The join a member's flags ask for: a token file, a server's API and the CA, and no
+    /// certificate of its own (`tls_cert`); none otherwise.
+    pub fn from_flags(
+        tls_cert: Option<&PathBuf>,
+        token_file: Option<&'a PathBuf>,
+        api: Option<&'a String>,
+        ca: Option<&'a PathBuf>,
+        insecure: bool,
+    ) -> Option<JoinWith<'a>> {
+        match (tls_cert, token_file, api, ca) {
+            (None, Some(token_file), Some(api), Some(ca)) => Some(JoinWith {
+                ca,
+                token_file,
+                api,
+                insecure,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// This member's certificate and key files: the ones a previous join left, or new ones signed
 /// through `with.api` for the token.
 pub async fn enroll(
@@ -70,38 +92,16 @@ pub async fn enroll(
     }
     let token = std::fs::read_to_string(token_file)
         .with_context(|| format!("reading the join token {}", token_file.display()))?;
-    let ca_pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&ca_pem)
-                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
-        )
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
+    let ca_pem =
+        std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
     let (csr, key_pem) = shoal_pki::new_csr(name)?;
-    let endpoint = url.join("/v1/tls/join")?;
-    let answer = http
-        .post(endpoint.clone())
-        .json(&json!({ "Token": token.trim(), "Name": name, "Csr": csr, "Ips": ips }))
-        .send()
-        .await
-        .with_context(|| format!("joining through {endpoint}"))?;
-    let status = answer.status();
-    let body: Value = answer.json().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!(
-            "{endpoint} refused the join ({status}): {}",
-            body["message"]
-                .as_str()
-                .or(body["Message"].as_str())
-                .unwrap_or("no reason given")
-        );
-    }
-    let signed = body["Certificate"]
-        .as_str()
-        .context("the join answer holds no certificate")?;
+    let signed = ask_to_sign(
+        &ca_pem,
+        &url,
+        "/v1/tls/join",
+        json!({ "Token": token.trim(), "Name": name, "Csr": csr, "Ips": ips }),
+    )
+    .await?;
     let dir = cert.parent().expect("a file in the tls dir");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_synced(&key, key_pem.as_bytes(), 0o600)?;
@@ -198,33 +198,56 @@ pub async fn renew(
 
 async fn renew_once(r: &Renewal, m: &crate::tls::Material) -> anyhow::Result<crate::tls::Material> {
     let csr = shoal_pki::csr_for_key(&r.name, m.key_pem())?;
+    let base = reqwest::Url::parse(&r.api)?;
+    let cert = ask_to_sign(
+        m.ca_pem(),
+        &base,
+        "/v1/tls/renew",
+        json!({ "Certificate": m.cert_pem(), "Name": r.name, "Csr": csr, "Ips": r.ips }),
+    )
+    .await?;
+    Ok(m.with_certificate(cert))
+}
+
+/// POSTs `body` to `path` of the server at `base` over HTTPS trusting only the cluster CA
+/// `ca_pem`, and returns the certificate it signed (or why it refused).
+async fn ask_to_sign(
+    ca_pem: &str,
+    base: &reqwest::Url,
+    path: &str,
+    body: Value,
+) -> anyhow::Result<String> {
     let http = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(m.ca_pem().as_bytes())?)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca_pem.as_bytes())
+                .context("the cluster CA is not a PEM certificate")?,
+        )
         .timeout(std::time::Duration::from_secs(30))
-        .build()?;
-    let url = reqwest::Url::parse(&r.api)?.join("/v1/tls/renew")?;
+        .build()
+        .context("building the HTTP client")?;
+    let url = base.join(path)?;
     let answer = http
         .post(url.clone())
-        .json(&json!({ "Certificate": m.cert_pem(), "Name": r.name, "Csr": csr, "Ips": r.ips }))
+        .json(&body)
         .send()
         .await
-        .with_context(|| format!("renewing through {url}"))?;
+        .with_context(|| format!("asking {url}"))?;
     let status = answer.status();
     let body: Value = answer.json().await.unwrap_or_default();
     if !status.is_success() {
         bail!(
-            "{url} refused the renewal ({status}): {}",
+            "{url} refused ({status}): {}",
             body["message"]
                 .as_str()
                 .or(body["Message"].as_str())
                 .unwrap_or("no reason given")
         );
     }
-    let cert = body["Certificate"]
+    Ok(body["Certificate"]
         .as_str()
-        .context("the answer holds no certificate")?;
-    Ok(m.with_certificate(cert.to_string()))
+        .context("the answer holds no certificate")?
+        .to_string())
 }
 
 /// Replaces `path` with `bytes`: a temporary file, fsynced, renamed, the directory fsynced.

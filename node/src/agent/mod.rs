@@ -392,18 +392,13 @@ where
         let _ = stop_tx.send(true);
     });
     let mut cfg = cfg;
-    if let (None, Some(token_file), Some(api), Some(ca)) = (
-        &cfg.tls_cert,
-        &cfg.join_token_file,
-        &cfg.join_api,
-        &cfg.tls_ca,
+    if let Some(with) = crate::enroll::JoinWith::from_flags(
+        cfg.tls_cert.as_ref(),
+        cfg.join_token_file.as_ref(),
+        cfg.join_api.as_ref(),
+        cfg.tls_ca.as_ref(),
+        cfg.insecure,
     ) {
-        let with = crate::enroll::JoinWith {
-            ca,
-            token_file,
-            api,
-            insecure: cfg.insecure,
-        };
         let name = cfg.node_name();
         let (cert, key) =
             crate::enroll::enroll(&cfg.data_dir, with, shoal_pki::Role::Agent, &name, &[]).await?;

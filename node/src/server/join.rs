@@ -141,16 +141,30 @@ async fn join(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
         "server" => shoal_pki::Role::Server,
         _ => shoal_pki::Role::Agent,
     };
+    tracing::info!(token = %token.id, role = %token.role, name = %shoal_model::logsafe::LogSafe(&req.name), "a member joins with a token");
+    sign(&s, &ca, &req.csr, role, &req.name, &req.ips)
+}
+
+/// Signs `csr` for `role` and `name` (and `ips`, for a server) with the cluster CA: the
+/// answer of a join and of a renewal.
+fn sign(
+    s: &AppState,
+    ca: &ClusterCa,
+    csr: &str,
+    role: shoal_pki::Role,
+    name: &str,
+    ips: &[std::net::IpAddr],
+) -> Response {
     let ips = if role == shoal_pki::Role::Server {
-        req.ips.clone()
+        ips
     } else {
-        Vec::new()
+        &[]
     };
-    let signed = shoal_pki::Ca::from_pem(&ca.cert_pem, &ca.key_pem)
-        .and_then(|ca| ca.issue_for_csr(&req.csr, role, &req.name, &[], &ips, s.cert_ttl));
-    match signed {
+    match shoal_pki::Ca::from_pem(&ca.cert_pem, &ca.key_pem)
+        .and_then(|c| c.issue_for_csr(csr, role, name, &[], ips, s.cert_ttl))
+    {
         Ok(cert) => {
-            tracing::info!(token = %token.id, role = %token.role, name = %shoal_model::logsafe::LogSafe(&req.name), "a member joined: certificate signed");
+            tracing::info!(role = role.as_str(), name = %shoal_model::logsafe::LogSafe(name), "certificate signed");
             (
                 StatusCode::OK,
                 Json(json!({ "Certificate": cert, "Ca": ca.cert_pem })),
@@ -203,24 +217,7 @@ async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
             );
         }
     };
-    let ips = if role == shoal_pki::Role::Server {
-        req.ips
-    } else {
-        Vec::new()
-    };
-    match shoal_pki::Ca::from_pem(&ca.cert_pem, &ca.key_pem)
-        .and_then(|c| c.issue_for_csr(&req.csr, role, &req.name, &[], &ips, s.cert_ttl))
-    {
-        Ok(cert) => {
-            tracing::info!(role = role.as_str(), name = %shoal_model::logsafe::LogSafe(&req.name), "certificate renewed");
-            (
-                StatusCode::OK,
-                Json(json!({ "Certificate": cert, "Ca": ca.cert_pem })),
-            )
-                .into_response()
-        }
-        Err(e) => error_response(&ApiError::bad_request(e.to_string())),
-    }
+    sign(&s, &ca, &req.csr, role, &req.name, &req.ips)
 }
 
 #[derive(Deserialize)]

@@ -76,18 +76,13 @@ where
     cfg.validate()?;
     crate::http::raise_descriptor_limit();
     let mut cfg = cfg;
-    if let (None, Some(token_file), Some(api), Some(ca)) = (
-        &cfg.tls_cert,
-        &cfg.join_token_file,
-        &cfg.join_api,
-        &cfg.tls_ca,
+    if let Some(with) = crate::enroll::JoinWith::from_flags(
+        cfg.tls_cert.as_ref(),
+        cfg.join_token_file.as_ref(),
+        cfg.join_api.as_ref(),
+        cfg.tls_ca.as_ref(),
+        cfg.insecure,
     ) {
-        let with = crate::enroll::JoinWith {
-            ca,
-            token_file,
-            api,
-            insecure: cfg.insecure,
-        };
         let ips: Vec<std::net::IpAddr> = [cfg.api.ip(), cfg.raft.ip()]
             .into_iter()
             .filter(|ip| !ip.is_unspecified())
