@@ -298,7 +298,12 @@ pub fn grpc_incoming(
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     tokio::spawn(async move {
         loop {
-            let (stream, peer) = match listener.accept().await {
+            // Stops (and releases the port) once tonic no longer takes connections.
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot accept a gRPC connection");
@@ -323,9 +328,6 @@ pub fn grpc_incoming(
                     Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
                 }
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
