@@ -392,19 +392,24 @@ where
         let _ = stop_tx.send(true);
     });
     let mut cfg = cfg;
-    if let Some(with) = crate::enroll::JoinWith::from_flags(
+    let joined = match crate::enroll::JoinWith::from_flags(
         cfg.tls_cert.as_ref(),
         cfg.join_token_file.as_ref(),
         cfg.join_api.as_ref(),
         cfg.tls_ca.as_ref(),
         cfg.insecure,
     ) {
-        let name = cfg.node_name();
-        let (cert, key) =
-            crate::enroll::enroll(&cfg.data_dir, with, shoal_pki::Role::Agent, &name, &[]).await?;
-        cfg.tls_cert = Some(cert);
-        cfg.tls_key = Some(key);
-    }
+        Some(with) => {
+            let name = cfg.node_name();
+            let (cert, key) =
+                crate::enroll::enroll(&cfg.data_dir, with, shoal_pki::Role::Agent, &name, &[])
+                    .await?;
+            cfg.tls_cert = Some(cert);
+            cfg.tls_key = Some(key);
+            true
+        }
+        None => false,
+    };
     let tls = crate::tls::Material::load(
         cfg.tls_ca.as_ref(),
         cfg.tls_cert.as_ref(),
@@ -425,20 +430,17 @@ where
         tracing::warn!(%api, "--insecure: the agent API (registrations) listens beyond this host without credentials");
     }
     let live = tls.map(crate::tls::Live::new).transpose()?;
-    if let (Some(live), Some(api)) = (&live, &cfg.join_api) {
-        if cfg.join_token_file.is_some()
-            && cfg.tls_cert == Some(crate::enroll::paths(&cfg.data_dir, shoal_pki::Role::Agent).0)
-        {
-            let renewal = crate::enroll::Renewal {
-                data_dir: cfg.data_dir.clone(),
-                api: api.clone(),
-                role: shoal_pki::Role::Agent,
-                name: cfg.node_name(),
-                ips: Vec::new(),
-                raft: None,
-            };
-            tokio::spawn(crate::enroll::renew(renewal, live.clone(), stop_rx.clone()));
-        }
+    // An agent that joined with a token renews its own certificate.
+    if let (true, Some(live), Some(api)) = (joined, &live, &cfg.join_api) {
+        let renewal = crate::enroll::Renewal {
+            data_dir: cfg.data_dir.clone(),
+            api: api.clone(),
+            role: shoal_pki::Role::Agent,
+            name: cfg.node_name(),
+            ips: Vec::new(),
+            raft: None,
+        };
+        tokio::spawn(crate::enroll::renew(renewal, live.clone(), stop_rx.clone()));
     }
     let started = start(cfg, None, api_addr, live, stop_rx.clone()).await?;
     let state = started.state.clone();

@@ -76,24 +76,34 @@ where
     cfg.validate()?;
     crate::http::raise_descriptor_limit();
     let mut cfg = cfg;
-    if let Some(with) = crate::enroll::JoinWith::from_flags(
+    // The name and addresses this server's certificate is for, when it joins with a token.
+    let tls_name = format!("server-{}", cfg.node_id);
+    let tls_ips: Vec<std::net::IpAddr> = [cfg.api.ip(), cfg.raft.ip()]
+        .into_iter()
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let joined = match crate::enroll::JoinWith::from_flags(
         cfg.tls_cert.as_ref(),
         cfg.join_token_file.as_ref(),
         cfg.join_api.as_ref(),
         cfg.tls_ca.as_ref(),
         cfg.insecure,
     ) {
-        let ips: Vec<std::net::IpAddr> = [cfg.api.ip(), cfg.raft.ip()]
-            .into_iter()
-            .filter(|ip| !ip.is_unspecified())
-            .collect();
-        let name = format!("server-{}", cfg.node_id);
-        let (cert, key) =
-            crate::enroll::enroll(&cfg.data_dir, with, shoal_pki::Role::Server, &name, &ips)
-                .await?;
-        cfg.tls_cert = Some(cert);
-        cfg.tls_key = Some(key);
-    }
+        Some(with) => {
+            let (cert, key) = crate::enroll::enroll(
+                &cfg.data_dir,
+                with,
+                shoal_pki::Role::Server,
+                &tls_name,
+                &tls_ips,
+            )
+            .await?;
+            cfg.tls_cert = Some(cert);
+            cfg.tls_key = Some(key);
+            true
+        }
+        None => false,
+    };
     let tls = crate::tls::Material::load(
         cfg.tls_ca.as_ref(),
         cfg.tls_cert.as_ref(),
@@ -250,33 +260,21 @@ where
     };
     let removed = state.removed.clone();
     // A server that joined with a token renews its own certificate.
-    if let (Some(l), Some(api), Some(_)) = (&live, &cfg.join_api, &cfg.join_token_file) {
-        if cfg.tls_cert == Some(crate::enroll::paths(&cfg.data_dir, shoal_pki::Role::Server).0) {
-            let renewal = crate::enroll::Renewal {
-                data_dir: cfg.data_dir.clone(),
-                api: api.clone(),
-                role: shoal_pki::Role::Server,
-                name: format!("server-{}", cfg.node_id),
-                ips: [cfg.api.ip(), cfg.raft.ip()]
-                    .into_iter()
-                    .filter(|ip| !ip.is_unspecified())
-                    .collect(),
-                raft: Some(raft.clone()),
-            };
-            tokio::spawn(crate::enroll::renew(renewal, l.clone(), stop_rx.clone()));
-        }
+    if let (true, Some(l), Some(api)) = (joined, &live, &cfg.join_api) {
+        let renewal = crate::enroll::Renewal {
+            data_dir: cfg.data_dir.clone(),
+            api: api.clone(),
+            role: shoal_pki::Role::Server,
+            name: tls_name,
+            ips: tls_ips,
+            raft: Some(raft.clone()),
+        };
+        tokio::spawn(crate::enroll::renew(renewal, l.clone(), stop_rx.clone()));
     }
-    let _ca_import = match &cfg.tls_ca_key {
-        Some(key) => {
-            let ca = read_cluster_ca(cfg.tls_ca.as_deref(), key)?;
-            Some(tokio::spawn(join::import_ca(
-                state.clone(),
-                ca,
-                stop_rx.clone(),
-            )))
-        }
-        None => None,
-    };
+    if let Some(key) = &cfg.tls_ca_key {
+        let ca = read_cluster_ca(cfg.tls_ca.as_deref(), key)?;
+        tokio::spawn(join::import_ca(state.clone(), ca, stop_rx.clone()));
+    }
     // Authentication in front of everything this API serves, the embedded agent's routes too.
     let app = extra
         .merge(router(state.clone()))
