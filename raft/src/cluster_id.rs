@@ -106,11 +106,14 @@ impl ClusterId {
         if theirs.is_empty() {
             return Ok(Admission::Same);
         }
-        if let Some(ours) = self.get() {
+        // The common case, on every RPC: compared under the read lock, nothing copied.
+        if let Some(ours) = self.id.read().unwrap_or_else(|e| e.into_inner()).as_deref() {
             return Ok(if ours == theirs {
                 Admission::Same
             } else {
-                Admission::Foreign { ours }
+                Admission::Foreign {
+                    ours: ours.to_string(),
+                }
             });
         }
         let mut id = self.id.write().unwrap_or_else(|e| e.into_inner());
