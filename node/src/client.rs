@@ -194,8 +194,17 @@ pub fn http_builder() -> anyhow::Result<reqwest::ClientBuilder> {
 }
 
 impl Client {
-    /// A client for the server at `addr` (`http://host:port`).
+    /// A client for the server at `addr` (`http://host:port`), signing with the operator's
+    /// key when one is found ([`crate::sign::Credentials::resolve`]).
     pub fn new(addr: &str) -> anyhow::Result<Client> {
+        let mut c = Client::unsigned(addr)?;
+        c.credentials = crate::sign::Credentials::resolve()?;
+        Ok(c)
+    }
+
+    /// A client for the server at `addr` that signs nothing (for an API without
+    /// `--api-auth`, such as `shoal dev`'s).
+    pub fn unsigned(addr: &str) -> anyhow::Result<Client> {
         let base = Url::parse(addr)
             .with_context(|| format!("{addr:?} is not a URL (like http://127.0.0.1:7070)"))?;
         let http = http_builder()?
@@ -206,7 +215,7 @@ impl Client {
             base,
             http,
             stale: false,
-            credentials: crate::sign::Credentials::from_env(),
+            credentials: None,
         })
     }
 
@@ -236,7 +245,7 @@ impl Client {
         ca_pem: &str,
         credentials: Option<crate::sign::Credentials>,
     ) -> anyhow::Result<Client> {
-        let mut c = Client::new(addr)?;
+        let mut c = Client::unsigned(addr)?;
         c.http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .tls_built_in_root_certs(false)

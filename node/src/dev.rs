@@ -185,7 +185,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let scheme = if secure { "https" } else { "http" };
             let addr = format!("{scheme}://{}", running.api_addr);
             let client = match &ca_path {
-                None => Client::new(&addr),
+                None => Client::unsigned(&addr),
                 Some(ca) => match dev_credentials(&running.raft, &creds_path, &region).await {
                     Ok(creds) => std::fs::read_to_string(ca)
                         .context("reading the dev CA")

@@ -106,11 +106,88 @@ pub async fn enroll(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_synced(&key, key_pem.as_bytes(), 0o600)?;
     write_synced(&cert, signed.as_bytes(), 0o644)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
+    sync_dir(dir)?;
     tracing::info!(role = role.as_str(), %name, cert = %cert.display(), "joined with a token: certificate signed by the cluster CA");
     Ok((cert, key))
+}
+
+/// The TLS files of a server started with `--tls-bootstrap`, in `<data-dir>/tls`.
+pub struct Founded {
+    /// The cluster CA certificate (`ca.pem`): what every other member and client trusts.
+    pub ca: PathBuf,
+    /// This server's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA (certificate and key) still to put into the replicated state: its key's file
+    /// (`ca-key.pem`) stays until that commits ([`forget_ca_key`]), so a crash before it loses
+    /// nothing.
+    pub to_import: Option<shoal_model::ClusterCa>,
+}
+
+/// The cluster CA and this server's certificate, made at the first start of a server founding
+/// its cluster (`--tls-bootstrap`), or the ones that start left. A store that already belongs
+/// to a cluster without them is refused: a new CA would not be trusted by its peers.
+pub fn found(
+    data_dir: &Path,
+    name: &str,
+    ips: &[IpAddr],
+    valid_for: std::time::Duration,
+) -> anyhow::Result<Founded> {
+    let (cert, key) = paths(data_dir, shoal_pki::Role::Server);
+    let dir = cert.parent().expect("a file in the tls dir").to_path_buf();
+    let ca = dir.join("ca.pem");
+    let ca_key = dir.join("ca-key.pem");
+    if !(cert.exists() && key.exists() && ca.exists()) {
+        if data_dir.join("raft").exists() {
+            bail!(
+                "--tls-bootstrap: {} already holds a Raft store, but {} does not hold the CA and                  certificate its first start made: put them back, or start with --tls-ca,                  --tls-cert and --tls-key",
+                data_dir.display(),
+                dir.display()
+            );
+        }
+        let made = shoal_pki::Ca::generate("shoal cluster CA")?;
+        let issued = made.issue(shoal_pki::Role::Server, name, &[], ips, valid_for)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The server's certificate last: its presence marks a finished start.
+        write_synced(&ca_key, made.key_pem().as_bytes(), 0o600)?;
+        write_synced(&ca, made.cert_pem().as_bytes(), 0o644)?;
+        write_synced(&key, issued.key_pem.as_bytes(), 0o600)?;
+        write_synced(&cert, issued.cert_pem.as_bytes(), 0o644)?;
+        sync_dir(&dir)?;
+        tracing::info!(ca = %ca.display(), cert = %cert.display(), "--tls-bootstrap: made the cluster CA and this server's certificate; hand out the CA certificate to members and clients");
+    }
+    let to_import = if ca_key.exists() {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        Some(shoal_model::ClusterCa {
+            cert_pem: read(&ca)?,
+            key_pem: read(&ca_key)?,
+        })
+    } else {
+        None
+    };
+    Ok(Founded {
+        ca,
+        cert,
+        key,
+        to_import,
+    })
+}
+
+/// Deletes the CA key's file a founding server kept until the CA was in the replicated state.
+pub fn forget_ca_key(data_dir: &Path) -> anyhow::Result<()> {
+    let dir = data_dir.join("tls");
+    let ca_key = dir.join("ca-key.pem");
+    std::fs::remove_file(&ca_key).with_context(|| format!("deleting {}", ca_key.display()))?;
+    sync_dir(&dir)
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
@@ -255,8 +332,5 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("pem.tmp");
     write_synced(&tmp, bytes, 0o644)?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }

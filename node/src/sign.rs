@@ -30,15 +30,99 @@ impl Credentials {
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` (or `AWS_DEFAULT_REGION`, else `us-east-1`).
     /// None when either key variable is missing.
     pub fn from_env() -> Option<Credentials> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let key = |k: &str| var(k);
         Some(Credentials {
-            access_key: var("AWS_ACCESS_KEY_ID")?,
-            secret: var("AWS_SECRET_ACCESS_KEY")?,
-            region: var("AWS_REGION")
-                .or_else(|| var("AWS_DEFAULT_REGION"))
-                .unwrap_or_else(|| "us-east-1".into()),
+            access_key: key("AWS_ACCESS_KEY_ID")?,
+            secret: key("AWS_SECRET_ACCESS_KEY")?,
+            region: region(),
         })
     }
+
+    /// What the shoal CLI signs with, found as the AWS CLI finds it: the key in the
+    /// environment ([`Credentials::from_env`]); else the profile `AWS_PROFILE` (or `default`)
+    /// of the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, or
+    /// `~/.aws/credentials`), such as the one `shoal acl bootstrap --credentials-file` writes.
+    /// None without either (the request goes unsigned); an error when a profile named by
+    /// `AWS_PROFILE` is not there.
+    pub fn resolve() -> anyhow::Result<Option<Credentials>> {
+        if let Some(c) = Credentials::from_env() {
+            return Ok(Some(c));
+        }
+        let named = var("AWS_PROFILE");
+        let profile = named.clone().unwrap_or_else(|| "default".into());
+        let file = match var("AWS_SHARED_CREDENTIALS_FILE") {
+            Some(f) => std::path::PathBuf::from(f),
+            None => match var("HOME") {
+                Some(home) => std::path::Path::new(&home).join(".aws").join("credentials"),
+                None => return Ok(None),
+            },
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && named.is_none() => {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "reading the AWS credentials file {}: {e}",
+                    file.display()
+                ))
+            }
+        };
+        match profile_keys(&text, &profile) {
+            Some((access_key, secret)) => Ok(Some(Credentials {
+                access_key,
+                secret,
+                region: region(),
+            })),
+            None if named.is_none() => Ok(None),
+            None => Err(anyhow::anyhow!(
+                "AWS_PROFILE={profile}: {} has no profile [{profile}] with aws_access_key_id and aws_secret_access_key",
+                file.display()
+            )),
+        }
+    }
+}
+
+fn var(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+fn region() -> String {
+    var("AWS_REGION")
+        .or_else(|| var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
+/// The access key id and secret of `profile` in the text of an AWS shared credentials file
+/// (INI: `[profile]` sections of `name = value` lines, `#` and `;` comments).
+pub fn profile_keys(text: &str, profile: &str) -> Option<(String, String)> {
+    let (mut id, mut secret) = (None, None);
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(['#', ';']) {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == profile;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v.trim().to_string()),
+                "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some((
+        id.filter(|s| !s.is_empty())?,
+        secret.filter(|s| !s.is_empty())?,
+    ))
 }
 
 /// Every header as a (name, value) pair of strings, as SigV4 reads them (values that are not
@@ -100,4 +184,26 @@ pub fn sign(req: &mut reqwest::Request, creds: &Credentials) -> anyhow::Result<(
     .map_err(|e| anyhow::anyhow!("signing the request: {e}"))?;
     req.headers_mut().insert("authorization", value.parse()?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::profile_keys;
+
+    #[test]
+    fn a_profile_is_read_from_a_shared_credentials_file() {
+        let text = "# keys\n[default]\naws_access_key_id = AKDEFAULT\naws_secret_access_key = s1\n\n\
+                    [shoal]\n; written by shoal acl bootstrap\naws_access_key_id=SHOALKEY\n\
+                    aws_secret_access_key = se=cret\nregion = us-west-2\n[half]\naws_access_key_id = X\n";
+        assert_eq!(
+            profile_keys(text, "shoal"),
+            Some(("SHOALKEY".into(), "se=cret".into()))
+        );
+        assert_eq!(
+            profile_keys(text, "default"),
+            Some(("AKDEFAULT".into(), "s1".into()))
+        );
+        assert_eq!(profile_keys(text, "half"), None, "no secret");
+        assert_eq!(profile_keys(text, "missing"), None);
+    }
 }

@@ -2254,3 +2254,269 @@ fn a_joined_member_renews_its_certificate_before_it_expires() {
         },
     );
 }
+
+/// The README's secure recipe: the first server founds the cluster's trust (`--tls-bootstrap`:
+/// the CA is made when it bootstraps, put into the replicated state, and its key's file
+/// deleted once that commits); the operator bootstraps an API key and makes join tokens with
+/// the shoal CLI, which signs with the AWS profile that bootstrap wrote; two more servers and
+/// an agent join with tokens and never see a CA key. The three servers vote, a write through
+/// one (the AWS CLI) is read through another (the shoal CLI), the agent follows over mutual
+/// TLS, the first server renews its own certificate through its own API, and after the first
+/// certificate has expired it restarts on the renewed one, with the same CA, and leads again.
+#[test]
+fn a_cluster_founded_with_tls_bootstrap_grows_by_tokens() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let gossip_key = root.join("gossip.key");
+    let keygen = shoal_e2e::run_shoal(&["gossip", "keygen"], Duration::from_secs(20));
+    assert!(keygen.status.success());
+    std::fs::write(&gossip_key, &keygen.stdout).unwrap();
+    let gk = gossip_key.display().to_string();
+    let mut s1 = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 17);
+    s1.bootstrap_expect = 1;
+    s1.extra = [
+        "--tls-bootstrap",
+        "--api-auth",
+        "--api-tls",
+        "--gossip-key-file",
+        &gk,
+        "--tls-cert-ttl-seconds",
+        "30",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut p1 = shoal_e2e::ServerProcess::spawn(&s1);
+    let tls_dir = s1.data_dir.join("tls");
+    let ca = tls_dir.join("ca.pem");
+    let url1 = format!("https://{}", s1.api);
+    let creds = root.join("credentials");
+    // The shoal CLI as an operator runs it: trusting the CA, signing with the profile.
+    let shoal = |args: &[&str], profile: bool| {
+        let mut c = std::process::Command::new(shoal_bin());
+        c.args(args)
+            .env("AWS_CA_BUNDLE", &ca)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("HOME", root)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE");
+        if profile {
+            c.env("AWS_PROFILE", "shoal");
+        }
+        let out = c.output().expect("run shoal");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let creds_arg = creds.display().to_string();
+    wait_for(
+        "an API key bootstrapped over HTTPS",
+        Duration::from_secs(30),
+        || {
+            if !ca.exists() {
+                return Err(format!("no {}: {}", ca.display(), tail(&p1.log(), 5)));
+            }
+            let (ok, _, err) = shoal(
+                &[
+                    "acl",
+                    "bootstrap",
+                    "--addr",
+                    &url1,
+                    "--credentials-file",
+                    &creds_arg,
+                ],
+                false,
+            );
+            ok.then_some(()).ok_or(err)
+        },
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&tls_dir.join("server-key.pem")), 0o600);
+    wait_for(
+        "the CA key's file is deleted once the CA is replicated",
+        Duration::from_secs(30),
+        || {
+            (!tls_dir.join("ca-key.pem").exists())
+                .then_some(())
+                .ok_or_else(|| tail(&p1.log(), 5))
+        },
+    );
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let token = |role: &str| {
+        let (ok, out, err) = shoal(
+            &["tls", "token", "create", "--role", role, "--addr", &url1],
+            true,
+        );
+        assert!(ok, "token create --role {role}: {err}");
+        let path = root.join(format!("{role}.token"));
+        std::fs::write(&path, out.trim()).unwrap();
+        path.display().to_string()
+    };
+    let server_token = token("server");
+    let agent_token = token("agent");
+    let ca_arg = ca.display().to_string();
+    let mut joined = Vec::new();
+    for id in [18, 19] {
+        let mut s = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, id);
+        s.join = vec![s1.gossip];
+        s.extra = [
+            "--tls-ca",
+            &ca_arg,
+            "--join-token-file",
+            &server_token,
+            "--join-api",
+            &url1,
+            "--gossip-key-file",
+            &gk,
+            "--api-auth",
+            "--api-tls",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut args = s.args();
+        let at = args.iter().position(|x| x == "--bootstrap-expect").unwrap();
+        args.drain(at..at + 2); // joining servers never found a cluster
+        std::fs::create_dir_all(&s.data_dir).unwrap();
+        let p = Process::spawn(&format!("server {id}"), &shoal_bin(), &args, &s.log);
+        joined.push((s, p));
+    }
+    let three_voters = |url: &str| {
+        let (ok, out, err) = shoal(&["status", "--addr", url, "-o", "json"], true);
+        if !ok {
+            return Err(err);
+        }
+        let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let st = shoal_e2e::NodeStatus::parse(&v).ok_or_else(|| out.clone())?;
+        let voters = st
+            .members
+            .iter()
+            .filter(|m| m.healthy && (m.role == "leader" || m.role == "follower"))
+            .count();
+        (voters == 3).then_some(()).ok_or(out)
+    };
+    wait_for(
+        "two servers joined by token vote beside the first",
+        Duration::from_secs(60),
+        || three_voters(&url1),
+    );
+    for (s, _) in &joined {
+        let dir = s.data_dir.join("tls");
+        assert!(dir.join("server.pem").exists());
+        assert!(
+            !dir.join("ca-key.pem").exists(),
+            "a joined server holds no CA key"
+        );
+    }
+    // A write through server 18 (the AWS CLI, the profile), read through server 19.
+    let url = |s: &shoal_e2e::ServerSpec| format!("https://{}", s.api);
+    let (ok, _, err) = aws_profile_at(
+        &url(&joined[0].0),
+        &creds,
+        &[
+            "--profile",
+            "shoal",
+            "--ca-bundle",
+            &ca_arg,
+            "appmesh",
+            "create-mesh",
+            "--mesh-name",
+            "founded",
+        ],
+    );
+    assert!(ok, "create-mesh through a joined server: {err}");
+    let (ok, out, err) = shoal(&["get", "meshes", "--addr", &url(&joined[1].0)], true);
+    assert!(
+        ok && out.contains("founded"),
+        "shoal get through the other: {out} {err}"
+    );
+    let (ok, _, err) = shoal(&["get", "meshes", "--addr", &url(&joined[1].0)], false);
+    assert!(
+        !ok && err.contains("MissingAuthenticationToken"),
+        "without the profile the CLI signs nothing and is refused: {err}"
+    );
+    // An agent joins with its token and follows over mutual TLS.
+    let mut agent = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 12);
+    agent.join = vec![s1.gossip];
+    agent.extra = [
+        "--tls-ca",
+        &ca_arg,
+        "--join-token-file",
+        &agent_token,
+        "--join-api",
+        &url1,
+        "--gossip-key-file",
+        &gk,
+    ]
+    .map(String::from)
+    .to_vec();
+    let agent_proc = agent.spawn();
+    wait_for(
+        "the agent follows over mutual TLS",
+        Duration::from_secs(30),
+        || {
+            let r = http_request(
+                agent.api,
+                "GET",
+                "/v1/agent/status",
+                None,
+                Duration::from_secs(2),
+            )
+            .map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+            v["server"]
+                .as_str()
+                .filter(|s| s.starts_with("https://"))
+                .map(|_| ())
+                .ok_or_else(|| format!("{} {}", r.body, tail(&agent_proc.log(), 3)))
+        },
+    );
+    // The founding server renews its own certificate (30 s lifetime) through its own API.
+    let cert = tls_dir.join("server.pem");
+    let first = std::fs::read_to_string(&cert).unwrap();
+    let key_before = std::fs::read(tls_dir.join("server-key.pem")).unwrap();
+    let first_end = shoal_pki::validity_of(&first).map_or(0, |(end, _)| end);
+    wait_for(
+        "the founding server renews its certificate",
+        Duration::from_secs(40),
+        || {
+            let now = std::fs::read_to_string(&cert).map_err(|e| e.to_string())?;
+            (now != first)
+                .then_some(())
+                .ok_or_else(|| tail(&p1.log(), 5))
+        },
+    );
+    assert_eq!(
+        std::fs::read(tls_dir.join("server-key.pem")).unwrap(),
+        key_before
+    );
+    assert!(p1.log().contains("certificate renewed and in force"));
+    // Past the first certificate's end, restart it: its peers' new handshakes need the
+    // renewed one, and the CA stays the one it made.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::thread::sleep(Duration::from_secs(first_end.saturating_sub(now) + 1));
+    p1.terminate(Duration::from_secs(20));
+    let p1 = shoal_e2e::ServerProcess::spawn(&s1);
+    // (Only the leader sees every member's health: ask each server.)
+    let urls = [url1.clone(), url(&joined[0].0), url(&joined[1].0)];
+    wait_for(
+        "the restarted founder is a healthy voter again",
+        Duration::from_secs(60),
+        || {
+            let answers: Vec<String> = urls.iter().filter_map(|u| three_voters(u).err()).collect();
+            (answers.len() < urls.len())
+                .then_some(())
+                .ok_or_else(|| answers.join("\n"))
+        },
+    );
+    assert_eq!(std::fs::read_to_string(&ca).unwrap(), ca_pem, "same CA");
+    assert!(!tls_dir.join("ca-key.pem").exists());
+    let (ok, _, err) = shoal(
+        &["tls", "token", "create", "--role", "agent", "--addr", &url1],
+        true,
+    );
+    assert!(ok, "the restarted founder serves and signs: {err}");
+    drop(p1);
+}

@@ -106,6 +106,15 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub tls_ca_key: Option<PathBuf>,
+    /// Found the cluster's trust on this server, its first: at its first start it makes the
+    /// cluster CA and its own certificate (`<data-dir>/tls`: `ca.pem`, the CA certificate to
+    /// hand out; `server.pem` and `server-key.pem`), puts the CA into the replicated state once
+    /// it leads (the CA key's file is deleted as soon as that commits), and renews its own
+    /// certificate from it. The other servers and the agents then join with tokens. Only with
+    /// `--bootstrap-expect 1` (or no gossip), and none of the other `--tls-*` files.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls_bootstrap: bool,
     /// A file holding a join token (`shoal tls token create --role server`): without
     /// `--tls-cert`, this server gets its certificate from `--join-api` with it (its key made
     /// here, kept in `<data-dir>/tls`).
@@ -225,10 +234,31 @@ impl ServerConfig {
         if self.join_token_file.is_some() && (self.tls_ca.is_none() || self.join_api.is_none()) {
             bail!("--join-token-file needs --tls-ca (the cluster CA certificate) and --join-api (a server's API URL)");
         }
-        if self.api_tls && self.tls_cert.is_none() && self.join_token_file.is_none() {
+        if self.tls_bootstrap {
+            if self.tls_ca.is_some()
+                || self.tls_cert.is_some()
+                || self.tls_key.is_some()
+                || self.tls_ca_key.is_some()
+                || self.join_token_file.is_some()
+            {
+                bail!("--tls-bootstrap makes this server's CA and certificate: give none of --tls-ca, --tls-cert, --tls-key, --tls-ca-key and --join-token-file with it");
+            }
+            if self.expect() != 1 {
+                bail!("--tls-bootstrap founds a new cluster: only on its first server, with --bootstrap-expect 1 (the other servers join it with `shoal tls token create --role server` tokens)");
+            }
+        }
+        if self.api_tls
+            && self.tls_cert.is_none()
+            && self.join_token_file.is_none()
+            && !self.tls_bootstrap
+        {
             bail!("--api-tls serves this server's certificate: give --tls-ca, --tls-cert and --tls-key");
         }
-        if self.tls_ca.is_none() && !self.raft.ip().is_loopback() && !self.insecure {
+        if self.tls_ca.is_none()
+            && !self.tls_bootstrap
+            && !self.raft.ip().is_loopback()
+            && !self.insecure
+        {
             bail!(
                 "--raft {} is reachable beyond this host, and without TLS anyone who reaches it \
                  can forge Raft messages: give --tls-ca, --tls-cert and --tls-key (certificates \
@@ -312,6 +342,30 @@ mod tests {
         assert!(c.validate().is_err(), "HTTPS without signatures");
         c.insecure = true;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_bootstrap_is_for_the_first_server_alone_and_makes_its_own_files() {
+        let mut c = ServerConfig::new(1, "/tmp/x".into());
+        c.api = "10.0.0.11:7070".parse().unwrap();
+        c.raft = "10.0.0.11:7071".parse().unwrap();
+        c.gossip = Some("10.0.0.11:7946".parse().unwrap());
+        c.api_auth = true;
+        c.api_tls = true;
+        c.tls_bootstrap = true;
+        c.bootstrap_expect = Some(1);
+        c.validate().unwrap();
+        c.bootstrap_expect = Some(3);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--bootstrap-expect 1"), "{e}");
+        c.bootstrap_expect = None;
+        c.join = vec!["10.0.0.12:7946".into()];
+        assert!(c.validate().is_err(), "a joining server founds nothing");
+        c.join.clear();
+        c.bootstrap_expect = Some(1);
+        c.tls_ca = Some("/etc/shoal/tls/shoal-ca.pem".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("give none of --tls-ca"), "{e}");
     }
 
     #[test]

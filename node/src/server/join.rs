@@ -49,14 +49,18 @@ fn now() -> u64 {
 
 /// Puts the CA into the replicated state once this server leads, unless one is there: retried
 /// every second until it is in (a follower waits for its turn or for the leader's import).
+/// Whether the state now holds this very CA (false: another one, or stopped before).
 pub async fn import_ca(
     state: AppState,
     ca: ClusterCa,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> bool {
     loop {
-        if state.raft.read(|m| m.cluster_ca().is_some()) {
-            return;
+        if let Some(same) = state
+            .raft
+            .read(|m| m.cluster_ca().map(|held| held.cert_pem == ca.cert_pem))
+        {
+            return same;
         }
         let st = state.raft.status();
         if st.leader_id == Some(st.node_id) {
@@ -65,7 +69,7 @@ pub async fn import_ca(
             {
                 Ok(_) => {
                     tracing::info!("the cluster CA is in the replicated state: servers sign joining members' certificates");
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e.message, "importing the cluster CA failed; will retry")
@@ -74,7 +78,7 @@ pub async fn import_ca(
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => return false,
         }
     }
 }
@@ -83,7 +87,7 @@ async fn ca(State(s): State<AppState>) -> Response {
     match s.raft.read(|m| m.cluster_ca().map(|c| c.cert_pem.clone())) {
         Some(pem) => (StatusCode::OK, pem).into_response(),
         None => error_response(&ApiError::not_found(
-            "This cluster has no CA in its replicated state (start a server with --tls-ca-key)",
+            "This cluster has no CA in its replicated state (its first server starts with --tls-bootstrap, or one with --tls-ca-key imports one)",
         )),
     }
 }
@@ -134,7 +138,7 @@ async fn join(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     };
     let Some(ca) = ca else {
         return error_response(&ApiError::not_found(
-            "This cluster has no CA in its replicated state (start a server with --tls-ca-key)",
+            "This cluster has no CA in its replicated state (its first server starts with --tls-bootstrap, or one with --tls-ca-key imports one)",
         ));
     };
     let role = match token.role.as_str() {
@@ -197,7 +201,7 @@ async fn renew(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
     };
     let Some(ca) = s.raft.read(|m| m.cluster_ca().cloned()) else {
         return error_response(&ApiError::not_found(
-            "This cluster has no CA in its replicated state (start a server with --tls-ca-key)",
+            "This cluster has no CA in its replicated state (its first server starts with --tls-bootstrap, or one with --tls-ca-key imports one)",
         ));
     };
     let role = match shoal_pki::check_renewal(

@@ -78,10 +78,14 @@ where
     let mut cfg = cfg;
     // The name and addresses this server's certificate is for, when it joins with a token.
     let tls_name = format!("server-{}", cfg.node_id);
-    let tls_ips: Vec<std::net::IpAddr> = [cfg.api.ip(), cfg.raft.ip()]
+    let mut tls_ips: Vec<std::net::IpAddr> = [cfg.api.ip(), cfg.raft.ip()]
         .into_iter()
         .filter(|ip| !ip.is_unspecified())
         .collect();
+    if cfg.api.ip().is_unspecified() {
+        // Renewals (and local clients) dial the API on loopback then.
+        tls_ips.push(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     let joined = match crate::enroll::JoinWith::from_flags(
         cfg.tls_cert.as_ref(),
         cfg.join_token_file.as_ref(),
@@ -103,6 +107,20 @@ where
             true
         }
         None => false,
+    };
+    let founded = if cfg.tls_bootstrap {
+        let f = crate::enroll::found(
+            &cfg.data_dir,
+            &tls_name,
+            &tls_ips,
+            Duration::from_secs(cfg.tls_cert_ttl_seconds),
+        )?;
+        cfg.tls_ca = Some(f.ca.clone());
+        cfg.tls_cert = Some(f.cert.clone());
+        cfg.tls_key = Some(f.key.clone());
+        Some(f)
+    } else {
+        None
     };
     let tls = crate::tls::Material::load(
         cfg.tls_ca.as_ref(),
@@ -259,11 +277,27 @@ where
         cert_ttl: Duration::from_secs(cfg.tls_cert_ttl_seconds),
     };
     let removed = state.removed.clone();
-    // A server that joined with a token renews its own certificate.
-    if let (true, Some(l), Some(api)) = (joined, &live, &cfg.join_api) {
+    // A server that joined with a token renews its own certificate, through the server it
+    // joined; the server that founded the cluster's CA, through its own API.
+    let renew_through = if joined {
+        cfg.join_api.clone()
+    } else if founded.is_some() {
+        let host = match api_addr.ip() {
+            ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        let scheme = if cfg.api_tls { "https" } else { "http" };
+        Some(format!(
+            "{scheme}://{}",
+            SocketAddr::new(host, api_addr.port())
+        ))
+    } else {
+        None
+    };
+    if let (Some(l), Some(api)) = (&live, renew_through) {
         let renewal = crate::enroll::Renewal {
             data_dir: cfg.data_dir.clone(),
-            api: api.clone(),
+            api,
             role: shoal_pki::Role::Server,
             name: tls_name,
             ips: tls_ips,
@@ -274,6 +308,23 @@ where
     if let Some(key) = &cfg.tls_ca_key {
         let ca = read_cluster_ca(cfg.tls_ca.as_deref(), key)?;
         tokio::spawn(join::import_ca(state.clone(), ca, stop_rx.clone()));
+    }
+    if let Some(ca) = founded.and_then(|f| f.to_import) {
+        let (st, stop, data_dir) = (state.clone(), stop_rx.clone(), cfg.data_dir.clone());
+        tokio::spawn(async move {
+            if !join::import_ca(st, ca, stop).await {
+                return;
+            }
+            // The servers sign from the replicated copy now: the key leaves this disk.
+            match crate::enroll::forget_ca_key(&data_dir) {
+                Ok(()) => tracing::info!(
+                    "--tls-bootstrap: the cluster CA is replicated; its key's file is deleted"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot delete the CA key's file; delete it by hand")
+                }
+            }
+        });
     }
     // Authentication in front of everything this API serves, the embedded agent's routes too.
     let app = extra
