@@ -108,8 +108,8 @@ pub(crate) enum OpenError {
     },
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("Raft types serialize")
+fn bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    crate::codec::to_bytes(v).expect("Raft types serialize")
 }
 
 impl LogStore {
@@ -153,33 +153,33 @@ impl LogStore {
             match kind {
                 ENTRY => {
                     let e: Entry<TypeConfig> =
-                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                        crate::codec::from_bytes(&payload).map_err(|e| bad(e.to_string()))?;
                     let m = segment_max.entry(segment).or_default();
                     *m = (*m).max(e.log_id.index);
                     mem.entries.insert(e.log_id.index, e);
                 }
                 VOTE => {
                     mem.state.vote =
-                        Some(serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?)
+                        Some(crate::codec::from_bytes(&payload).map_err(|e| bad(e.to_string()))?)
                 }
                 COMMITTED => {
                     mem.state.committed =
-                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?
+                        crate::codec::from_bytes(&payload).map_err(|e| bad(e.to_string()))?
                 }
                 TRUNCATE => {
                     let since: u64 =
-                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                        crate::codec::from_bytes(&payload).map_err(|e| bad(e.to_string()))?;
                     mem.entries.split_off(&since);
                 }
                 PURGE => {
                     let upto: LogId<u64> =
-                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                        crate::codec::from_bytes(&payload).map_err(|e| bad(e.to_string()))?;
                     mem.entries = mem.entries.split_off(&(upto.index + 1));
                     mem.state.last_purged = Some(upto);
                 }
                 STATE => {
                     let s: State =
-                        serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?;
+                        crate::codec::from_bytes(&payload).map_err(|e| bad(e.to_string()))?;
                     if let Some(p) = s.last_purged {
                         mem.entries = mem.entries.split_off(&(p.index + 1));
                     }
@@ -333,7 +333,7 @@ impl Writer {
                 Job {
                     records: vec![Rec {
                         kind: STATE,
-                        payload: json(&*state),
+                        payload: bytes(&*state),
                         effect: Effect::None,
                     }],
                     done: Done::Quiet,
@@ -365,7 +365,7 @@ impl Writer {
         let mut result = written.map(drop).map_err(|e| e.to_string());
         if result.is_ok() && wal.wants_rotation() {
             // Every segment starts with the whole state, so older ones can go once purged.
-            let s = json(&state);
+            let s = bytes(&state);
             result = wal
                 .rotate()
                 .and_then(|()| wal.append([(STATE, s.as_slice())]).map(drop))
@@ -460,7 +460,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // twice in one term.
         self.persist(vec![Rec {
             kind: VOTE,
-            payload: json(vote),
+            payload: bytes(vote),
             effect: Effect::Vote(*vote),
         }])
         .await
@@ -486,7 +486,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .send(Job {
                 records: vec![Rec {
                     kind: COMMITTED,
-                    payload: json(&committed),
+                    payload: bytes(&committed),
                     effect: Effect::Committed(committed),
                 }],
                 done: Done::Quiet,
@@ -522,7 +522,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let index = entry.log_id.index;
                 records.push(Rec {
                     kind: ENTRY,
-                    payload: json(&entry),
+                    payload: bytes(&entry),
                     effect: Effect::Entry(index),
                 });
                 m.entries.insert(index, entry);
@@ -542,7 +542,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write().entries.split_off(&log_id.index);
         self.persist(vec![Rec {
             kind: TRUNCATE,
-            payload: json(&log_id.index),
+            payload: bytes(&log_id.index),
             effect: Effect::None,
         }])
         .await
@@ -558,7 +558,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.persist(vec![Rec {
             kind: PURGE,
-            payload: json(&log_id),
+            payload: bytes(&log_id),
             effect: Effect::Purge(log_id),
         }])
         .await

@@ -279,7 +279,7 @@ impl Connection {
                 )))
             }
         };
-        let payload = serde_json::to_vec(req).map_err(|e| {
+        let payload = crate::codec::to_bytes(req).map_err(|e| {
             RPCError::Network(NetworkError::new(&SendError::Codec {
                 target: self.target,
                 reason: e.to_string(),
@@ -313,7 +313,7 @@ impl Connection {
             Ok(Err(status)) => return Err(self.status_error(status)),
             Ok(Ok(resp)) => resp.into_inner(),
         };
-        let result: Result<Resp, RaftError<u64, E>> = serde_json::from_slice(&msg.payload)
+        let result: Result<Resp, RaftError<u64, E>> = crate::codec::from_bytes(&msg.payload)
             .map_err(|e| {
                 RPCError::Network(NetworkError::new(&SendError::Codec {
                     target: self.target,
@@ -524,12 +524,12 @@ impl RaftGrpc {
                 return Err(Status::unavailable("cannot save the cluster id"));
             }
         }
-        serde_json::from_slice(&msg.payload)
+        crate::codec::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("malformed Raft request: {e}")))
     }
 
     fn reply<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
-        let payload = serde_json::to_vec(result)
+        let payload = crate::codec::to_bytes(result)
             .map_err(|e| Status::internal(format!("cannot encode the Raft response: {e}")))?;
         Ok(Response::new(RaftMessage {
             payload,

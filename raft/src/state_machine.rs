@@ -161,7 +161,7 @@ impl StateMachine {
         let stored = Stored {
             index,
             term,
-            meta: serde_json::to_vec(meta).expect("snapshot metadata serializes"),
+            meta: crate::codec::to_bytes(meta).expect("snapshot metadata serializes"),
             data: bytes,
         };
         let store = self.snapshots.clone();
@@ -304,8 +304,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(stored) = latest else {
             return Ok(None);
         };
-        let meta: SnapshotMeta<u64, NodeInfo> = serde_json::from_slice(&stored.meta)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let meta: SnapshotMeta<u64, NodeInfo> =
+            crate::codec::from_bytes(&stored.meta).map_err(|e| {
+                StorageIOError::read_snapshot(None, &std::io::Error::other(e.to_string()))
+            })?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),

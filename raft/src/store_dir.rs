@@ -19,9 +19,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The store format this build writes and reads: 3 is the WAL (2 was sled with single-term
-/// votes, 1 sled before them).
-pub(crate) const FORMAT: u32 = 3;
+/// The store format this build writes and reads: 4 is the WAL with MessagePack records (3 was
+/// the WAL with JSON records, 2 sled with single-term votes, 1 sled before them).
+pub(crate) const FORMAT: u32 = 4;
+
+/// How to move a cluster to a build of another store format (said with every refusal).
+const MOVE_OVER: &str = "Move the cluster over by snapshot: `shoal snapshot save FILE` on the old cluster, \
+     start the new servers on empty data dirs, `shoal snapshot restore FILE` (README, \"Upgrading\")";
 
 /// Who a store belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +109,9 @@ impl StoreDir {
         self.root.join("snapshots")
     }
 
-    /// Refuses a store written by an older build (its sled files), with how to move over.
+    /// Refuses a store written by an older build (its sled files, or an identity of format 3,
+    /// whose log records are JSON), with how to move over; before the log is read, so that the
+    /// refusal says why rather than that a record does not decode.
     pub(crate) fn refuse_old_format(&self) -> Result<(), DirError> {
         for old in ["db", "conf", "blobs"] {
             let p = self.root.join(old);
@@ -113,9 +119,20 @@ impl StoreDir {
                 return Err(DirError::Refused {
                     path: self.root.clone(),
                     reason: format!(
-                        "this Raft store has format 2 (sled, found {old}); this build reads format {FORMAT} only. \
-                         Move the cluster over by snapshot: `shoal snapshot save FILE` on the old cluster, \
-                         start the new servers on empty data dirs, `shoal snapshot restore FILE` (README, \"Upgrading\")"
+                        "this Raft store has format 2 (sled, found {old}); this build reads format {FORMAT} only. {MOVE_OVER}"
+                    ),
+                });
+            }
+        }
+        if let Ok(bytes) = std::fs::read(self.identity()) {
+            let format = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["format"].as_u64());
+            if format == Some(3) {
+                return Err(DirError::Refused {
+                    path: self.root.clone(),
+                    reason: format!(
+                        "this Raft store has format 3 (log records in JSON, earlier builds); this build reads format {FORMAT} only. {MOVE_OVER}"
                     ),
                 });
             }
@@ -123,8 +140,6 @@ impl StoreDir {
         Ok(())
     }
 
-    /// Reads the identity, or makes one for `node_id` when the store is new. `wal_has_records`
-    /// says whether the log already holds anything (an identity must then exist).
     pub(crate) fn identity_for(
         &self,
         node_id: u64,
@@ -253,6 +268,17 @@ mod tests {
         s.identity_for(1, false).unwrap();
         let e = s.require_log().unwrap_err();
         assert!(e.to_string().contains("its log is missing"), "{e}");
+        s.refuse_old_format().unwrap();
+        // A store of format 3 (JSON log records), as the previous build wrote its identity.
+        let text = std::fs::read_to_string(s.identity()).unwrap();
+        let v3 = text.replace(&format!("\"format\":{FORMAT}"), "\"format\":3");
+        assert_ne!(v3, text);
+        std::fs::write(s.identity(), v3).unwrap();
+        let e = s.refuse_old_format().unwrap_err().to_string();
+        assert!(
+            e.contains("format 3") && e.contains("shoal snapshot save"),
+            "{e}"
+        );
         std::fs::write(d.path().join("db"), b"sled").unwrap();
         let e = s.refuse_old_format().unwrap_err();
         assert!(e.to_string().contains("format 2"), "{e}");

@@ -680,10 +680,18 @@ async fn misaddressed_and_malformed_rpcs_are_refused() {
         let mut client = RaftClient::connect(format!("http://{}", server.addr))
             .await
             .expect("connect");
-        let vote = br#"{"vote":{"leader_id":{"term":99,"node_id":7},"committed":false},"last_log_id":null}"#;
+        let vote = shoal_raft::proto::encode_payload(&serde_json::json!({
+            "vote": {"leader_id": {"term": 99, "voted_for": 7}, "committed": false},
+            "last_log_id": null
+        }))
+        .unwrap();
         let cases = [
             (1, "another-incarnation", tonic::Code::FailedPrecondition),
-            (2, server.node.incarnation(), tonic::Code::FailedPrecondition),
+            (
+                2,
+                server.node.incarnation(),
+                tonic::Code::FailedPrecondition,
+            ),
             (1, "", tonic::Code::FailedPrecondition),
         ];
         for (target, incarnation, code) in cases {
@@ -711,7 +719,10 @@ async fn misaddressed_and_malformed_rpcs_are_refused() {
             .expect_err("refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         // Correctly addressed, but from a server of another cluster: refused before Raft.
-        assert!(server.node.cluster_id().is_some(), "a bootstrapped store is named");
+        assert!(
+            server.node.cluster_id().is_some(),
+            "a bootstrapped store is named"
+        );
         let status = client
             .vote(RaftMessage {
                 target_node_id: 1,
@@ -739,7 +750,7 @@ async fn misaddressed_and_malformed_rpcs_are_refused() {
             .await
             .expect("answered")
             .into_inner();
-        let answer: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap();
+        let answer: serde_json::Value = shoal_raft::proto::decode_payload(&resp.payload).unwrap();
         assert!(answer.get("Ok").is_some(), "{answer}");
 
         // Membership entries without an incarnation are refused up front.

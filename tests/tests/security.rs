@@ -126,7 +126,7 @@ fn a_dead_raft_core_exits_70_and_the_restarted_server_has_its_data() {
         RaftMessage {
             target_node_id: 1,
             target_incarnation: real,
-            payload: serde_json::to_vec(&forged).expect("JSON"),
+            payload: shoal_raft::proto::encode_payload(&forged).expect("MessagePack"),
             chunk: Vec::new(),
             cluster_id: String::new(),
         },
@@ -427,7 +427,7 @@ fn forge_append(
             .append_entries(RaftMessage {
                 target_node_id: 1,
                 target_incarnation: incarnation.to_string(),
-                payload: serde_json::to_vec(&forged).expect("JSON"),
+                payload: shoal_raft::proto::encode_payload(&forged).expect("MessagePack"),
                 chunk: Vec::new(),
                 cluster_id: String::new(),
             })

@@ -284,6 +284,18 @@ fn a_store_of_the_previous_format_is_refused_with_how_to_move() {
     s.assert_refused("format 2 (sled");
     let out = run_shoal(&s.args(), Duration::from_secs(30));
     assert!(String::from_utf8_lossy(&out.stderr).contains("shoal snapshot save"));
+    // Format 3: the write-ahead log with JSON records, as the previous build left it.
+    let s = Server::new();
+    let raft = s.data().join("raft");
+    std::fs::create_dir_all(raft.join("wal")).unwrap();
+    std::fs::write(
+        raft.join("identity.json"),
+        br#"{"format":3,"node_id":1,"incarnation":"0b3c1f9e-3f59-4d0e-9d55-3c0d2f1d7a11","crc32":1}"#,
+    )
+    .unwrap();
+    s.assert_refused("format 3 (log records in JSON");
+    let out = run_shoal(&s.args(), Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shoal snapshot save"));
 }
 
 /// One line of `strace -ff -ttt -T -y`: when the call started, how long it took, and the line.
@@ -393,9 +405,8 @@ fn every_acknowledged_write_was_synced_before_its_answer() {
         let written = calls
             .iter()
             .find(|c| {
-                c.text.starts_with("pwrite64(")
-                    && c.text.contains(".wal>")
-                    && c.text.contains(&quoted)
+                // (MessagePack: the name is there as it is, after its length byte.)
+                c.text.starts_with("pwrite64(") && c.text.contains(".wal>") && c.text.contains(n)
             })
             .unwrap_or_else(|| panic!("{n} was never written to the WAL"));
         let wal = written.text[..written.text.find('>').unwrap() + 1]
