@@ -208,11 +208,20 @@ impl Proxies {
                 .map(|(k, tx)| (k.clone(), tx.clone()))
                 .collect()
         };
+        if work.is_empty() {
+            // Nothing streams: a proxy that connects later is computed then (`subscribe`).
+            return;
+        }
         let shared = self.lock().shared_for(&inputs);
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
+        // Read once: `available_parallelism` opens three cgroup files at every call, and this
+        // runs at every change of the model or the endpoints.
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads = *THREADS.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 8)
+        });
         // One translator for every proxy: sidecars with the same backends share their egress
         // half, built once.
         let translator =
