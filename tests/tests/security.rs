@@ -2005,23 +2005,7 @@ fn members_join_with_a_token_and_their_keys_stay_home() {
     // The good token: a certificate, the model over mutual TLS.
     let agent = joiner(7, token_file("good.token", &good));
     let mut agent_proc = agent.spawn();
-    let following = |api: SocketAddr| {
-        wait_for(
-            "the agent follows the server over mutual TLS",
-            Duration::from_secs(30),
-            || {
-                let r = http_request(api, "GET", "/v1/agent/status", None, Duration::from_secs(2))
-                    .map_err(|e| e.to_string())?;
-                let v: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
-                v["server"]
-                    .as_str()
-                    .filter(|s| s.starts_with("https://"))
-                    .map(|_| ())
-                    .ok_or_else(|| r.body.clone())
-            },
-        );
-    };
-    following(agent.api);
+    following_over_tls(agent.api);
     let key = agent.data_dir.join("tls").join("agent-key.pem");
     let cert = agent.data_dir.join("tls").join("agent.pem");
     use std::os::unix::fs::PermissionsExt;
@@ -2044,7 +2028,7 @@ fn members_join_with_a_token_and_their_keys_stay_home() {
     std::fs::remove_file(root.join("good.token")).unwrap();
     let before = std::fs::read(&cert).unwrap();
     let _agent_proc = agent.spawn();
-    following(agent.api);
+    following_over_tls(agent.api);
     assert_eq!(std::fs::read(&cert).unwrap(), before);
 
     // Refusals, each with its reason and a non-zero exit, nothing written.
@@ -2115,6 +2099,34 @@ fn members_join_with_a_token_and_their_keys_stay_home() {
         "{}",
         tail(&s2_proc.log(), 10)
     );
+}
+
+/// Waits (30 s at most) until the agent whose API is `api` follows a server over mutual TLS.
+fn following_over_tls(api: SocketAddr) {
+    wait_for(
+        "the agent follows the server over mutual TLS",
+        Duration::from_secs(30),
+        || {
+            let r = http_request(api, "GET", "/v1/agent/status", None, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+            v["server"]
+                .as_str()
+                .filter(|s| s.starts_with("https://"))
+                .map(|_| ())
+                .ok_or_else(|| r.body.clone())
+        },
+    );
+}
+
+/// Waits (40 s at most) until the certificate file `cert` no longer holds `first`.
+fn wait_renewed(what: &str, cert: &std::path::Path, first: &str, member: &Process) {
+    wait_for(what, Duration::from_secs(40), || {
+        let now = std::fs::read_to_string(cert).map_err(|e| e.to_string())?;
+        (now != first)
+            .then_some(())
+            .ok_or_else(|| tail(&member.log(), 5))
+    });
 }
 
 /// Automatic renewal: with certificates that live 20 seconds, a joined agent renews its own
@@ -2215,15 +2227,11 @@ fn a_joined_member_renews_its_certificate_before_it_expires() {
     let first = std::fs::read_to_string(&cert).unwrap();
     let key_before = std::fs::read(&key).unwrap();
     let joined = std::time::Instant::now();
-    wait_for(
+    wait_renewed(
         "the agent renews its certificate",
-        Duration::from_secs(40),
-        || {
-            let now = std::fs::read_to_string(&cert).map_err(|e| e.to_string())?;
-            (now != first)
-                .then_some(())
-                .ok_or_else(|| tail(&agent_proc.log(), 5))
-        },
+        &cert,
+        &first,
+        &agent_proc,
     );
     let renewed_after = joined.elapsed();
     assert!(
@@ -2355,24 +2363,27 @@ fn a_cluster_founded_with_tls_bootstrap_grows_by_tokens() {
     let server_token = token("server");
     let agent_token = token("agent");
     let ca_arg = ca.display().to_string();
-    let mut joined = Vec::new();
-    for id in [18, 19] {
-        let mut s = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, id);
-        s.join = vec![s1.gossip];
-        s.extra = [
+    // What every joining member is given: the CA certificate, a token, a server, the gossip key.
+    let join_flags = |token: &str| -> Vec<String> {
+        [
             "--tls-ca",
             &ca_arg,
             "--join-token-file",
-            &server_token,
+            token,
             "--join-api",
             &url1,
             "--gossip-key-file",
             &gk,
-            "--api-auth",
-            "--api-tls",
         ]
         .map(String::from)
-        .to_vec();
+        .to_vec()
+    };
+    let mut joined = Vec::new();
+    for id in [18, 19] {
+        let mut s = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, id);
+        s.join = vec![s1.gossip];
+        s.extra = join_flags(&server_token);
+        s.extra.extend(["--api-auth".into(), "--api-tls".into()]);
         let mut args = s.args();
         let at = args.iter().position(|x| x == "--bootstrap-expect").unwrap();
         args.drain(at..at + 2); // joining servers never found a cluster
@@ -2437,53 +2448,19 @@ fn a_cluster_founded_with_tls_bootstrap_grows_by_tokens() {
     // An agent joins with its token and follows over mutual TLS.
     let mut agent = shoal_e2e::AgentSpec::on_loopback(root, BLOCK, 12);
     agent.join = vec![s1.gossip];
-    agent.extra = [
-        "--tls-ca",
-        &ca_arg,
-        "--join-token-file",
-        &agent_token,
-        "--join-api",
-        &url1,
-        "--gossip-key-file",
-        &gk,
-    ]
-    .map(String::from)
-    .to_vec();
-    let agent_proc = agent.spawn();
-    wait_for(
-        "the agent follows over mutual TLS",
-        Duration::from_secs(30),
-        || {
-            let r = http_request(
-                agent.api,
-                "GET",
-                "/v1/agent/status",
-                None,
-                Duration::from_secs(2),
-            )
-            .map_err(|e| e.to_string())?;
-            let v: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
-            v["server"]
-                .as_str()
-                .filter(|s| s.starts_with("https://"))
-                .map(|_| ())
-                .ok_or_else(|| format!("{} {}", r.body, tail(&agent_proc.log(), 3)))
-        },
-    );
+    agent.extra = join_flags(&agent_token);
+    let _agent_proc = agent.spawn();
+    following_over_tls(agent.api);
     // The founding server renews its own certificate (30 s lifetime) through its own API.
     let cert = tls_dir.join("server.pem");
     let first = std::fs::read_to_string(&cert).unwrap();
     let key_before = std::fs::read(tls_dir.join("server-key.pem")).unwrap();
     let first_end = shoal_pki::validity_of(&first).map_or(0, |(end, _)| end);
-    wait_for(
+    wait_renewed(
         "the founding server renews its certificate",
-        Duration::from_secs(40),
-        || {
-            let now = std::fs::read_to_string(&cert).map_err(|e| e.to_string())?;
-            (now != first)
-                .then_some(())
-                .ok_or_else(|| tail(&p1.log(), 5))
-        },
+        &cert,
+        &first,
+        &p1,
     );
     assert_eq!(
         std::fs::read(tls_dir.join("server-key.pem")).unwrap(),
