@@ -107,6 +107,9 @@ pub struct Config {
     pub install_snapshot_timeout_ms: u64,
     /// Mutual TLS for the RPCs this server sends; none: plain HTTP/2 (`--insecure`).
     pub tls: Option<ClientTls>,
+    /// Fault injection for tests: every sync of the Raft log takes this much longer, as on a
+    /// slow disk (the write is answered only after it). Zero otherwise; no flag sets it.
+    pub sync_delay: std::time::Duration,
 }
 
 /// What a server presents and trusts when it dials another: the cluster CA, its own
@@ -156,6 +159,7 @@ impl Config {
             logs_kept_after_snapshot: 1000,
             install_snapshot_timeout_ms: 10_000,
             tls: None,
+            sync_delay: std::time::Duration::ZERO,
         }
     }
 }

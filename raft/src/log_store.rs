@@ -574,6 +574,7 @@ mod tests {
     fn small() -> Options {
         Options {
             segment_bytes: 4096,
+            ..Options::default()
         }
     }
 

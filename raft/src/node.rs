@@ -272,9 +272,15 @@ impl RaftNode {
         dir.require_log().map_err(|e| refused(&e))?;
 
         let alive = Arc::new(());
-        let (log_store, log_has_records) =
-            LogStore::open(&dir.wal(), Options::default(), alive.clone())
-                .map_err(|e| refused(&e))?;
+        let (log_store, log_has_records) = LogStore::open(
+            &dir.wal(),
+            Options {
+                sync_delay: cfg.sync_delay,
+                ..Options::default()
+            },
+            alive.clone(),
+        )
+        .map_err(|e| refused(&e))?;
         let identity = dir
             .identity_for(cfg.node_id, log_has_records)
             .map_err(|e| refused(&e))?;

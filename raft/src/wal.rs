@@ -81,12 +81,15 @@ pub(crate) struct Options {
     /// A segment is closed and a new one started once it holds this many bytes; it is also the
     /// size each segment is preallocated to.
     pub segment_bytes: u64,
+    /// Added to every batch's sync: a slow disk, for tests (`Config::sync_delay`).
+    pub sync_delay: std::time::Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             segment_bytes: 64 << 20,
+            sync_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -466,6 +469,9 @@ impl Wal {
             .write_all_at(&buf, self.offset)
             .map_err(io_at(&self.active_path))?;
         self.active.sync_data().map_err(io_at(&self.active_path))?;
+        if !self.opts.sync_delay.is_zero() {
+            std::thread::sleep(self.opts.sync_delay);
+        }
         self.offset += buf.len() as u64;
         self.next_batch += 1;
         Ok(batch)
@@ -496,6 +502,7 @@ mod tests {
     fn small() -> Options {
         Options {
             segment_bytes: 4096,
+            ..Options::default()
         }
     }
 
