@@ -54,20 +54,6 @@ struct DevPki {
     agent: (PathBuf, PathBuf),
 }
 
-fn write_private(path: &std::path::Path, text: &str, mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 fn dev_pki(data_dir: &std::path::Path, ips: &[std::net::IpAddr]) -> anyhow::Result<DevPki> {
     let dir = data_dir.join("tls");
     let pki = DevPki {
@@ -83,12 +69,12 @@ fn dev_pki(data_dir: &std::path::Path, ips: &[std::net::IpAddr]) -> anyhow::Resu
     let validity = shoal_pki::LEAF_VALIDITY;
     let server = ca.issue(shoal_pki::Role::Server, "dev", &[], ips, validity)?;
     let agent = ca.issue(shoal_pki::Role::Agent, "dev", &[], &[], validity)?;
-    write_private(&dir.join("ca-key.pem"), ca.key_pem(), 0o600)?;
-    write_private(&pki.server.1, &server.key_pem, 0o600)?;
-    write_private(&pki.server.0, &server.cert_pem, 0o644)?;
-    write_private(&pki.agent.1, &agent.key_pem, 0o600)?;
-    write_private(&pki.agent.0, &agent.cert_pem, 0o644)?;
-    write_private(&pki.ca, ca.cert_pem(), 0o644)?;
+    crate::files::write_new(&dir.join("ca-key.pem"), ca.key_pem().as_bytes(), 0o600)?;
+    crate::files::write_new(&pki.server.1, server.key_pem.as_bytes(), 0o600)?;
+    crate::files::write_new(&pki.server.0, server.cert_pem.as_bytes(), 0o644)?;
+    crate::files::write_new(&pki.agent.1, agent.key_pem.as_bytes(), 0o600)?;
+    crate::files::write_new(&pki.agent.0, agent.cert_pem.as_bytes(), 0o644)?;
+    crate::files::write_new(&pki.ca, ca.cert_pem().as_bytes(), 0o644)?;
     Ok(pki)
 }
 
@@ -156,7 +142,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let key = data_dir.join("tls").join("gossip.key");
         if !key.exists() {
             let text = format!("{}\n", shoal_gossip::GossipKey::generate().to_base64());
-            write_private(&key, &text, 0o600)?;
+            crate::files::write_new(&key, text.as_bytes(), 0o600)?;
         }
         acfg.gossip_key_file = Some(key);
     }
@@ -236,12 +222,13 @@ async fn dev_credentials(
             .await
             .context("committing the dev keys")?
             .map_err(|e| anyhow::anyhow!("bootstrapping the dev keys: {e}"))?;
-        write_private(
+        crate::files::write_new(
             path,
-            &format!(
+            format!(
                 "[shoal]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
                 key.id, key.secret
-            ),
+            )
+            .as_bytes(),
             0o600,
         )?;
     }

@@ -10,7 +10,6 @@
 //! one for the same key (`/v1/tls/renew`, the CSR proving it holds the key), saves it, and
 //! puts it in force without a restart (new handshakes present it, new connections use it).
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -106,7 +105,7 @@ pub async fn enroll(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_synced(&key, key_pem.as_bytes(), 0o600)?;
     write_synced(&cert, signed.as_bytes(), 0o644)?;
-    sync_dir(dir)?;
+    crate::files::sync_dir(dir)?;
     tracing::info!(role = role.as_str(), %name, cert = %cert.display(), "joined with a token: certificate signed by the cluster CA");
     Ok((cert, key))
 }
@@ -154,7 +153,7 @@ pub fn found(
         write_synced(&ca, made.cert_pem().as_bytes(), 0o644)?;
         write_synced(&key, issued.key_pem.as_bytes(), 0o600)?;
         write_synced(&cert, issued.cert_pem.as_bytes(), 0o644)?;
-        sync_dir(&dir)?;
+        crate::files::sync_dir(&dir)?;
         tracing::info!(ca = %ca.display(), cert = %cert.display(), "--tls-bootstrap: made the cluster CA and this server's certificate; hand out the CA certificate to members and clients");
     }
     let to_import = if ca_key.exists() {
@@ -181,27 +180,14 @@ pub fn forget_ca_key(data_dir: &Path) -> anyhow::Result<()> {
     let dir = data_dir.join("tls");
     let ca_key = dir.join("ca-key.pem");
     std::fs::remove_file(&ca_key).with_context(|| format!("deleting {}", ca_key.display()))?;
-    sync_dir(&dir)
+    crate::files::sync_dir(&dir)
 }
 
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
+/// Writes a new file of this member's TLS material, replacing one a failed earlier attempt
+/// left (a key written before its certificate was refused).
 fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path); // a key left by a join that failed before its certificate
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+    let _ = std::fs::remove_file(path);
+    crate::files::write_new(path, bytes, mode)
 }
 
 /// What a member renews: its certificate in `<data_dir>/tls`, through `api`, for `role` and
@@ -247,7 +233,9 @@ pub async fn renew(
         }
         match renew_once(&r, &m).await {
             Ok(renewed) => {
-                if let Err(e) = write_replacing(&cert_path, renewed.cert_pem().as_bytes()) {
+                if let Err(e) =
+                    crate::files::replace(&cert_path, renewed.cert_pem().as_bytes(), 0o644)
+                {
                     tracing::error!(error = %format!("{e:#}"), "cannot save the renewed certificate; keeping the current one");
                 } else if let Err(e) = live.set(renewed.clone()) {
                     tracing::error!(error = %format!("{e:#}"), "the renewed certificate cannot be used");
@@ -325,12 +313,4 @@ async fn ask_to_sign(
         .as_str()
         .context("the answer holds no certificate")?
         .to_string())
-}
-
-/// Replaces `path` with `bytes`: a temporary file, fsynced, renamed, the directory fsynced.
-fn write_replacing(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("pem.tmp");
-    write_synced(&tmp, bytes, 0o644)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }

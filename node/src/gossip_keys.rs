@@ -8,7 +8,6 @@
 //! (temporary file, fsync, rename, directory fsync) before it is acknowledged, so a restarted
 //! member comes back with the keys it had.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -183,30 +182,10 @@ fn parse(bytes: &[u8]) -> anyhow::Result<Keyring> {
 /// Saves `ring` to `file`: a temporary file readable by its owner only, fsynced, renamed over
 /// the old one, the directory fsynced.
 fn save(file: &Path, ring: &Keyring) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let on_disk = OnDisk {
         keys: ring.keys().iter().map(GossipKey::to_base64).collect(),
     };
-    let bytes = serde_json::to_vec_pretty(&on_disk)?;
-    let tmp = file.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp); // left by a crash between create and rename
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, file).with_context(|| format!("replacing {}", file.display()))?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
+    crate::files::replace(file, &serde_json::to_vec_pretty(&on_disk)?, 0o600)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod client;
 mod config;
 pub mod dev;
 pub mod enroll;
+mod files;
 pub mod gossip_keys;
 mod http;
 pub mod registration;

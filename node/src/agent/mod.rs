@@ -85,18 +85,12 @@ pub const PROXY_TOKEN_KEY: &str = "proxy-token.key";
 fn proxy_token_key(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let path = data_dir.join(PROXY_TOKEN_KEY);
     if !path.exists() {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let secret: [u8; 32] = rand::random();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(format!("{}\n", hex::encode(secret)).as_bytes())
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::files::write_new(
+            &path,
+            format!("{}\n", hex::encode(secret)).as_bytes(),
+            0o600,
+        )?;
     }
     read_proxy_token_key(&path)
 }

@@ -2,7 +2,6 @@
 //! the first key, once per cluster, without credentials; the others are signed with a key
 //! allowed `shoal:ManageAccessKeys` (from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -102,16 +101,7 @@ fn emit(out: &KeyOut, key: &Value) -> anyhow::Result<()> {
     match out.credentials_file.as_ref() {
         None => print!("{text}"),
         Some(path) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("creating {} (never replaced)", path.display()))?;
-            f.write_all(text.as_bytes())
-                .and_then(|()| f.sync_all())
-                .with_context(|| format!("writing {}", path.display()))?;
+            crate::files::write_new(path, text.as_bytes(), 0o600)?;
             println!(
                 "wrote profile {profile} ({}) to {}",
                 key["AccessKeyId"].as_str().unwrap_or_default(),

@@ -2,7 +2,6 @@
 //! servers and agents, as files an operator hands to `--tls-ca`, `--tls-cert`, `--tls-key`.
 //! Private keys are written readable by their owner only, and never overwritten.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -172,21 +171,7 @@ const CA_KEY: &str = "shoal-ca-key.pem";
 
 /// Writes `bytes` to a new file `path` (refusing to replace one), mode 0600 for keys.
 fn write_new(path: &Path, bytes: &str, private: bool) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .with_context(|| {
-            format!(
-                "creating {} (an existing file is never replaced)",
-                path.display()
-            )
-        })?;
-    f.write_all(bytes.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+    crate::files::write_new(path, bytes.as_bytes(), if private { 0o600 } else { 0o644 })
 }
 
 /// Runs `shoal tls …`.
