@@ -122,6 +122,8 @@ pub struct Founded {
     /// (`ca-key.pem`) stays until that commits ([`forget_ca_key`]), so a crash before it loses
     /// nothing.
     pub to_import: Option<shoal_model::ClusterCa>,
+    /// That file.
+    pub ca_key: PathBuf,
 }
 
 /// The cluster CA and this server's certificate, made at the first start of a server founding
@@ -140,7 +142,9 @@ pub fn found(
     if !(cert.exists() && key.exists() && ca.exists()) {
         if data_dir.join("raft").exists() {
             bail!(
-                "--tls-bootstrap: {} already holds a Raft store, but {} does not hold the CA and                  certificate its first start made: put them back, or start with --tls-ca,                  --tls-cert and --tls-key",
+                "--tls-bootstrap: {} already holds a Raft store, but {} does not hold the CA and \
+                 certificate its first start made: put them back, or start with --tls-ca, \
+                 --tls-cert and --tls-key",
                 data_dir.display(),
                 dir.display()
             );
@@ -172,15 +176,15 @@ pub fn found(
         cert,
         key,
         to_import,
+        ca_key,
     })
 }
 
-/// Deletes the CA key's file a founding server kept until the CA was in the replicated state.
-pub fn forget_ca_key(data_dir: &Path) -> anyhow::Result<()> {
-    let dir = data_dir.join("tls");
-    let ca_key = dir.join("ca-key.pem");
-    std::fs::remove_file(&ca_key).with_context(|| format!("deleting {}", ca_key.display()))?;
-    crate::files::sync_dir(&dir)
+/// Deletes the CA key's file (`Founded::ca_key`) a founding server kept until the CA was in
+/// the replicated state.
+pub fn forget_ca_key(ca_key: &Path) -> anyhow::Result<()> {
+    std::fs::remove_file(ca_key).with_context(|| format!("deleting {}", ca_key.display()))?;
+    crate::files::sync_dir(ca_key.parent().unwrap_or(Path::new(".")))
 }
 
 /// Writes a new file of this member's TLS material, replacing one a failed earlier attempt

@@ -309,14 +309,14 @@ where
         let ca = read_cluster_ca(cfg.tls_ca.as_deref(), key)?;
         tokio::spawn(join::import_ca(state.clone(), ca, stop_rx.clone()));
     }
-    if let Some(ca) = founded.and_then(|f| f.to_import) {
-        let (st, stop, data_dir) = (state.clone(), stop_rx.clone(), cfg.data_dir.clone());
+    if let Some((ca, ca_key)) = founded.and_then(|f| Some((f.to_import?, f.ca_key))) {
+        let (st, stop) = (state.clone(), stop_rx.clone());
         tokio::spawn(async move {
             if !join::import_ca(st, ca, stop).await {
                 return;
             }
             // The servers sign from the replicated copy now: the key leaves this disk.
-            match crate::enroll::forget_ca_key(&data_dir) {
+            match crate::enroll::forget_ca_key(&ca_key) {
                 Ok(()) => tracing::info!(
                     "--tls-bootstrap: the cluster CA is replicated; its key's file is deleted"
                 ),
