@@ -1905,50 +1905,39 @@ fn a_server_of_another_cluster_is_never_taken_in() {
     );
 }
 
-/// Joining with a token: a server started once with the CA key puts the CA into the replicated
-/// state; an operator makes a join token; an agent given only the CA certificate and the token
-/// gets its certificate (its key made on its host, 0600) and follows the model over mutual
-/// TLS; a restart needs no token. A garbage, a revoked and an expired token are refused with
-/// their reasons, and a server cannot join with an agent's token (it gets an agent certificate,
-/// which a server refuses to run with).
-#[test]
-fn members_join_with_a_token_and_their_keys_stay_home() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path();
+/// Server `id` (one member) with a CA made by `shoal tls ca create` in `root/pki`, its own
+/// certificate from it, and `--tls-ca-key` so that it imports the CA; started with `extra`
+/// flags, and waited for until the CA is in the replicated state. Returns its spec and its
+/// process (the files are in `root/pki`).
+fn server_importing_ca(
+    root: &std::path::Path,
+    id: u64,
+    extra: &[&str],
+) -> (shoal_e2e::ServerSpec, shoal_e2e::ServerProcess) {
     let pki = root.join("pki");
     let p = pki.display().to_string();
     shoal_tls(&["tls", "ca", "create", "--dir", &p]);
-    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 14);
+    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, id);
     sspec.bootstrap_expect = 1;
     let ip = sspec.api.ip().to_string();
+    let name = format!("server-{id}");
     shoal_tls(&[
-        "tls",
-        "cert",
-        "create",
-        "--role",
-        "server",
-        "--name",
-        "server-14",
-        "--ip",
-        &ip,
-        "--ca-dir",
-        &p,
-        "--dir",
-        &p,
+        "tls", "cert", "create", "--role", "server", "--name", &name, "--ip", &ip, "--ca-dir", &p,
+        "--dir", &p,
     ]);
-    let f = |name: &str| pki.join(name).display().to_string();
+    let f = |file: &str| pki.join(file).display().to_string();
     sspec.extra = vec![
         "--tls-ca".into(),
         f("shoal-ca.pem"),
         "--tls-cert".into(),
-        f("server-14.pem"),
+        f(&format!("{name}.pem")),
         "--tls-key".into(),
-        f("server-14-key.pem"),
+        f(&format!("{name}-key.pem")),
         "--tls-ca-key".into(),
         f("shoal-ca-key.pem"),
     ];
-    let _server = shoal_e2e::ServerProcess::spawn(&sspec);
-    let url = format!("http://{}", sspec.api);
+    sspec.extra.extend(extra.iter().map(|x| x.to_string()));
+    let server = shoal_e2e::ServerProcess::spawn(&sspec);
     wait_for(
         "the CA is in the replicated state",
         Duration::from_secs(30),
@@ -1960,6 +1949,23 @@ fn members_join_with_a_token_and_their_keys_stay_home() {
                 .ok_or_else(|| format!("{} {}", r.code, r.body))
         },
     );
+    (sspec, server)
+}
+
+/// Joining with a token: a server started once with the CA key puts the CA into the replicated
+/// state; an operator makes a join token; an agent given only the CA certificate and the token
+/// gets its certificate (its key made on its host, 0600) and follows the model over mutual
+/// TLS; a restart needs no token. A garbage, a revoked and an expired token are refused with
+/// their reasons, and a server cannot join with an agent's token (it gets an agent certificate,
+/// which a server refuses to run with).
+#[test]
+fn members_join_with_a_token_and_their_keys_stay_home() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let (sspec, _server) = server_importing_ca(root, 14, &[]);
+    let pki = root.join("pki");
+    let f = |name: &str| pki.join(name).display().to_string();
+    let url = format!("http://{}", sspec.api);
     let token = |role: &str, ttl: &str| -> String {
         let out = shoal_e2e::run_shoal(
             &[
@@ -2137,51 +2143,10 @@ fn wait_renewed(what: &str, cert: &std::path::Path, first: &str, member: &Proces
 fn a_joined_member_renews_its_certificate_before_it_expires() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
+    let (sspec, server) = server_importing_ca(root, 16, &["--tls-cert-ttl-seconds", "20"]);
     let pki = root.join("pki");
-    let p = pki.display().to_string();
-    shoal_tls(&["tls", "ca", "create", "--dir", &p]);
-    let mut sspec = shoal_e2e::ServerSpec::on_loopback(root, BLOCK, 16);
-    sspec.bootstrap_expect = 1;
-    let ip = sspec.api.ip().to_string();
-    shoal_tls(&[
-        "tls",
-        "cert",
-        "create",
-        "--role",
-        "server",
-        "--name",
-        "server-16",
-        "--ip",
-        &ip,
-        "--ca-dir",
-        &p,
-        "--dir",
-        &p,
-    ]);
     let f = |name: &str| pki.join(name).display().to_string();
-    sspec.extra = vec![
-        "--tls-ca".into(),
-        f("shoal-ca.pem"),
-        "--tls-cert".into(),
-        f("server-16.pem"),
-        "--tls-key".into(),
-        f("server-16-key.pem"),
-        "--tls-ca-key".into(),
-        f("shoal-ca-key.pem"),
-        "--tls-cert-ttl-seconds".into(),
-        "20".into(),
-    ];
-    let server = shoal_e2e::ServerProcess::spawn(&sspec);
     let url = format!("http://{}", sspec.api);
-    wait_for(
-        "the CA is in the replicated state",
-        Duration::from_secs(30),
-        || {
-            let r = http_request(sspec.api, "GET", "/v1/tls/ca", None, Duration::from_secs(2))
-                .map_err(|e| e.to_string())?;
-            (r.code == 200).then_some(()).ok_or(r.body)
-        },
-    );
     let token = wait_for("a join token", Duration::from_secs(30), || {
         let out = shoal_e2e::run_shoal(
             &["tls", "token", "create", "--role", "agent", "--addr", &url],
