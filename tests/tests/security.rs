@@ -547,18 +547,22 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
         "a signed write through follower {}: {err}",
         followers[0]
     );
-    let (ok, out, err) = aws_profile(
-        c.api(followers[1]),
-        &creds,
-        &[
-            "--profile",
-            "shoal",
-            "appmesh",
-            "describe-mesh",
-            "--mesh-name",
-            "tls-mesh",
-        ],
-    );
+    // The AWS CLI, signed with the bootstrapped key, reads the test's mesh through `api`.
+    let describe = |api: SocketAddr| {
+        aws_profile(
+            api,
+            &creds,
+            &[
+                "--profile",
+                "shoal",
+                "appmesh",
+                "describe-mesh",
+                "--mesh-name",
+                "tls-mesh",
+            ],
+        )
+    };
+    let (ok, out, err) = describe(c.api(followers[1]));
     assert!(
         ok && out.contains("tls-mesh"),
         "a linearizable read on follower {}: {err}",
@@ -592,18 +596,7 @@ fn raft_over_mutual_tls_refuses_clients_without_a_server_certificate() {
     let agent = forge_forward(raft_of_leader, pki.path(), Some("a1"), "tls-mesh")
         .expect_err("a forwarded commit with an agent certificate is refused");
     assert!(agent.starts_with("PermissionDenied"), "{agent}");
-    let (ok, out, _) = aws_profile(
-        c.api(leader),
-        &creds,
-        &[
-            "--profile",
-            "shoal",
-            "appmesh",
-            "describe-mesh",
-            "--mesh-name",
-            "tls-mesh",
-        ],
-    );
+    let (ok, out, _) = describe(c.api(leader));
     assert!(
         ok && out.contains("tls-mesh"),
         "the mesh survived the forged commits"
