@@ -679,14 +679,15 @@ impl RaftNode {
     /// restarts it on a store it re-verifies). Also resolves after [`RaftNode::shutdown`]:
     /// stop watching before shutting down.
     pub async fn core_stopped(&self) -> String {
-        let mut metrics = self.raft().metrics();
-        loop {
-            if let Err(fatal) = &metrics.borrow_and_update().running_state {
-                return format!("the Raft core stopped: {fatal}");
-            }
-            if metrics.changed().await.is_err() {
-                return "the Raft core task ended without stopping cleanly (it panicked)".into();
-            }
+        // Watch the server metrics, not the full ones: they change only with votes, roles and
+        // membership, while the full metrics change with every entry (a waiter on them was
+        // woken several times per write). Their sender lives in the core, so the channel
+        // closes when the core ends; the full metrics then say whether it stopped on an error.
+        let mut server = self.raft().server_metrics();
+        while server.changed().await.is_ok() {}
+        match &self.raft().metrics().borrow().running_state {
+            Err(fatal) => format!("the Raft core stopped: {fatal}"),
+            Ok(()) => "the Raft core task ended without stopping cleanly (it panicked)".into(),
         }
     }
 
