@@ -13,6 +13,8 @@
 //! Keys are ECDSA P-256 (rcgen's default, what every TLS stack and Envoy take); serials are
 //! random, so re-issuing never repeats one.
 
+pub mod mesh;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -91,7 +93,7 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-fn validity(p: &mut CertificateParams, valid_for: Duration) {
+pub(crate) fn validity(p: &mut CertificateParams, valid_for: Duration) {
     let now = OffsetDateTime::now_utc();
     // A little in the past, for clocks a bit behind the issuer's: an hour, or a quarter of a
     // short lifetime (minutes-long certificates in tests keep most of their life).
@@ -100,7 +102,7 @@ fn validity(p: &mut CertificateParams, valid_for: Duration) {
     p.not_after = now + valid_for;
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     // A positive INTEGER: clear the top bit.
     bytes[0] &= 0x7f;
@@ -197,7 +199,7 @@ impl Ca {
         Ok(signed.pem())
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    pub(crate) fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
         Ok(Issuer::from_ca_cert_pem(
             &self.cert_pem,
             KeyPair::from_pem(&self.key_pem)?,

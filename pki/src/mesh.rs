@@ -1,0 +1,399 @@
+//! The mesh CA's side: workload identities for the proxies of a mesh.
+//!
+//! Every virtual node and virtual gateway has an identity, a SPIFFE id
+//! `spiffe://<trust-domain>/mesh/<mesh>/virtualNode/<name>` (or `virtualGateway/<name>`), which
+//! its proxy's certificate carries as its only URI name (an X.509-SVID, as a SPIRE agent served
+//! App Mesh users). The mesh CA is a **sibling** of the cluster CA, not its child: a workload's
+//! key lives next to an application, and a certificate issued to it must never chain to the
+//! authority the servers and agents trust each other by; the mesh CA can also be replaced by an
+//! operator's intermediate, or rotated, without touching the control plane's trust.
+//!
+//! Pure: names in, certificates out; the caller decides who may have which identity.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::{random_serial, validity, Ca, PkiError, CA_VALIDITY};
+
+/// How long a workload certificate is valid unless configured: a day (renewed at half-life).
+pub const WORKLOAD_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest workload certificate lifetime shoal issues (tests rotate every 30 s or so).
+pub const MIN_WORKLOAD_VALIDITY: Duration = Duration::from_secs(20);
+
+/// What kind of proxy an identity is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    /// A virtual node's proxy (a sidecar).
+    VirtualNode,
+    /// A virtual gateway's proxy.
+    VirtualGateway,
+}
+
+impl WorkloadKind {
+    /// The path segment of the SPIFFE id: `virtualNode` or `virtualGateway` (App Mesh's names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::VirtualNode => "virtualNode",
+            WorkloadKind::VirtualGateway => "virtualGateway",
+        }
+    }
+}
+
+/// A proxy's identity: a SPIFFE id in the mesh's trust domain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpiffeId {
+    /// The trust domain (`shoal` unless configured).
+    pub trust_domain: String,
+    /// The mesh's name.
+    pub mesh: String,
+    /// A virtual node's or a virtual gateway's.
+    pub kind: WorkloadKind,
+    /// The virtual node's or gateway's name.
+    pub name: String,
+}
+
+impl SpiffeId {
+    /// The identity of `kind` `name` in `mesh`, checked: every part must be a valid SPIFFE
+    /// path segment (letters, digits, `.`, `-`, `_`; App Mesh's names are all of that).
+    pub fn new(
+        trust_domain: &str,
+        mesh: &str,
+        kind: WorkloadKind,
+        name: &str,
+    ) -> Result<SpiffeId, PkiError> {
+        check_trust_domain(trust_domain)?;
+        for part in [mesh, name] {
+            check_segment(part)?;
+        }
+        Ok(SpiffeId {
+            trust_domain: trust_domain.to_string(),
+            mesh: mesh.to_string(),
+            kind,
+            name: name.to_string(),
+        })
+    }
+
+    /// `spiffe://<trust-domain>/mesh/<mesh>/<virtualNode|virtualGateway>/<name>`.
+    pub fn uri(&self) -> String {
+        format!(
+            "spiffe://{}/mesh/{}/{}/{}",
+            self.trust_domain,
+            self.mesh,
+            self.kind.as_str(),
+            self.name
+        )
+    }
+
+    /// Reads a workload SPIFFE id back (`None` for anything else, such as the cluster's own
+    /// `spiffe://shoal/server/<name>` identities).
+    pub fn parse(uri: &str) -> Option<SpiffeId> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let mut parts = rest.split('/');
+        let (td, m, mesh, kind, name) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        if parts.next().is_some() || m != "mesh" {
+            return None;
+        }
+        let kind = match kind {
+            "virtualNode" => WorkloadKind::VirtualNode,
+            "virtualGateway" => WorkloadKind::VirtualGateway,
+            _ => return None,
+        };
+        SpiffeId::new(td, mesh, kind, name).ok()
+    }
+}
+
+impl std::fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.uri())
+    }
+}
+
+/// Checks a trust domain as SPIFFE defines it: lowercase letters, digits, `.`, `-` and `_`,
+/// at most 255 characters.
+pub fn check_trust_domain(td: &str) -> Result<(), PkiError> {
+    let ok = !td.is_empty()
+        && td.len() <= 255
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::Name(format!(
+            "trust domain {td:?}: lowercase letters, digits, '.', '-' and '_', at most 255"
+        )))
+    }
+}
+
+fn check_segment(s: &str) -> Result<(), PkiError> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::Name(s.to_string()))
+    }
+}
+
+/// A new mesh CA root for `trust_domain`: self-signed, ECDSA P-256, valid ten years, with
+/// the trust domain's own SPIFFE id (`spiffe://<trust-domain>`) as its URI name. It may sign
+/// one level of intermediates (an operator's issuing CA) as well as workloads.
+pub fn generate_root(trust_domain: &str) -> Result<Ca, PkiError> {
+    check_trust_domain(trust_domain)?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("shoal mesh CA {trust_domain}"));
+    dn.push(DnType::OrganizationName, "shoal");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let uri = format!("spiffe://{trust_domain}");
+    p.subject_alt_names.push(SanType::URI(
+        uri.clone().try_into().map_err(|_| PkiError::Name(uri))?,
+    ));
+    p.serial_number = Some(random_serial());
+    validity(&mut p, CA_VALIDITY);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = p.self_signed(&key)?;
+    Ca::from_pem(&cert.pem(), &key.serialize_pem())
+}
+
+impl Ca {
+    /// Signs a workload certificate for the public key of `csr_pem` (its signature verified:
+    /// the sender holds the key, which never leaves its host): the SPIFFE id `id` as its only
+    /// URI name, the `dns` names its callers use, valid for `valid_for` (at least
+    /// [`MIN_WORKLOAD_VALIDITY`]). Only the CSR's key is used; every name comes from the
+    /// caller, never from the CSR.
+    pub fn issue_workload_for_csr(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        dns: &[String],
+        valid_for: Duration,
+    ) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Csr(e.to_string()))?;
+        if let Some(bad) = dns
+            .iter()
+            .find(|d| rustls_pki_types::DnsName::try_from(d.as_str()).is_err())
+        {
+            return Err(PkiError::Name(bad.clone()));
+        }
+        let mut p = CertificateParams::new(dns.to_vec())
+            .map_err(|e| PkiError::Name(format!("{dns:?}: {e}")))?;
+        let uri = id.uri();
+        p.subject_alt_names.push(SanType::URI(
+            uri.clone().try_into().map_err(|_| PkiError::Name(uri))?,
+        ));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "shoal");
+        dn.push(DnType::CommonName, id.name.clone());
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        p.serial_number = Some(random_serial());
+        validity(&mut p, valid_for.max(MIN_WORKLOAD_VALIDITY));
+        let signed = rcgen::CertificateSigningRequestParams {
+            params: p,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer()?)?;
+        Ok(signed.pem())
+    }
+}
+
+/// The workload SPIFFE id the first certificate of `cert_pem` names, if it names one.
+pub fn spiffe_id_of(cert_pem: &str) -> Option<SpiffeId> {
+    use x509_parser::prelude::{FromDer, GeneralName};
+    let der = crate::first_cert_der(cert_pem)?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let uri = uris.next()?;
+    // An SVID has exactly one URI name.
+    if uris.next().is_some() {
+        return None;
+    }
+    SpiffeId::parse(uri)
+}
+
+/// Checks that `cert_pem` (with any intermediates after it) chains to one of the roots in
+/// `bundle_pem`, is valid at `now_secs` for both TLS server and client use, and names a
+/// workload; returns the identity.
+pub fn verify_workload(
+    bundle_pem: &str,
+    cert_pem: &str,
+    now_secs: u64,
+) -> Result<SpiffeId, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let refused = |why: String| PkiError::Renewal(why);
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bundle_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let anchors: Vec<_> = roots
+        .iter()
+        .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok())
+        .collect();
+    if anchors.is_empty() {
+        return Err(refused("the trust bundle holds no certificate".into()));
+    }
+    let mut chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).filter_map(Result::ok);
+    let leaf = chain
+        .next()
+        .ok_or_else(|| refused("no PEM certificate".into()))?;
+    let intermediates: Vec<CertificateDer<'static>> = chain.collect();
+    let cert = webpki::EndEntityCert::try_from(&leaf)
+        .map_err(|e| refused(format!("the certificate does not parse: {e}")))?;
+    let time = rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(now_secs));
+    let algs = &[
+        webpki::ring::ECDSA_P256_SHA256,
+        webpki::ring::ECDSA_P384_SHA384,
+    ];
+    for usage in [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ] {
+        cert.verify_for_usage(algs, &anchors, &intermediates, time, usage, None, None)
+            .map_err(|e| refused(format!("the certificate is not valid now: {e}")))?;
+    }
+    spiffe_id_of(cert_pem).ok_or_else(|| refused("the certificate names no workload".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{new_csr, validity_of};
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn spiffe_ids_round_trip_and_refuse_what_is_not_a_segment() {
+        let id =
+            SpiffeId::new("shoal", "app", WorkloadKind::VirtualNode, "colorteller-red").unwrap();
+        assert_eq!(
+            id.uri(),
+            "spiffe://shoal/mesh/app/virtualNode/colorteller-red"
+        );
+        assert_eq!(SpiffeId::parse(&id.uri()), Some(id));
+        let gw = SpiffeId::new(
+            "example.org",
+            "m",
+            WorkloadKind::VirtualGateway,
+            "ingress_gw",
+        )
+        .unwrap();
+        assert_eq!(
+            gw.uri(),
+            "spiffe://example.org/mesh/m/virtualGateway/ingress_gw"
+        );
+        for bad in [
+            "spiffe://shoal/server/s1",
+            "spiffe://shoal/mesh/app/virtualNode",
+            "spiffe://shoal/mesh/app/virtualRouter/r",
+            "spiffe://shoal/mesh/app/virtualNode/a/b",
+            "spiffe://Shoal/mesh/app/virtualNode/a",
+            "https://shoal/mesh/app/virtualNode/a",
+            "spiffe://shoal/mesh/../virtualNode/a",
+        ] {
+            assert_eq!(SpiffeId::parse(bad), None, "{bad}");
+        }
+        for (td, mesh, name) in [
+            ("", "m", "n"),
+            ("UPPER", "m", "n"),
+            ("shoal", "", "n"),
+            ("shoal", "m", "a b"),
+            ("shoal", "m", "a/b"),
+            ("shoal", "..", "n"),
+        ] {
+            assert!(
+                SpiffeId::new(td, mesh, WorkloadKind::VirtualNode, name).is_err(),
+                "{td:?} {mesh:?} {name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_workload_certificate_names_its_identity_and_the_callers_names_only() {
+        let root = generate_root("shoal").unwrap();
+        let id = SpiffeId::new("shoal", "app", WorkloadKind::VirtualNode, "front").unwrap();
+        // The CSR asks for a name of its own: it is not used.
+        let (csr, _key) = new_csr("admin.server.shoal").unwrap();
+        let cert = root
+            .issue_workload_for_csr(
+                &csr,
+                &id,
+                &["front.app.local".into()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        assert_eq!(spiffe_id_of(&cert), Some(id.clone()));
+        assert_eq!(verify_workload(root.cert_pem(), &cert, now()).unwrap(), id);
+        let other = generate_root("shoal").unwrap();
+        assert!(verify_workload(other.cert_pem(), &cert, now()).is_err());
+        assert!(verify_workload(root.cert_pem(), &cert, now() + 7200).is_err());
+        // A bundle with both roots (a rotation's overlap) takes either's certificates.
+        let both = format!("{}{}", other.cert_pem(), root.cert_pem());
+        assert!(verify_workload(&both, &cert, now()).is_ok());
+        let der = crate::first_cert_der(&cert).unwrap();
+        assert_eq!(crate::role_of(&der), None, "never a cluster role");
+        let (end, len) = validity_of(&cert).unwrap();
+        assert_eq!(len, 3600 + 900);
+        assert!(end > now() && end <= now() + 3600);
+        // The root names the trust domain and is not a workload.
+        assert_eq!(spiffe_id_of(root.cert_pem()), None);
+        assert!(root.cert_pem().contains("CERTIFICATE"));
+        // Too short a lifetime is raised to the minimum; a bad DNS name is refused.
+        let short = root
+            .issue_workload_for_csr(&csr, &spiffe("n"), &[], Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(validity_of(&short).unwrap().1, 20 + 5);
+        assert!(root
+            .issue_workload_for_csr(&csr, &spiffe("n"), &["bad name".into()], WORKLOAD_VALIDITY)
+            .is_err());
+        assert!(matches!(
+            root.issue_workload_for_csr("garbage", &spiffe("n"), &[], WORKLOAD_VALIDITY),
+            Err(PkiError::Csr(_))
+        ));
+        assert!(generate_root("Not A Domain").is_err());
+    }
+
+    fn spiffe(name: &str) -> SpiffeId {
+        SpiffeId::new("shoal", "m", WorkloadKind::VirtualNode, name).unwrap()
+    }
+}
