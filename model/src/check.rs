@@ -988,6 +988,19 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
             }
             Ok(())
         }
+        Command::InitMeshCa { ca } => {
+            if !valid_trust_domain(&ca.trust_domain) {
+                return Err(ApiError::bad_request(
+                    "A trust domain is lowercase letters, digits, '.', '-' and '_', at most 255",
+                ));
+            }
+            mesh_authority(&ca.signing)?;
+            if !ca.previous.is_empty() {
+                return Err(ApiError::bad_request("A new mesh CA has no previous roots"));
+            }
+            Ok(())
+        }
+        Command::RotateMeshCa { authority, .. } => mesh_authority(authority),
         Command::PutJoinToken { token } => {
             join_token_id(&token.id)?;
             let hex64 = token.secret_sha256.len() == 64
@@ -1004,6 +1017,30 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
         }
         Command::RevokeJoinToken { id } => join_token_id(id),
     }
+}
+
+fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+fn mesh_authority(a: &crate::MeshAuthority) -> Result<(), ApiError> {
+    let pem = |s: &str, what: &str| s.starts_with("-----BEGIN ") && s.contains(what);
+    if !pem(&a.cert_pem, "CERTIFICATE")
+        || !pem(&a.root_pem, "CERTIFICATE")
+        || !pem(&a.key_pem, "PRIVATE KEY")
+        || a.cert_pem.len() > 64 << 10
+        || a.root_pem.len() > 16 << 10
+        || a.key_pem.len() > 16 << 10
+    {
+        return Err(ApiError::bad_request(
+            "A mesh CA authority is a PEM certificate chain, its PEM private key and its PEM root",
+        ));
+    }
+    Ok(())
 }
 
 fn join_token_id(id: &str) -> Result<(), ApiError> {

@@ -35,5 +35,6 @@ pub mod validate;
 pub use error::{ApiError, ErrorKind};
 pub use resource::{Kind, Metadata, Resource, ResourceKey, Spec};
 pub use store::{
-    Applied, Change, ClusterCa, Command, JoinToken, Model, Outcome, PutMode, Reply, Stamp,
+    Applied, Change, ClusterCa, Command, JoinToken, MeshAuthority, MeshCa, Model, Outcome, PutMode,
+    Reply, Stamp, TrustedRoot,
 };

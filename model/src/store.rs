@@ -117,6 +117,25 @@ pub enum Command {
         /// The CA certificate and key.
         ca: ClusterCa,
     },
+    /// Puts the mesh CA into the replicated state (the first leader makes one): applied only
+    /// while there is none, so the first stays; rotation is [`Command::RotateMeshCa`].
+    InitMeshCa {
+        /// The trust domain and the signing authority.
+        ca: MeshCa,
+    },
+    /// Makes `authority` the mesh CA's signing authority (`shoal ca rotate`, `shoal ca
+    /// import`): the previous one's root stays trusted until `overlap_until`, so proxies
+    /// holding certificates from either keep talking while they renew. Trust that ended by
+    /// `now` is dropped.
+    RotateMeshCa {
+        /// The new signing authority.
+        authority: MeshAuthority,
+        /// Unix seconds until which the previous root stays in every trust bundle.
+        overlap_until: u64,
+        /// The proposer's clock (Unix seconds): what "ended" is measured against, the same on
+        /// every replica.
+        now: u64,
+    },
     /// Adds a join token (`shoal tls token create`).
     PutJoinToken {
         /// The token (its secret only as a hash).
@@ -145,6 +164,73 @@ impl std::fmt::Debug for ClusterCa {
         // Never the key.
         f.debug_struct("ClusterCa").finish_non_exhaustive()
     }
+}
+
+/// The mesh CA: the authority proxies' workload certificates chain to. A sibling of the cluster
+/// CA, never its child (see `shoal_pki::mesh`). Kept in the replicated model like the cluster
+/// CA (servers only, in snapshots: protect backups as the key itself).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshCa {
+    /// The SPIFFE trust domain of every workload identity (`shoal` unless configured).
+    pub trust_domain: String,
+    /// The authority that signs now.
+    pub signing: MeshAuthority,
+    /// Roots trusted besides the signing one, each until its time (a rotation's overlap).
+    #[serde(default)]
+    pub previous: Vec<TrustedRoot>,
+}
+
+impl MeshCa {
+    /// The roots to trust at `now` (Unix seconds), PEM, the signing authority's first.
+    pub fn bundle(&self, now: u64) -> String {
+        let mut out = self.signing.root_pem.clone();
+        for r in self.previous.iter().filter(|r| r.trusted_until > now) {
+            if r.root_pem != self.signing.root_pem {
+                out.push_str(&r.root_pem);
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for MeshCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("MeshCa")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signing authority of the mesh CA: shoal's own root, or an operator's intermediate.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshAuthority {
+    /// The signing certificate, then the intermediates up to (not including) the root, PEM.
+    pub cert_pem: String,
+    /// The signing certificate's private key, PEM.
+    pub key_pem: String,
+    /// The root the chain ends at (the signing certificate itself for shoal's own root).
+    pub root_pem: String,
+    /// When it became the signing authority (Unix seconds, the proposer's clock).
+    pub since: u64,
+}
+
+impl std::fmt::Debug for MeshAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("MeshAuthority")
+            .field("since", &self.since)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A root trusted until a time: a previous authority's, during a rotation's overlap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedRoot {
+    /// The root certificate, PEM.
+    pub root_pem: String,
+    /// Unix seconds until which it is trusted.
+    pub trusted_until: u64,
 }
 
 /// A join token: a secret a new member presents, once or many times until it expires or is
@@ -213,6 +299,8 @@ pub enum Reply {
     },
     /// The cluster CA is in place (imported by this command, or already there).
     ClusterCa,
+    /// The mesh CA is in place (made or rotated by this command, or already there).
+    MeshCa,
     /// Join tokens created or revoked, by id.
     JoinTokens {
         /// Their ids.
@@ -229,6 +317,7 @@ impl Reply {
             | Reply::Batch(_)
             | Reply::AccessKeys { .. }
             | Reply::ClusterCa
+            | Reply::MeshCa
             | Reply::JoinTokens { .. } => None,
         }
     }
@@ -324,6 +413,8 @@ pub struct Model {
     access_keys: BTreeMap<String, AccessKey>,
     /// The cluster CA (none on agents' replicas, or before one is imported).
     cluster_ca: Option<ClusterCa>,
+    /// The mesh CA (none on agents' replicas, or before the first leader makes one).
+    mesh_ca: Option<MeshCa>,
     /// Join tokens by id (empty on agents' replicas).
     join_tokens: BTreeMap<String, JoinToken>,
     revision: u64,
@@ -340,6 +431,8 @@ struct Snapshot {
     access_keys: Vec<AccessKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cluster_ca: Option<ClusterCa>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mesh_ca: Option<MeshCa>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     join_tokens: Vec<JoinToken>,
 }
@@ -357,6 +450,7 @@ impl From<Model> for Snapshot {
             tokens: m.tokens.into_iter().collect(),
             access_keys: m.access_keys.into_values().collect(),
             cluster_ca: m.cluster_ca,
+            mesh_ca: m.mesh_ca,
             join_tokens: m.join_tokens.into_values().collect(),
         }
     }
@@ -377,6 +471,7 @@ impl From<Snapshot> for Model {
                 .map(|k| (k.id.clone(), k))
                 .collect(),
             cluster_ca: s.cluster_ca,
+            mesh_ca: s.mesh_ca,
             join_tokens: s
                 .join_tokens
                 .into_iter()
@@ -415,6 +510,7 @@ impl Model {
             tokens: BTreeMap::new(),
             access_keys: BTreeMap::new(),
             cluster_ca: None,
+            mesh_ca: None,
             join_tokens: BTreeMap::new(),
             revision,
         }
@@ -428,6 +524,11 @@ impl Model {
     /// The cluster CA, once imported.
     pub fn cluster_ca(&self) -> Option<&ClusterCa> {
         self.cluster_ca.as_ref()
+    }
+
+    /// The mesh CA, once the first leader made it.
+    pub fn mesh_ca(&self) -> Option<&MeshCa> {
+        self.mesh_ca.as_ref()
     }
 
     /// The join token `id`, if it exists (expired ones too: the caller checks the time).
@@ -701,6 +802,41 @@ impl Model {
                 }
                 return Applied {
                     outcome: Ok(Reply::ClusterCa),
+                    changes: Vec::new(),
+                };
+            }
+            Command::InitMeshCa { ca } => {
+                if self.mesh_ca.is_none() {
+                    self.mesh_ca = Some(ca.clone());
+                }
+                return Applied {
+                    outcome: Ok(Reply::MeshCa),
+                    changes: Vec::new(),
+                };
+            }
+            Command::RotateMeshCa {
+                authority,
+                overlap_until,
+                now,
+            } => {
+                let outcome = match &mut self.mesh_ca {
+                    None => Err(ApiError::not_found("This cluster has no mesh CA yet")),
+                    Some(ca) => {
+                        let old = std::mem::replace(&mut ca.signing, authority.clone());
+                        if old.root_pem != ca.signing.root_pem {
+                            ca.previous.push(TrustedRoot {
+                                root_pem: old.root_pem,
+                                trusted_until: *overlap_until,
+                            });
+                        }
+                        let signing_root = ca.signing.root_pem.clone();
+                        ca.previous
+                            .retain(|r| r.trusted_until > *now && r.root_pem != signing_root);
+                        Ok(Reply::MeshCa)
+                    }
+                };
+                return Applied {
+                    outcome,
                     changes: Vec::new(),
                 };
             }

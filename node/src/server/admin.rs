@@ -190,6 +190,7 @@ async fn snapshot_restore(State(s): State<AppState>, body: axum::body::Body) -> 
                 | shoal_model::Reply::Batch(_)
                 | shoal_model::Reply::AccessKeys { .. }
                 | shoal_model::Reply::ClusterCa
+                | shoal_model::Reply::MeshCa
                 | shoal_model::Reply::JoinTokens { .. } => 0,
             };
             (
