@@ -405,6 +405,11 @@ pub fn virtual_node_endpoints<'a>(
 /// The virtual nodes that serve virtual service `name` in `mesh`: its provider node, or every
 /// node a route of its provider router targets with a positive weight. Sorted, deduplicated.
 pub fn virtual_service_nodes(model: &Model, mesh: &str, name: &str) -> Vec<String> {
+    service_nodes(model, mesh, name, false)
+}
+
+/// [`virtual_service_nodes`], with route targets of weight 0 too when `idle_targets`.
+fn service_nodes(model: &Model, mesh: &str, name: &str, idle_targets: bool) -> Vec<String> {
     let key = ResourceKey::in_mesh(mesh, Kind::VirtualService, name);
     let Some(Spec::VirtualService(spec)) = model.get(&key).map(|r| &r.spec) else {
         return Vec::new();
@@ -417,7 +422,7 @@ pub fn virtual_service_nodes(model: &Model, mesh: &str, name: &str) -> Vec<Strin
         Some(api::VirtualServiceProvider::VirtualRouter(p)) => {
             for route in model.children(mesh, Kind::Route, &p.virtual_router_name) {
                 for t in targets_of(&route.spec) {
-                    if t.weight > 0 {
+                    if t.weight > 0 || idle_targets {
                         nodes.insert(t.virtual_node.clone());
                     }
                 }
@@ -509,4 +514,43 @@ pub fn dns_zones(
         .collect();
     zones.extend(outside);
     zones
+}
+
+/// The DNS names callers use to reach virtual node `node` of `mesh`, for its workload
+/// certificate: its `dns` hostname or Cloud Map `service.namespace`, and every virtual service
+/// it provides (directly or through a router's routes, with any weight: shifting traffic to a
+/// canary must not wait for its certificate's renewal). Lowercase, without a trailing dot,
+/// sorted, each once; names that are not valid DNS names are left out (the caller checks).
+pub fn workload_dns_names(model: &Model, mesh: &str, node: &str) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    let key = ResourceKey::in_mesh(mesh, Kind::VirtualNode, node);
+    if let Some(Spec::VirtualNode(spec)) = model.get(&key).map(|r| &r.spec) {
+        match &spec.service_discovery {
+            Some(api::ServiceDiscovery::Dns(dns)) => {
+                names.insert(dns.hostname.clone());
+            }
+            Some(api::ServiceDiscovery::AwsCloudMap(cm)) => {
+                names.insert(format!("{}.{}", cm.service_name, cm.namespace_name));
+            }
+            None => {}
+        }
+    }
+    for r in model
+        .iter()
+        .filter(|r| r.key.kind == Kind::VirtualService && r.key.mesh == mesh)
+    {
+        if service_nodes(model, mesh, &r.key.name, true)
+            .iter()
+            .any(|n| n == node)
+        {
+            names.insert(r.key.name.clone());
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }

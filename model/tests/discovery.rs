@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use shoal_model::discovery::{
-    dns_names, dns_zones, virtual_node_endpoints, virtual_service_nodes, Endpoint, Instance,
+    dns_names, dns_zones, virtual_node_endpoints, virtual_service_nodes, workload_dns_names,
+    Endpoint, Instance,
 };
 use shoal_model::request::parse_create;
 use shoal_model::{Command, Kind, Model, PutMode, ResourceKey, Stamp};
@@ -323,4 +324,25 @@ proptest::proptest! {
             proptest::prop_assert!(i.port > 0 && !i.id.contains('/'));
         }
     }
+}
+
+#[test]
+fn a_workload_certificate_names_what_callers_dial() {
+    let m = world();
+    // red: its Cloud Map service and the virtual service its router serves (weight 1; blue's
+    // route target counts too, whatever its weight: a shift must not break TLS).
+    assert_eq!(
+        workload_dns_names(&m, "m", "red"),
+        ["color.apps.local", "color.m.local"]
+    );
+    assert_eq!(
+        workload_dns_names(&m, "m", "blue"),
+        ["color.apps.local", "color.m.local"]
+    );
+    assert_eq!(
+        workload_dns_names(&m, "m", "dnsnode"),
+        ["legacy.example.org", "legacy.m.local"]
+    );
+    assert!(workload_dns_names(&m, "m", "absent").is_empty());
+    assert!(workload_dns_names(&m, "other", "red").is_empty());
 }
