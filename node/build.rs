@@ -50,6 +50,17 @@ fn main() {
             "crate::server::rpc::RemoveServerReply",
         ))
         .build();
-    tonic_build::manual::Builder::new().compile(&[watch, forward]);
+    let mesh_ca = tonic_build::manual::Service::builder()
+        .name("MeshCa")
+        .package("shoal.v1")
+        .comment("Workload certificates for the proxies an agent serves, signed by the mesh CA.")
+        .method(unary(
+            "sign_workload",
+            "SignWorkload",
+            "crate::server::mesh_ca::SignRequest",
+            "crate::server::mesh_ca::SignReply",
+        ))
+        .build();
+    tonic_build::manual::Builder::new().compile(&[watch, forward, mesh_ca]);
     println!("cargo:rerun-if-changed=build.rs");
 }

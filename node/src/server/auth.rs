@@ -96,6 +96,7 @@ pub fn need(method: &Method, path: &str, query: &str, body: &[u8], id: &Identity
         ["v1", "tls", "join" | "renew"] if method == Method::POST => Need::Open,
         ["v1", "tls", "ca"] if method == Method::GET => Need::Open,
         ["v1", "tls", "tokens", ..] => act("shoal:ManageJoinTokens", "*"),
+        ["v1", "ca", "mesh", "sign"] => act("shoal:IssueWorkloadCertificate", "*"),
         ["v1", "acl", ..] => act("shoal:ManageAccessKeys", "*"),
         ["v1", "snapshot"] => act("shoal:SnapshotSave", "*"),
         ["v1", "snapshot", "restore"] => act("shoal:SnapshotRestore", "*"),

@@ -43,6 +43,12 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub bootstrap_expect: Option<u32>,
+    /// The SPIFFE trust domain of the mesh CA's workload identities
+    /// (`spiffe://<trust-domain>/mesh/<mesh>/virtualNode/<name>`). Used when the first leader
+    /// makes the mesh CA; fixed from then on.
+    #[arg(long, default_value_t = default_trust_domain())]
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
     /// Account id written into ARNs (12 digits).
     #[arg(long, default_value_t = default_account())]
     #[serde(default = "default_account")]
@@ -165,6 +171,10 @@ fn default_raft() -> SocketAddr {
     "127.0.0.1:7071".parse().expect("literal")
 }
 /// The account id shoal uses when none is configured.
+fn default_trust_domain() -> String {
+    "shoal".into()
+}
+
 fn default_account() -> String {
     "000000000000".into()
 }
@@ -246,6 +256,9 @@ impl ServerConfig {
             if self.expect() != 1 {
                 bail!("--tls-bootstrap founds a new cluster: only on its first server, with --bootstrap-expect 1 (the other servers join it with `shoal tls token create --role server` tokens)");
             }
+        }
+        if let Err(e) = shoal_pki::mesh::check_trust_domain(&self.trust_domain) {
+            bail!("--trust-domain: {e}");
         }
         if self.api_tls
             && self.tls_cert.is_none()

@@ -19,6 +19,7 @@ mod cluster;
 mod config;
 mod forward;
 mod join;
+pub mod mesh_ca;
 mod metrics;
 pub mod rpc;
 mod state;
@@ -305,6 +306,11 @@ where
         };
         tokio::spawn(crate::enroll::renew(renewal, l.clone(), stop_rx.clone()));
     }
+    tokio::spawn(mesh_ca::ensure(
+        state.clone(),
+        cfg.trust_domain.clone(),
+        stop_rx.clone(),
+    ));
     if let Some(key) = &cfg.tls_ca_key {
         let ca = read_cluster_ca(cfg.tls_ca.as_deref(), key)?;
         tokio::spawn(join::import_ca(state.clone(), ca, stop_rx.clone()));
@@ -330,7 +336,7 @@ where
     let app = extra
         .merge(router(state.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            state,
+            state.clone(),
             auth::authenticate,
         ));
     tracing::info!(node_id = cfg.node_id, api = %api_addr, data_dir = %cfg.data_dir.display(), "server ready");
@@ -384,6 +390,11 @@ where
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(WatchService::new(hub).into_server())
+        // Any member's certificate (the handshake required one from the cluster CA) may ask
+        // for its proxies' certificates.
+        .add_service(mesh_ca::grpc::mesh_ca_server::MeshCaServer::new(
+            mesh_ca::MeshCaService::new(state.clone()),
+        ))
         .add_optional_service(raft_plain)
         .add_optional_service(raft_guarded)
         .add_optional_service(forward_plain)
@@ -480,6 +491,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(auth::routes())
         .merge(join::routes())
+        .merge(mesh_ca::routes())
         .fallback(crate::http::no_such_operation)
         .with_state(state)
 }
