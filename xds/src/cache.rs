@@ -29,6 +29,8 @@ pub struct Inputs {
     pub endpoints: Arc<Vec<Endpoint>>,
     /// `endpoints` indexed for translation (built once per view, used for every proxy).
     pub index: Arc<EndpointIndex>,
+    /// The proxies' workload certificates and the mesh CA's trust bundle.
+    pub identities: Arc<crate::Identities>,
 }
 
 impl Inputs {
@@ -39,7 +41,14 @@ impl Inputs {
             model,
             endpoints,
             index,
+            identities: Arc::default(),
         }
+    }
+
+    /// The same view with `identities`.
+    pub fn with_identities(mut self, identities: Arc<crate::Identities>) -> Self {
+        self.identities = identities;
+        self
     }
 }
 
@@ -57,6 +66,7 @@ impl Interner {
     /// every set by an equal set another proxy holds.
     fn intern(&mut self, snap: Snapshot) -> Snapshot {
         let mut out = Snapshot::default();
+        out.want_agent_secrets(snap.agent_secrets().iter().cloned());
         for ty in ResourceType::ALL {
             let key = (ty, snap.set(ty).version().to_string());
             if let Some(set) = self.sets.get(&key).and_then(Weak::upgrade) {
@@ -106,6 +116,7 @@ impl Inner {
             if Arc::ptr_eq(&held.model, &inputs.model)
                 && Arc::ptr_eq(&held.endpoints, &inputs.endpoints)
                 && Arc::ptr_eq(&held.index, &inputs.index)
+                && Arc::ptr_eq(&held.identities, &inputs.identities)
             {
                 return shared.clone();
             }
@@ -225,13 +236,18 @@ impl Proxies {
         // One translator for every proxy: sidecars with the same backends share their egress
         // half, built once.
         let translator =
-            Translator::with_shared(&inputs.model, &inputs.endpoints, &inputs.index, &shared);
+            Translator::with_shared(&inputs.model, &inputs.endpoints, &inputs.index, &shared)
+                .with_trust_domain(inputs.identities.trust_domain.as_deref());
         let translator = &translator;
+        let identities = &inputs.identities;
         let translate_all =
             |chunk: &[(Key, Arc<watch::Sender<Arc<Snapshot>>>)]| -> Vec<Option<Snapshot>> {
                 chunk
                     .iter()
-                    .map(|((proxy, opts), _)| translate_one(translator, proxy, opts))
+                    .map(|((proxy, opts), _)| {
+                        translate_one(translator, proxy, opts)
+                            .map(|s| with_secrets(s, identities, proxy))
+                    })
                     .collect()
             };
         let results: Vec<Option<Snapshot>> = if threads == 1 || work.len() < 16 {
@@ -267,6 +283,26 @@ impl Proxies {
     }
 }
 
+/// `snap` with the secrets it takes from the agent that `proxy` may have (its own, never
+/// another's: see [`crate::identity`]).
+fn with_secrets(mut snap: Snapshot, ids: &crate::Identities, proxy: &ProxyId) -> Snapshot {
+    if snap.agent_secrets().is_empty() {
+        return snap;
+    }
+    let secrets = ids.secrets_for(proxy, snap.agent_secrets());
+    let served: std::collections::BTreeSet<&str> =
+        secrets.iter().map(|r| r.name.as_str()).collect();
+    for name in snap.agent_secrets() {
+        if !served.contains(name.as_str()) {
+            tracing::debug!(proxy = %proxy, secret = %shoal_model::logsafe::log_safe(name), "a secret the proxy's configuration names is not served to it (not its own, or not issued yet)");
+        }
+    }
+    for r in secrets {
+        snap.insert(ResourceType::Secret, r);
+    }
+    snap
+}
+
 /// The snapshot of `proxy`, not interned; `None` when the model cannot be translated.
 fn translate_one(t: &Translator<'_>, proxy: &ProxyId, opts: &ProxyOptions) -> Option<Snapshot> {
     match t.translate(proxy, opts) {
@@ -286,8 +322,11 @@ fn compute(
     opts: &ProxyOptions,
     interner: &mut Interner,
 ) -> Option<Snapshot> {
-    let t = Translator::with_shared(&inputs.model, &inputs.endpoints, &inputs.index, shared);
-    translate_one(&t, proxy, opts).map(|s| interner.intern(s))
+    let t = Translator::with_shared(&inputs.model, &inputs.endpoints, &inputs.index, shared)
+        .with_trust_domain(inputs.identities.trust_domain.as_deref());
+    translate_one(&t, proxy, opts)
+        .map(|s| with_secrets(s, &inputs.identities, proxy))
+        .map(|s| interner.intern(s))
 }
 
 impl crate::server::SnapshotSource for Proxies {

@@ -8,6 +8,8 @@
 //! * [`bootstrap`]: the bootstrap a stock Envoy starts with (`shoal envoy bootstrap`).
 //! * [`cache`]: one snapshot per connected proxy, recomputed when the [`cache::Inputs`]
 //!   change, resources interned across proxies; the agent's [`SnapshotSource`].
+//! * [`identity`]: the proxies' workload certificates the agent holds, served as SDS secrets
+//!   on their own ADS streams (each proxy only its own).
 //! * [`server`]: Aggregated Discovery Service, state-of-the-world and incremental, over tonic.
 //!
 //! **Invariant:** this crate knows nothing about Raft or gossip; it sees the model and the
@@ -15,12 +17,14 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod identity;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod translate;
 
 pub use cache::{Inputs, Proxies};
+pub use identity::{Identities, WorkloadCert};
 pub use proxy::{ProxyId, ProxyKind, ProxyOptions};
 pub use server::{AdsServer, SnapshotSource, SnapshotWatch};
 pub use snapshot::{Resource, ResourceType, Snapshot};

@@ -153,9 +153,25 @@ impl ResourceSet {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     by_type: [Arc<ResourceSet>; 5],
+    /// Secrets the configuration takes from the agent over ADS: names, not resources (the
+    /// agent adds the proxy's own, never another's).
+    agent_secrets: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl Snapshot {
+    /// The secrets the configuration takes from the agent over ADS, by name.
+    pub fn agent_secrets(&self) -> &std::collections::BTreeSet<String> {
+        &self.agent_secrets
+    }
+
+    /// Adds `names` to [`Snapshot::agent_secrets`].
+    pub fn want_agent_secrets(&mut self, names: impl IntoIterator<Item = String>) {
+        let mut names = names.into_iter().peekable();
+        if names.peek().is_some() {
+            Arc::make_mut(&mut self.agent_secrets).extend(names);
+        }
+    }
+
     /// Adds (or replaces) a resource of type `ty`.
     pub fn insert(&mut self, ty: ResourceType, resource: Arc<Resource>) {
         let set = Arc::make_mut(&mut self.by_type[ty.index()]);

@@ -410,6 +410,11 @@ impl Ctx<'_> {
         let port = port_of(l.port_mapping.port);
         let proto = l.port_mapping.protocol;
         let tls = tls.filter(|t| t.applies_to(port)).cloned();
+        if let Some(t) = &tls {
+            self.out
+                .agent_secrets
+                .extend(t.agent_secrets().map(str::to_string));
+        }
         let key = EgressKey {
             node: node.to_string(),
             port,

@@ -425,7 +425,8 @@ pub(crate) fn virtual_gateway(
         spec.backend_defaults
             .as_ref()
             .and_then(|d| d.client_policy.as_ref()),
-    )?;
+    )?
+    .map(|t| t.served_by(ctx.trust_domain));
     let groutes = gateway_routes(ctx, name);
     let mut listeners: Vec<&api::VirtualGatewayListener> = spec.listeners.iter().collect();
     listeners.sort_by_key(|l| l.port_mapping.port);
@@ -433,7 +434,13 @@ pub(crate) fn virtual_gateway(
         let port = port_of(l.port_mapping.port);
         let proto = gateway_protocol(l.port_mapping.protocol);
         let limits = Limits::of_gateway(l.connection_pool.as_ref());
-        let server_tls = util::gateway_listener_tls(&resource, l.tls.as_ref())?;
+        let server_tls = util::gateway_listener_tls(&resource, l.tls.as_ref())?
+            .map(|t| t.served_by(ctx.trust_domain));
+        if let Some(t) = &server_tls {
+            ctx.out
+                .agent_secrets
+                .extend(t.agent_secrets().map(str::to_string));
+        }
         let mut rts = Vec::new();
         for g in &groutes {
             if g.protocol != proto || g.port.is_some_and(|p| p != port) {

@@ -131,6 +131,8 @@ pub(crate) struct Out {
     pub clusters: BTreeMap<String, Cluster>,
     pub listeners: BTreeMap<String, Listener>,
     pub routes: BTreeMap<String, RouteConfiguration>,
+    /// Secrets the configuration takes from the agent over ADS (see [`Translator::with_trust_domain`]).
+    pub agent_secrets: std::collections::BTreeSet<String>,
 }
 
 impl Out {
@@ -169,6 +171,8 @@ pub(crate) struct Ctx<'a> {
     pub logs: Vec<AccessLog>,
     /// What other proxies of the same view built and this one can reuse.
     pub shared: &'a Shared,
+    /// The mesh CA's trust domain, when the agent serves its secrets.
+    pub trust_domain: Option<&'a str>,
 }
 
 impl<'a> Ctx<'a> {
@@ -280,7 +284,10 @@ pub fn translate_indexed(
 }
 
 /// The encoded egress half of one sidecar, shared by every sidecar with the same backends.
-type Egress = Arc<Vec<(ResourceType, Arc<Resource>)>>;
+type Egress = Arc<(
+    Vec<(ResourceType, Arc<Resource>)>,
+    std::collections::BTreeSet<String>,
+)>;
 
 /// Translates many proxies of one view (model and endpoints), sharing what they have in
 /// common.
@@ -298,6 +305,7 @@ pub struct Translator<'a> {
     endpoints: &'a [Endpoint],
     index: &'a shoal_model::discovery::EndpointIndex,
     memo: Memo<'a>,
+    trust_domain: Option<&'a str>,
 }
 
 /// What a [`Translator`] remembers: its own, or one kept by the caller between translators of
@@ -349,6 +357,7 @@ impl<'a> Translator<'a> {
             endpoints,
             index,
             memo: Memo::Own(Shared::default()),
+            trust_domain: None,
         }
     }
 
@@ -365,7 +374,18 @@ impl<'a> Translator<'a> {
             endpoints,
             index,
             memo: Memo::Borrowed(shared),
+            trust_domain: None,
         }
+    }
+
+    /// The same, with `sds` secrets named in the mesh CA's `trust_domain` (the proxy's own
+    /// SPIFFE id, the bundle `spiffe://<trust-domain>`) taken from the agent over ADS instead
+    /// of from the local SDS provider; the snapshot lists them
+    /// ([`Snapshot::agent_secrets`]) for the agent to add. A [`Shared`] memo must only be
+    /// used with one trust domain.
+    pub fn with_trust_domain(mut self, trust_domain: Option<&'a str>) -> Self {
+        self.trust_domain = trust_domain;
+        self
     }
 
     fn shared(&self) -> &Shared {
@@ -393,6 +413,7 @@ impl<'a> Translator<'a> {
             egress: Default::default(),
             logs: Vec::new(),
             shared: self.shared(),
+            trust_domain: self.trust_domain,
         }
     }
 
@@ -417,9 +438,11 @@ impl<'a> Translator<'a> {
                 let mut ctx = self.ctx(&proxy.mesh, mesh_spec, opts);
                 node::virtual_node_ingress(&mut ctx, &proxy.name, spec)?;
                 let mut snap = encode(ctx.out);
-                for (ty, r) in self.egress(proxy, mesh_spec, spec, opts)?.iter() {
+                let egress = self.egress(proxy, mesh_spec, spec, opts)?;
+                for (ty, r) in egress.0.iter() {
                     snap.insert(*ty, r.clone());
                 }
+                snap.want_agent_secrets(egress.1.iter().cloned());
                 Ok(snap)
             }
             ProxyKind::VirtualGateway => {
@@ -460,12 +483,13 @@ impl<'a> Translator<'a> {
         let mut ctx = self.ctx(&proxy.mesh, mesh_spec, opts);
         node::virtual_node_egress(&mut ctx, &proxy.name, spec)?;
         let snap = encode(ctx.out);
-        let built: Egress = Arc::new(
+        let built: Egress = Arc::new((
             ResourceType::ALL
                 .iter()
                 .flat_map(|ty| snap.resources(*ty).values().map(|r| (*ty, r.clone())))
                 .collect(),
-        );
+            snap.agent_secrets().clone(),
+        ));
         lock(&self.shared().egress).insert(key, built.clone());
         Ok(built)
     }
@@ -490,5 +514,6 @@ fn encode(out: Out) -> Snapshot {
     for (name, r) in &out.routes {
         snap.add(ResourceType::Route, name, r);
     }
+    snap.want_agent_secrets(out.agent_secrets);
     snap
 }

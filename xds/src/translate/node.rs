@@ -235,7 +235,13 @@ fn ingress(
     for l in listeners {
         let port = port_of(l.port_mapping.port);
         let proto = l.port_mapping.protocol;
-        let tls = util::listener_tls(&resource, l.tls.as_ref())?;
+        let tls =
+            util::listener_tls(&resource, l.tls.as_ref())?.map(|t| t.served_by(ctx.trust_domain));
+        if let Some(t) = &tls {
+            ctx.out
+                .agent_secrets
+                .extend(t.agent_secrets().map(str::to_string));
+        }
         permissive |= tls.as_ref().is_some_and(|t| !t.strict);
         let cluster = cluster::ingress_cluster(ctx, name, l);
         let (per_request, idle) = listener_timeouts(l);
@@ -527,7 +533,7 @@ fn egress(
         let Some(vs) = ctx.service_spec(service) else {
             continue;
         };
-        let tls = backend_tls(&resource, spec, b)?;
+        let tls = backend_tls(&resource, spec, b)?.map(|t| t.served_by(ctx.trust_domain));
         for (port, proto) in service_ports(ctx, service) {
             match &vs.provider {
                 Some(api::VirtualServiceProvider::VirtualNode(p)) => {

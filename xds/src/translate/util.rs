@@ -85,6 +85,15 @@ pub(crate) fn ads() -> ConfigSource {
     }
 }
 
+/// A secret the agent serves on the proxy's ADS stream (its workload certificate, the mesh
+/// CA's bundle).
+pub(crate) fn ads_secret(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_string(),
+        sds_config: Some(ads()),
+    }
+}
+
 /// Secrets named by the model's `sds` members: fetched, as App Mesh's Envoy did, from the
 /// local SDS provider (a SPIRE agent) through the bootstrap cluster [`SDS_CLUSTER`].
 pub(crate) fn sds(name: &str) -> SdsSecretConfig {
@@ -257,6 +266,9 @@ pub(crate) enum CertSource {
     },
     /// A secret of the local SDS provider.
     Sds(String),
+    /// A secret the agent serves over ADS: the proxy's own workload certificate from the mesh
+    /// CA (named by its SPIFFE id).
+    Agent(String),
 }
 
 /// Where the trusted CAs come from.
@@ -266,6 +278,52 @@ pub(crate) enum TrustSource {
     File(String),
     /// A validation-context secret of the local SDS provider.
     Sds(String),
+    /// The mesh CA's trust bundle, served by the agent over ADS (named `spiffe://<trust-domain>`).
+    Agent(String),
+}
+
+/// Whether the agent serves secret `name` itself: names in the mesh CA's trust domain
+/// (`spiffe://<td>` for its bundle, `spiffe://<td>/…` for workload certificates). Any other
+/// `sds` name still goes to the local SDS provider (a SPIRE agent), as with App Mesh.
+fn agent_served(name: &str, trust_domain: Option<&str>) -> bool {
+    let Some(td) = trust_domain else {
+        return false;
+    };
+    name.strip_prefix("spiffe://")
+        .and_then(|rest| rest.strip_prefix(td))
+        .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
+}
+
+impl CertSource {
+    fn served_by(self, trust_domain: Option<&str>) -> Self {
+        match self {
+            CertSource::Sds(n) if agent_served(&n, trust_domain) => CertSource::Agent(n),
+            other => other,
+        }
+    }
+
+    fn agent_secret(&self) -> Option<&str> {
+        match self {
+            CertSource::Agent(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl TrustSource {
+    fn served_by(self, trust_domain: Option<&str>) -> Self {
+        match self {
+            TrustSource::Sds(n) if agent_served(&n, trust_domain) => TrustSource::Agent(n),
+            other => other,
+        }
+    }
+
+    fn agent_secret(&self) -> Option<&str> {
+        match self {
+            TrustSource::Agent(n) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 /// A resolved client TLS policy (backend defaults or a backend's own client policy).
@@ -282,6 +340,23 @@ pub(crate) struct ClientTls {
 }
 
 impl ClientTls {
+    /// The same, with the `sds` secrets of the mesh CA's `trust_domain` served by the agent.
+    pub fn served_by(self, trust_domain: Option<&str>) -> Self {
+        ClientTls {
+            cert: self.cert.map(|c| c.served_by(trust_domain)),
+            trust: self.trust.served_by(trust_domain),
+            ..self
+        }
+    }
+
+    /// The secrets the agent must serve for this policy.
+    pub fn agent_secrets(&self) -> impl Iterator<Item = &str> {
+        self.cert
+            .iter()
+            .filter_map(CertSource::agent_secret)
+            .chain(self.trust.agent_secret())
+    }
+
     /// Whether the policy applies to a target listening on `port`.
     pub fn applies_to(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.contains(&port)
@@ -297,6 +372,27 @@ pub(crate) struct ServerTls {
     pub cert: CertSource,
     /// Client certificate validation (mutual TLS), if any.
     pub validation: Option<(TrustSource, Vec<String>)>,
+}
+
+impl ServerTls {
+    /// The same, with the `sds` secrets of the mesh CA's `trust_domain` served by the agent.
+    pub fn served_by(self, trust_domain: Option<&str>) -> Self {
+        ServerTls {
+            cert: self.cert.served_by(trust_domain),
+            validation: self
+                .validation
+                .map(|(t, sans)| (t.served_by(trust_domain), sans)),
+            ..self
+        }
+    }
+
+    /// The secrets the agent must serve for this listener.
+    pub fn agent_secrets(&self) -> impl Iterator<Item = &str> {
+        self.cert
+            .agent_secret()
+            .into_iter()
+            .chain(self.validation.iter().filter_map(|(t, _)| t.agent_secret()))
+    }
 }
 
 fn unsupported(resource: &str, what: &str) -> TranslateError {
@@ -493,6 +589,9 @@ fn common_tls(
             ..Default::default()
         }),
         Some(CertSource::Sds(name)) => ctx.tls_certificate_sds_secret_configs.push(sds(name)),
+        Some(CertSource::Agent(name)) => ctx
+            .tls_certificate_sds_secret_configs
+            .push(ads_secret(name)),
         None => {}
     }
     if let Some((trust, sans)) = validation {
@@ -518,14 +617,18 @@ fn common_tls(
                     },
                 )
             }
-            TrustSource::Sds(name) => {
+            TrustSource::Sds(name) | TrustSource::Agent(name) => {
+                let secret = match trust {
+                    TrustSource::Agent(_) => ads_secret(name),
+                    _ => sds(name),
+                };
                 common_tls_context::ValidationContextType::CombinedValidationContext(
                     common_tls_context::CombinedCertificateValidationContext {
                         default_validation_context: Some(CertificateValidationContext {
                             match_typed_subject_alt_names: matchers,
                             ..Default::default()
                         }),
-                        validation_context_sds_secret_config: Some(sds(name)),
+                        validation_context_sds_secret_config: Some(secret),
                         ..Default::default()
                     },
                 )
