@@ -60,6 +60,12 @@ fn main() {
             "crate::server::mesh_ca::SignRequest",
             "crate::server::mesh_ca::SignReply",
         ))
+        .method(unary(
+            "trust_bundle",
+            "TrustBundle",
+            "crate::server::mesh_ca::TrustBundleRequest",
+            "crate::server::mesh_ca::TrustBundleReply",
+        ))
         .build();
     tonic_build::manual::Builder::new().compile(&[watch, forward, mesh_ca]);
     println!("cargo:rerun-if-changed=build.rs");

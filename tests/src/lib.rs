@@ -1737,9 +1737,15 @@ pub struct Backend {
 impl Backend {
     /// Starts it on `ip` (a free port) answering `version`; waits until it listens.
     pub fn start(bin: &str, ip: &str, version: &str) -> Backend {
+        Backend::start_at(bin, &format!("{ip}:0"), version)
+    }
+
+    /// Starts it on `listen` (`ip:port`, port 0 for a free one) answering `version`; waits
+    /// until it listens.
+    pub fn start_at(bin: &str, listen: &str, version: &str) -> Backend {
         use std::io::BufRead;
         let mut child = Command::new(bin)
-            .args(["--listen", &format!("{ip}:0"), "--version", version])
+            .args(["--listen", listen, "--version", version])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -166,6 +166,20 @@ impl Proxies {
             .count()
     }
 
+    /// The proxies with at least one open stream, each once.
+    pub fn connected(&self) -> Vec<ProxyId> {
+        let mut out: Vec<ProxyId> = self
+            .lock()
+            .proxies
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|((p, _), _)| p.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The current snapshot of `proxy` (computing it if it is not connected), for the API.
     pub fn snapshot(&self, proxy: &ProxyId, opts: &ProxyOptions) -> Option<Arc<Snapshot>> {
         let inputs = self.inputs.borrow().clone();

@@ -164,3 +164,17 @@ async fn a_proxy_without_its_certificate_yet_gets_the_bundle_only() {
         "its own secret is still missing"
     );
 }
+
+#[tokio::test]
+async fn the_rendered_form_never_shows_a_key() {
+    let inputs = Inputs::new(Arc::new(model()), Arc::new(Vec::new()))
+        .with_identities(Arc::new(identities(&["back"])));
+    let (_tx, rx) = watch::channel(inputs);
+    let back = Proxies::new(rx)
+        .snapshot(&proxy("back"), &ProxyOptions::default())
+        .unwrap();
+    let text = shoal_xds::translate::render(&back);
+    assert!(text.contains("CHAIN-OF-back"), "{text}");
+    assert!(!text.contains("KEY-OF-back"), "{text}");
+    assert!(text.contains("[redacted]"));
+}

@@ -300,6 +300,7 @@ async fn status(State(s): State<AgentState>) -> Response {
         "local_instances": s.local.list().len(),
         "endpoints": eps.len(),
         "healthy_endpoints": eps.iter().filter(|e| e.healthy).count(),
+        "workload_certificates": s.identity.lock().map(|i| i.clone()).unwrap_or_default(),
         "bound": *s.bound,
     }))
     .into_response()

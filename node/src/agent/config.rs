@@ -121,10 +121,19 @@ pub struct AgentConfig {
     #[arg(long)]
     #[serde(default)]
     pub insecure: bool,
+    /// Lifetime of the workload certificates this agent asks the mesh CA for its proxies,
+    /// seconds (renewed at half-life; 20 s to a day).
+    #[arg(long, default_value_t = default_workload_cert_ttl())]
+    #[serde(default = "default_workload_cert_ttl")]
+    pub workload_cert_ttl: u64,
     /// Instances registered by the config file (re-read at every start).
     #[arg(skip)]
     #[serde(default, rename = "instance")]
     pub instances: Vec<Registration>,
+}
+
+fn default_workload_cert_ttl() -> u64 {
+    24 * 3600
 }
 
 fn default_api_opt() -> Option<SocketAddr> {
@@ -151,6 +160,9 @@ impl AgentConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.data_dir.as_os_str().is_empty() {
             bail!("--data-dir is required (or data_dir in the --config file)");
+        }
+        if !(20..=24 * 3600).contains(&self.workload_cert_ttl) {
+            bail!("--workload-cert-ttl is between 20 seconds and a day (86400)");
         }
         if self.tls_ca.is_none() && !self.gossip.ip().is_loopback() && !self.insecure {
             bail!(

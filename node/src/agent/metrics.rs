@@ -77,6 +77,31 @@ pub fn render(state: &AgentState) -> String {
         "Watch streams opened since start",
         follow.streams_opened,
     );
+    let ids = state.identity.lock().map(|i| i.clone()).unwrap_or_default();
+    counter(
+        &mut r,
+        "workload_certificates_issued",
+        "Workload certificates issued to this agent's proxies since start (renewals included)",
+        ids.issued,
+    );
+    counter(
+        &mut r,
+        "workload_certificate_failures",
+        "Workload certificate requests that failed since start",
+        ids.failures,
+    );
+    gauge(
+        &mut r,
+        "workload_certificates",
+        "Workload certificates this agent holds",
+        ids.held as i64,
+    );
+    gauge(
+        &mut r,
+        "workload_certificate_soonest_expiry_seconds",
+        "Unix time of the soonest expiry among them (0: none held)",
+        ids.soonest_expiry.map_or(0, |e| e as i64),
+    );
     gauge(
         &mut r,
         "members",

@@ -18,6 +18,7 @@ mod config;
 mod dns;
 mod follow;
 mod health;
+mod identity;
 mod local;
 mod metrics;
 mod store;
@@ -62,6 +63,8 @@ pub struct AgentState {
     pub bound: Arc<Bound>,
     /// The gossip keyring and its file, when gossip is sealed.
     pub gossip_keys: Option<crate::gossip_keys::GossipKeys>,
+    /// The proxies' workload certificates.
+    pub identity: Arc<Mutex<identity::IdentityStatus>>,
 }
 
 /// Addresses an agent actually listens on.
@@ -201,6 +204,11 @@ pub async fn start(
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // Damaged kept certificates refuse the start, as a damaged model cache does: serving
+    // none would silently break every mutual-TLS listener after a restart.
+    let kept_identities = identity::load(&cfg.data_dir).context(
+        "reading the kept workload certificates (delete the file to have them issued again)",
+    )?;
     let cache = store::ModelCache::new(&cfg.data_dir);
     let cached = cache
         .load()
@@ -265,6 +273,8 @@ pub async fn start(
 
     let cfg = Arc::new(cfg);
     let pipeline = Pipeline::new(cached.unwrap_or_default());
+    pipeline.view.set_identities(Arc::new(kept_identities));
+    let identity_status = Arc::new(Mutex::new(identity::IdentityStatus::default()));
     let follow_status = Arc::new(Mutex::new(follow::FollowStatus {
         from_cache,
         ..Default::default()
@@ -288,6 +298,7 @@ pub async fn start(
         cfg: cfg.clone(),
         gossip: gossip.clone(),
         gossip_keys,
+        identity: identity_status.clone(),
         model: pipeline.model.subscribe(),
         follow: follow_status.clone(),
         local: local.clone(),
@@ -310,6 +321,20 @@ pub async fn start(
     } = pipeline;
     let model_rx = model.subscribe();
     let mut tasks = Vec::new();
+    {
+        let (c, g) = (cfg.clone(), gossip.clone());
+        let secure = tls.is_some();
+        let manager = identity::Manager {
+            path: cfg.data_dir.join(identity::FILE),
+            servers: Box::new(move || servers(&c, &g, secure)),
+            tls: tls.clone(),
+            proxies: proxies.clone(),
+            view: view.clone(),
+            validity: Duration::from_secs(cfg.workload_cert_ttl),
+            status: identity_status,
+        };
+        tasks.push(tokio::spawn(manager.run(stop_rx.clone())));
+    }
     {
         let (cfg, g) = (cfg.clone(), gossip.clone());
         let secure = tls.is_some();

@@ -210,6 +210,29 @@ pub struct SignReply {
     pub outcome: Vec<u8>,
 }
 
+/// `shoal.v1.MeshCa/TrustBundle`: what agents trust, fetched before any proxy needs it and
+/// again every minute (a rotation's new root reaches every proxy without a renewal).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrustBundleRequest {}
+
+/// Its answer: `Result<TrustBundle, ApiError>` as JSON.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrustBundleReply {
+    /// The outcome's JSON.
+    #[prost(bytes = "vec", tag = "1")]
+    pub outcome: Vec<u8>,
+}
+
+/// The mesh CA's trust domain and the roots to trust now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TrustBundle {
+    /// The trust domain.
+    pub trust_domain: String,
+    /// The roots, PEM.
+    pub trust_bundle: String,
+}
+
 /// Generated client and server stubs.
 pub mod grpc {
     #![allow(clippy::all, missing_docs)]
@@ -242,6 +265,29 @@ impl grpc::mesh_ca_server::MeshCa for MeshCaService {
         let outcome = serde_json::to_vec(&outcome)
             .map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))?;
         Ok(tonic::Response::new(SignReply { outcome }))
+    }
+
+    async fn trust_bundle(
+        &self,
+        _req: tonic::Request<TrustBundleRequest>,
+    ) -> Result<tonic::Response<TrustBundleReply>, tonic::Status> {
+        let outcome = serde_json::to_vec(&self.bundle())
+            .map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))?;
+        Ok(tonic::Response::new(TrustBundleReply { outcome }))
+    }
+}
+
+impl MeshCaService {
+    fn bundle(&self) -> Result<TrustBundle, ApiError> {
+        let ca = self
+            .state
+            .raft
+            .read(|m| m.mesh_ca().cloned())
+            .ok_or_else(no_ca)?;
+        Ok(TrustBundle {
+            trust_domain: ca.trust_domain.clone(),
+            trust_bundle: ca.bundle(now()),
+        })
     }
 }
 

@@ -27,8 +27,28 @@ fn pretty<T: Message + Default + Debug>(bytes: &[u8]) -> Option<String> {
     T::decode(bytes).ok().map(|m| format!("{m:#?}"))
 }
 
+/// A secret with its private key replaced: the rendered form is for people and the agent's
+/// API, and a workload's key goes to its proxy only.
+fn redacted_secret(bytes: &[u8]) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret;
+    let mut s = Secret::decode(bytes).ok()?;
+    if let Some(secret::Type::TlsCertificate(c)) = &mut s.r#type {
+        if c.private_key.is_some() {
+            c.private_key = Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString("[redacted]".into())),
+                ..Default::default()
+            });
+        }
+    }
+    Some(format!("{s:#?}"))
+}
+
 /// The pretty `Debug` form of a packed message of a type shoal generates.
 fn decoded(type_url: &str, bytes: &[u8]) -> Option<String> {
+    if type_url == Secret::type_url() {
+        return redacted_secret(bytes);
+    }
     macro_rules! by_url {
         ($($t:ty),*) => {
             $(if type_url == <$t>::type_url() { return pretty::<$t>(bytes); })*
@@ -39,7 +59,6 @@ fn decoded(type_url: &str, bytes: &[u8]) -> Option<String> {
         Cluster,
         ClusterLoadAssignment,
         RouteConfiguration,
-        Secret,
         HttpConnectionManager,
         Router,
         TcpProxy,
