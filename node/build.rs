@@ -57,14 +57,14 @@ fn main() {
         .method(unary(
             "sign_workload",
             "SignWorkload",
-            "crate::server::mesh_ca::SignRequest",
-            "crate::server::mesh_ca::SignReply",
+            "crate::watch::ca::SignRequest",
+            "crate::watch::ca::SignReply",
         ))
         .method(unary(
             "trust_bundle",
             "TrustBundle",
-            "crate::server::mesh_ca::TrustBundleRequest",
-            "crate::server::mesh_ca::TrustBundleReply",
+            "crate::watch::ca::TrustBundleRequest",
+            "crate::watch::ca::TrustBundleReply",
         ))
         .build();
     tonic_build::manual::Builder::new().compile(&[watch, forward, mesh_ca]);

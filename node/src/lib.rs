@@ -48,3 +48,11 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// Seconds since the Unix epoch by this host's clock (0 if the clock is before 1970): what
+/// certificates, tokens and keys are dated and checked with.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -102,6 +102,39 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((r.code, r.body))
 }
 
+/// `PUT path` with a JSON body to `api`; panics unless it answers 200 with JSON, which it
+/// returns.
+#[track_caller]
+pub fn put_json(api: SocketAddr, path: &str, body: Value) -> Value {
+    let r = http_request(
+        api,
+        "PUT",
+        path,
+        Some(&body.to_string()),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+    assert_eq!(r.code, 200, "PUT {path}: {}", r.body);
+    r.json().expect("JSON")
+}
+
+/// Registers an instance (`body`, as `PUT /v1/agent/instances` takes it) with the agent at
+/// `api`, retrying until the agent answers (it may still be starting), for at most 30 s.
+#[track_caller]
+pub fn register_when_up(api: SocketAddr, body: &Value) {
+    wait_for("the agent's API", Duration::from_secs(30), || {
+        http_request(
+            api,
+            "PUT",
+            "/v1/agent/instances",
+            Some(&body.to_string()),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|r| (r.code == 200).then_some(()).ok_or(r.body))
+    });
+}
+
 /// One HTTP answer from [`http_request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {

@@ -10,9 +10,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use shoal_e2e::{
-    dig, http_request, run_shoal, tail, wait_for, AgentSpec, Backend, DigAnswer, Process,
+    dig, http_request, put_json, run_shoal, tail, wait_for, AgentSpec, Backend, DigAnswer, Process,
     ServerProcess, ServerSpec,
 };
 
@@ -20,14 +20,6 @@ const BLOCK: u8 = 42;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-#[track_caller]
-fn put(api: SocketAddr, path: &str, body: Value) -> Value {
-    let r = http_request(api, "PUT", path, Some(&body.to_string()), secs(10))
-        .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-    assert_eq!(r.code, 200, "PUT {path}: {}", r.body);
-    r.json().expect("JSON")
 }
 
 fn ips(a: &DigAnswer) -> Vec<String> {
@@ -100,8 +92,8 @@ fn agents_discover_track_health_and_survive_the_servers() {
 
     // The model: web's instances come from Cloud Map apps.local/web with stage=prod, checked
     // over HTTP on /health; the virtual service web.demo.local is provided by web.
-    put(sspec.api, "/v20190125/meshes", json!({"meshName": "demo"}));
-    put(
+    put_json(sspec.api, "/v20190125/meshes", json!({"meshName": "demo"}));
+    put_json(
         sspec.api,
         "/v20190125/meshes/demo/virtualNodes",
         json!({"virtualNodeName": "web", "spec": {
@@ -111,7 +103,7 @@ fn agents_discover_track_health_and_survive_the_servers() {
                 "healthCheck": {"protocol": "http", "path": "/health", "intervalMillis": 5000,
                     "timeoutMillis": 2000, "healthyThreshold": 2, "unhealthyThreshold": 2}}]}}),
     );
-    put(
+    put_json(
         sspec.api,
         "/v20190125/meshes/demo/virtualServices",
         json!({"virtualServiceName": "web.demo.local", "spec": {
@@ -183,7 +175,7 @@ fn agents_discover_track_health_and_survive_the_servers() {
 
     // A large answer: TC over plain 512-byte UDP, whole over TCP (dig's own fallback).
     for i in 0..40 {
-        put(
+        put_json(
             specs[0].api,
             "/v1/agent/instances",
             json!({"namespace": "apps.local", "service": "big", "instanceId": format!("b{i}"),

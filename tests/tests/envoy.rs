@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    http_call, http_request, wait_for, AgentSpec, Backend, Envoy, Process, ServerProcess,
-    ServerSpec,
+    http_call, http_request, put_json, register_when_up, wait_for, AgentSpec, Backend, Envoy,
+    Process, ServerProcess, ServerSpec,
 };
 
 const BLOCK: u8 = 43;
@@ -19,14 +19,6 @@ const HOST: &str = "colorteller.color.local:8080";
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-#[track_caller]
-fn put(api: SocketAddr, path: &str, body: Value) -> Value {
-    let r = http_request(api, "PUT", path, Some(&body.to_string()), secs(10))
-        .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-    assert_eq!(r.code, 200, "PUT {path}: {}", r.body);
-    r.json().expect("JSON")
 }
 
 fn route_path(name: &str) -> String {
@@ -52,18 +44,18 @@ fn color_node(version: &str) -> Value {
 /// header, path, retry and timeout routes; a client node with the service as its backend; a
 /// gateway routing paint.example.com/paint to the service.
 fn create_mesh(api: SocketAddr) {
-    put(api, "/v20190125/meshes", json!({"meshName": "color"}));
+    put_json(api, "/v20190125/meshes", json!({"meshName": "color"}));
     for v in ["red", "blue", "green"] {
-        put(api, "/v20190125/meshes/color/virtualNodes", color_node(v));
+        put_json(api, "/v20190125/meshes/color/virtualNodes", color_node(v));
     }
-    put(
+    put_json(
         api,
         "/v20190125/meshes/color/virtualNodes",
         json!({"virtualNodeName": "client", "spec": {
             "serviceDiscovery": {"dns": {"hostname": "client.color.local"}},
             "backends": [{"virtualService": {"virtualServiceName": VS}}]}}),
     );
-    put(
+    put_json(
         api,
         "/v20190125/meshes/color/virtualRouters",
         json!({"virtualRouterName": "colorteller-vr", "spec": {
@@ -97,24 +89,24 @@ fn create_mesh(api: SocketAddr) {
         ),
     ];
     for (name, spec) in routes {
-        put(
+        put_json(
             api,
             "/v20190125/meshes/color/virtualRouter/colorteller-vr/routes",
             json!({"routeName": name, "spec": spec}),
         );
     }
-    put(
+    put_json(
         api,
         "/v20190125/meshes/color/virtualServices",
         json!({"virtualServiceName": VS, "spec": {"provider": {"virtualRouter": {"virtualRouterName": "colorteller-vr"}}}}),
     );
-    put(
+    put_json(
         api,
         "/v20190125/meshes/color/virtualGateways",
         json!({"virtualGatewayName": "gw", "spec": {
             "listeners": [{"portMapping": {"port": 8088, "protocol": "http"}}]}}),
     );
-    put(
+    put_json(
         api,
         "/v20190125/meshes/color/virtualGateway/gw/gatewayRoutes",
         json!({"gatewayRouteName": "paint", "spec": {"httpRoute": {
@@ -253,17 +245,7 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
         let color = v.split('-').next().unwrap();
         let body = json!({"namespace": "color.local", "service": "colorteller", "instanceId": v,
             "address": b.addr.ip().to_string(), "port": b.addr.port(), "attributes": {"version": color}});
-        wait_for("the agent's API", secs(30), || {
-            http_request(
-                aspec.api,
-                "PUT",
-                "/v1/agent/instances",
-                Some(&body.to_string()),
-                secs(2),
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|r| (r.code == 200).then_some(()).ok_or(r.body))
-        });
+        register_when_up(aspec.api, &body);
         backends.insert(v, b);
     }
 
@@ -334,7 +316,7 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
         );
     }
     // Change the weights through the API: Envoy applies them (admin) and the split follows.
-    put(
+    put_json(
         sspec.api,
         &route_path("weighted"),
         json!({"spec": weighted(20, 20, 60)}),
@@ -409,7 +391,7 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
         }
         json!({ "spec": spec })
     };
-    put(
+    put_json(
         sspec.api,
         "/v20190125/meshes/color/virtualNodes/client",
         client(true),
@@ -443,7 +425,7 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
             .all(|k| ["red", "blue", "green"].contains(&k.as_str())),
         "{still:?}"
     );
-    put(
+    put_json(
         sspec.api,
         "/v20190125/meshes/color/virtualNodes/client",
         client(false),
@@ -490,7 +472,7 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
         "{kept:?}"
     );
     agent = aspec.spawn();
-    put(
+    put_json(
         sspec.api,
         &route_path("weighted"),
         json!({"spec": weighted(10, 10, 80)}),

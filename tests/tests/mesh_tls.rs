@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    http_call, http_request, wait_for, AgentSpec, Backend, Envoy, Process, ServerProcess,
-    ServerSpec,
+    http_call, http_request, put_json, register_when_up, wait_for, AgentSpec, Backend, Envoy,
+    Process, ServerProcess, ServerSpec,
 };
 
 const BLOCK: u8 = 44;
@@ -23,14 +23,6 @@ const HOST: &str = "back.m.local:8080";
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-#[track_caller]
-fn put(api: SocketAddr, path: &str, body: Value) -> Value {
-    let r = http_request(api, "PUT", path, Some(&body.to_string()), secs(10))
-        .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-    assert_eq!(r.code, 200, "PUT {path}: {}", r.body);
-    r.json().expect("JSON")
 }
 
 /// A client node calling back.m.local with its own certificate (the SPIFFE id `id`).
@@ -47,8 +39,8 @@ fn client(name: &str, id: &str) -> Value {
 /// Mesh m: `back` takes mutual TLS only from `front`'s identity; `front` and `stranger` both
 /// call it with certificates of their own.
 fn create_mesh(api: SocketAddr) {
-    put(api, "/v20190125/meshes", json!({"meshName": "m"}));
-    put(
+    put_json(api, "/v20190125/meshes", json!({"meshName": "m"}));
+    put_json(
         api,
         "/v20190125/meshes/m/virtualNodes",
         json!({"virtualNodeName": "back", "spec": {
@@ -58,17 +50,17 @@ fn create_mesh(api: SocketAddr) {
                     "validation": {"trust": {"sds": {"secretName": BUNDLE}},
                         "subjectAlternativeNames": {"match": {"exact": [FRONT_ID]}}}}}]}}),
     );
-    put(
+    put_json(
         api,
         "/v20190125/meshes/m/virtualServices",
         json!({"virtualServiceName": "back.m.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "back"}}}}),
     );
-    put(
+    put_json(
         api,
         "/v20190125/meshes/m/virtualNodes",
         client("front", FRONT_ID),
     );
-    put(
+    put_json(
         api,
         "/v20190125/meshes/m/virtualNodes",
         client("stranger", STRANGER_ID),
@@ -162,17 +154,7 @@ fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
     // terminates mutual TLS and forwards to the app at 127.0.44.31:8080.
     let body = json!({"namespace": "m.local", "service": "back", "instanceId": "back-1",
         "address": "127.0.44.201", "port": 15000});
-    wait_for("the agent's API", secs(30), || {
-        http_request(
-            aspec.api,
-            "PUT",
-            "/v1/agent/instances",
-            Some(&body.to_string()),
-            secs(2),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|r| (r.code == 200).then_some(()).ok_or(r.body))
-    });
+    register_when_up(aspec.api, &body);
 
     // The agent learns the trust domain before any proxy connects (it keeps it across
     // restarts), so the proxies' first configuration takes its secrets from the agent.

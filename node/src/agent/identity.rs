@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use shoal_xds::{Identities, ProxyId, ProxyKind, WorkloadCert};
 use tokio::sync::watch;
 
-use crate::server::mesh_ca::grpc::mesh_ca_client::MeshCaClient;
-use crate::server::mesh_ca::{SignInput, SignOutput, SignRequest, TrustBundle, TrustBundleRequest};
+use crate::unix_now as now;
+use crate::watch::ca::grpc::mesh_ca_client::MeshCaClient;
+use crate::watch::ca::{SignInput, SignOutput, SignRequest, TrustBundle, TrustBundleRequest};
 
 /// The file the identities are kept in, in the agent's data dir.
 pub const FILE: &str = "identities.json";
@@ -83,12 +84,6 @@ fn proxy_of(h: &Held) -> ProxyId {
         },
         name: h.name.clone(),
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Stored {

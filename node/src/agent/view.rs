@@ -41,8 +41,8 @@ impl View {
         }
     }
 
-    /// Replaces the proxies' workload certificates (`super::identity`), republishing the xDS
-    /// inputs with the same model and endpoints.
+    /// Replaces the proxies' workload certificates (kept by the identity manager),
+    /// republishing the xDS inputs with the same model and endpoints.
     pub fn set_identities(&self, ids: Arc<shoal_xds::Identities>) {
         *self.identities.write().unwrap_or_else(|e| e.into_inner()) = ids.clone();
         self.inputs

@@ -27,6 +27,7 @@ use shoal_model::{ApiError, ClusterCa, Command, JoinToken};
 
 use super::AppState;
 use crate::http::error_response;
+use crate::unix_now as now;
 
 /// Default lifetime of a token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -39,12 +40,6 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/tls/renew", post(renew))
         .route("/v1/tls/tokens", post(create).get(list))
         .route("/v1/tls/tokens/{id}", delete(revoke))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Puts the CA into the replicated state once this server leads, unless one is there: retried

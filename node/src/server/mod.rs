@@ -19,7 +19,7 @@ mod cluster;
 mod config;
 mod forward;
 mod join;
-pub mod mesh_ca;
+mod mesh_ca;
 mod metrics;
 pub mod rpc;
 mod state;
@@ -392,7 +392,7 @@ where
         .add_service(WatchService::new(hub).into_server())
         // Any member's certificate (the handshake required one from the cluster CA) may ask
         // for its proxies' certificates.
-        .add_service(mesh_ca::grpc::mesh_ca_server::MeshCaServer::new(
+        .add_service(crate::watch::ca::grpc::mesh_ca_server::MeshCaServer::new(
             mesh_ca::MeshCaService::new(state.clone()),
         ))
         .add_optional_service(raft_plain)
