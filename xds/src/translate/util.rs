@@ -87,21 +87,10 @@ pub(crate) fn ads() -> ConfigSource {
 
 /// A secret the agent serves on the proxy's ADS stream (its workload certificate, the mesh
 /// CA's bundle).
-///
-/// With a short initial fetch timeout: Envoy holds its CDS (and LDS) acknowledgement while a
-/// new cluster (listener) warms, and an ADS stream sends requests in order, so the request
-/// for the secret a warming cluster waits for sits behind that held acknowledgement until the
-/// fetch times out (15 s by default). After a second the cluster activates, the queue drains,
-/// and the secret arrives over the same stream a moment later.
 pub(crate) fn ads_secret(name: &str) -> SdsSecretConfig {
-    let mut source = ads();
-    source.initial_fetch_timeout = Some(Duration {
-        seconds: 1,
-        nanos: 0,
-    });
     SdsSecretConfig {
         name: name.to_string(),
-        sds_config: Some(source),
+        sds_config: Some(ads()),
     }
 }
 
