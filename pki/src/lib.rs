@@ -102,6 +102,23 @@ pub(crate) fn validity(p: &mut CertificateParams, valid_for: Duration) {
     p.not_after = now + valid_for;
 }
 
+/// A CA certificate's parameters: `common_name` (organization shoal), signing certificates
+/// down `path_len` levels of intermediates below it.
+pub(crate) fn ca_params(common_name: &str, path_len: u8) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "shoal");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
 pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     // A positive INTEGER: clear the top bit.
@@ -112,17 +129,7 @@ pub(crate) fn random_serial() -> SerialNumber {
 impl Ca {
     /// A new self-signed CA named `common_name`.
     pub fn generate(common_name: &str) -> Result<Ca, PkiError> {
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        dn.push(DnType::OrganizationName, "shoal");
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let mut p = ca_params(common_name, 0);
         p.serial_number = Some(random_serial());
         validity(&mut p, CA_VALIDITY);
         let key = KeyPair::generate()?;

@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    SanType,
 };
 
 use crate::{random_serial, validity, Ca, PkiError, CA_VALIDITY};
@@ -155,17 +155,7 @@ fn check_segment(s: &str) -> Result<(), PkiError> {
 /// one level of intermediates (an operator's issuing CA) as well as workloads.
 pub fn generate_root(trust_domain: &str) -> Result<Ca, PkiError> {
     check_trust_domain(trust_domain)?;
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("shoal mesh CA {trust_domain}"));
-    dn.push(DnType::OrganizationName, "shoal");
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let mut p = crate::ca_params(&format!("shoal mesh CA {trust_domain}"), 1);
     let uri = format!("spiffe://{trust_domain}");
     p.subject_alt_names.push(SanType::URI(
         uri.clone().try_into().map_err(|_| PkiError::Name(uri))?,

@@ -1678,6 +1678,27 @@ pub struct Envoy {
     pub bootstrap: PathBuf,
 }
 
+/// The `shoal envoy bootstrap` flags of a sidecar for `node` of `mesh` fed by the agent's
+/// `xds`, listening on `ip` (ingress 15000, egress 15001).
+pub fn sidecar_args(mesh: &str, node: &str, xds: &str, ip: &str) -> Vec<String> {
+    [
+        "--mesh",
+        mesh,
+        "--virtual-node",
+        node,
+        "--xds",
+        xds,
+        "--listen-address",
+        ip,
+        "--egress-port",
+        "15001",
+        "--ingress-port",
+        "15000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 impl Envoy {
     /// Writes the bootstrap that `shoal envoy bootstrap <bootstrap_args…>` prints and starts
     /// Envoy with it (its own `--base-id`, so several run on one host).

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    http_call, http_request, put_json, register_when_up, wait_for, AgentSpec, Backend, Envoy,
-    Process, ServerProcess, ServerSpec,
+    http_call, http_request, put_json, register_when_up, sidecar_args, wait_for, AgentSpec,
+    Backend, Envoy, Process, ServerProcess, ServerSpec,
 };
 
 const BLOCK: u8 = 43;
@@ -251,22 +251,7 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
 
     let xds = aspec.xds.to_string();
     let sidecar = |name: &str, ip: &str, delta: bool| {
-        let mut args: Vec<String> = [
-            "--mesh",
-            "color",
-            "--virtual-node",
-            "client",
-            "--xds",
-            &xds,
-            "--listen-address",
-            ip,
-            "--egress-port",
-            "15001",
-            "--ingress-port",
-            "15000",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args = sidecar_args("color", "client", &xds, ip);
         if delta {
             args.push("--delta".into());
         }

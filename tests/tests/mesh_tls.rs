@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    http_call, http_request, put_json, register_when_up, wait_for, AgentSpec, Backend, Envoy,
-    Process, ServerProcess, ServerSpec,
+    http_call, http_request, put_json, register_when_up, sidecar_args, wait_for, AgentSpec,
+    Backend, Envoy, Process, ServerProcess, ServerSpec,
 };
 
 const BLOCK: u8 = 44;
@@ -169,22 +169,7 @@ fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
     });
     let xds = aspec.xds.to_string();
     let sidecar = |name: &str, node: &str, ip: &str, app: Option<&str>| {
-        let mut args: Vec<String> = [
-            "--mesh",
-            "m",
-            "--virtual-node",
-            node,
-            "--xds",
-            &xds,
-            "--listen-address",
-            ip,
-            "--egress-port",
-            "15001",
-            "--ingress-port",
-            "15000",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args = sidecar_args("m", node, &xds, ip);
         if let Some(a) = app {
             args.extend(["--app-address".into(), a.into()]);
         }
