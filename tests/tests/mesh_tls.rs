@@ -245,6 +245,28 @@ fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 
+    // A proxy of a node that does not exist gets no certificate, and its agent asks less and
+    // less often (1 s doubling to a minute), not every second.
+    let failures = || -> u64 {
+        let st: Value = http_request(aspec.api, "GET", "/v1/agent/status", None, secs(2))
+            .unwrap()
+            .json()
+            .unwrap();
+        st["workload_certificates"]["failures"].as_u64().unwrap()
+    };
+    let _ghost = sidecar("envoy-ghost", "ghost", "127.0.44.204", None);
+    let first = wait_for("the ghost's first refusal", secs(30), || {
+        let n = failures();
+        (n > 0).then_some(n).ok_or("no failure yet".to_string())
+    });
+    std::thread::sleep(secs(6));
+    let later = failures();
+    assert!(
+        later - first <= 3,
+        "{} requests for a missing node in 6 s: no backoff",
+        later - first
+    );
+
     // Every server down: a restarted Envoy gets its certificate from its agent's cache.
     server.kill9();
     back.restart(root, "envoy-back");

@@ -13,6 +13,7 @@
 //! **Revocation**: a server signs only for a virtual node or gateway that exists (after a
 //! linearizable read); once one is deleted, its proxy's certificate is not renewed, and ends.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,6 +156,9 @@ impl Manager {
         self.report(&stored);
         let mut next = 0usize;
         let mut bundle_at: Option<tokio::time::Instant> = None;
+        // Proxies whose last request failed: not asked again before their time (1 s doubling
+        // to a minute), so a proxy of a deleted node does not cost a request a second.
+        let mut retry: HashMap<ProxyId, (tokio::time::Instant, Duration)> = HashMap::new();
         loop {
             let now = now();
             // The trust domain and bundle first, before any proxy asks: a proxy's first
@@ -190,7 +194,14 @@ impl Manager {
                         .find(|h| proxy_of(h) == *p)
                         .is_none_or(|h| h.renew_at <= now)
                 })
+                .filter(|p| {
+                    retry
+                        .get(p)
+                        .is_none_or(|(at, _)| *at <= tokio::time::Instant::now())
+                })
                 .collect();
+            let connected = self.proxies.connected();
+            retry.retain(|p, _| connected.contains(p));
             let mut changed = false;
             for proxy in due {
                 let list = (self.servers)();
@@ -207,10 +218,15 @@ impl Manager {
                         stored.certs.retain(|h| proxy_of(h) != proxy);
                         stored.certs.push(held);
                         changed = true;
+                        retry.remove(&proxy);
                         self.status.lock().expect("identity status").issued += 1;
                     }
                     Err(e) => {
-                        tracing::warn!(proxy = %proxy, server = %server, error = %format!("{e:#}"), "cannot get a workload certificate; will retry");
+                        let delay = retry
+                            .get(&proxy)
+                            .map_or(TICK, |(_, d)| (*d * 2).min(Duration::from_secs(60)));
+                        retry.insert(proxy.clone(), (tokio::time::Instant::now() + delay, delay));
+                        tracing::warn!(proxy = %proxy, server = %server, error = %format!("{e:#}"), retry_in = ?delay, "cannot get a workload certificate; will retry");
                         let mut st = self.status.lock().expect("identity status");
                         st.failures += 1;
                         st.last_error = Some(format!("{proxy}: {e:#}"));
