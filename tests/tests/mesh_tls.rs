@@ -245,6 +245,35 @@ fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 
+    // A rotation: a new root signs from now on, the previous one stays trusted for the
+    // overlap; a certificate from the new root verifies against the new bundle only.
+    let rotated = http_request(
+        sspec.api,
+        "POST",
+        "/v1/ca/mesh/rotate",
+        Some(r#"{"OverlapSeconds": 3600}"#),
+        secs(10),
+    )
+    .unwrap();
+    assert_eq!(rotated.code, 200, "{}", rotated.body);
+    let rotated: Value = rotated.json().unwrap();
+    let roots = rotated["Roots"].as_array().unwrap();
+    assert_eq!(roots.len(), 2, "{rotated}");
+    assert_eq!(roots[0]["Signing"], true);
+    assert_eq!(roots[1]["CertificatePem"].as_str(), Some(bundle.as_str()));
+    let until = roots[1]["TrustedUntil"].as_u64().unwrap();
+    assert!(until > now() + 3000 && until <= now() + 3600);
+    let new_bundle = rotated["TrustBundle"].as_str().unwrap();
+    let renewed = ask("back");
+    assert_eq!(renewed.code, 200, "{}", renewed.body);
+    let renewed: Value = renewed.json().unwrap();
+    let chain = renewed["CertificateChain"].as_str().unwrap();
+    assert_eq!(renewed["TrustBundle"].as_str(), Some(new_bundle));
+    assert!(shoal_pki::mesh::verify_workload(new_bundle, chain, now()).is_ok());
+    assert!(shoal_pki::mesh::verify_workload(&bundle, chain, now()).is_err());
+    // Traffic signed by the old root keeps flowing during the overlap.
+    assert_eq!(call(front_egress).unwrap().0, 200);
+
     // A proxy of a node that does not exist gets no certificate, and its agent asks less and
     // less often (1 s doubling to a minute), not every second.
     let failures = || -> u64 {

@@ -97,6 +97,7 @@ pub fn need(method: &Method, path: &str, query: &str, body: &[u8], id: &Identity
         ["v1", "tls", "ca"] if method == Method::GET => Need::Open,
         ["v1", "tls", "tokens", ..] => act("shoal:ManageJoinTokens", "*"),
         ["v1", "ca", "mesh", "sign"] => act("shoal:IssueWorkloadCertificate", "*"),
+        ["v1", "ca", "mesh", "rotate"] => act("shoal:RotateMeshCa", "*"),
         ["v1", "acl", ..] => act("shoal:ManageAccessKeys", "*"),
         ["v1", "snapshot"] => act("shoal:SnapshotSave", "*"),
         ["v1", "snapshot", "restore"] => act("shoal:SnapshotRestore", "*"),
@@ -449,6 +450,27 @@ mod tests {
         let cases: Vec<(Method, &str, &str, &str, Need)> = vec![
             (Method::GET, "/v1/status", "", "", Need::Open),
             (Method::POST, "/v1/acl/bootstrap", "", "", Need::Open),
+            (
+                Method::GET,
+                "/v1/ca/mesh",
+                "",
+                "",
+                act("shoal:ReadCluster", "*"),
+            ),
+            (
+                Method::POST,
+                "/v1/ca/mesh/sign",
+                "",
+                "",
+                act("shoal:IssueWorkloadCertificate", "*"),
+            ),
+            (
+                Method::POST,
+                "/v1/ca/mesh/rotate",
+                "",
+                "",
+                act("shoal:RotateMeshCa", "*"),
+            ),
             (
                 Method::GET,
                 "/v1/acl/keys",

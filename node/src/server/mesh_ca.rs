@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shoal_model::{ApiError, Command, Kind, MeshAuthority, MeshCa, ResourceKey};
 use shoal_pki::mesh::{SpiffeId, WorkloadKind, MIN_WORKLOAD_VALIDITY, WORKLOAD_VALIDITY};
 
@@ -33,6 +33,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/ca/mesh", get(show))
         .route("/v1/ca/mesh/sign", post(sign))
+        .route("/v1/ca/mesh/rotate", post(rotate))
 }
 
 /// Makes the mesh CA once this server leads, unless the replicated state holds one: retried
@@ -127,9 +128,13 @@ struct ShowOutput {
 
 /// `GET /v1/ca/mesh`: the trust domain and the roots (never a key).
 async fn show(State(s): State<AppState>) -> Response {
-    let Some(ca) = s.raft.read(|m| m.mesh_ca().cloned()) else {
-        return error_response(&no_ca());
-    };
+    match s.raft.read(|m| m.mesh_ca().cloned()) {
+        Some(ca) => Json(describe(&ca)).into_response(),
+        None => error_response(&no_ca()),
+    }
+}
+
+fn describe(ca: &MeshCa) -> ShowOutput {
     let now = now();
     let expiry = |pem: &str| shoal_pki::validity_of(pem).map(|(end, _)| end);
     let mut roots = vec![Root {
@@ -149,13 +154,77 @@ async fn show(State(s): State<AppState>) -> Response {
                 not_after: expiry(&r.root_pem),
             }),
     );
-    Json(ShowOutput {
+    ShowOutput {
         trust_domain: ca.trust_domain.clone(),
         trust_bundle: ca.bundle(now),
         roots,
         signing_not_after: expiry(&ca.signing.cert_pem),
-    })
-    .into_response()
+    }
+}
+
+/// How long the previous root stays trusted after a rotation unless asked otherwise: two
+/// days, longer than the longest workload certificate (a day), so every proxy renews from the
+/// new root while both are trusted.
+const DEFAULT_OVERLAP: Duration = Duration::from_secs(2 * 24 * 3600);
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct RotateInput {
+    /// How long the previous root stays trusted, seconds (0: at once, for a root that must not
+    /// be trusted any more; proxies holding its certificates fail until they renew).
+    #[serde(default)]
+    overlap_seconds: Option<u64>,
+}
+
+/// `POST /v1/ca/mesh/rotate`: a new root signs from now on; the previous one stays in every
+/// trust bundle for the overlap (agents fetch bundles every minute).
+async fn rotate(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let req: RotateInput = if body.is_empty() {
+        RotateInput::default()
+    } else {
+        match shoal_model::request::json(&body) {
+            Ok(r) => r,
+            Err(e) => return error_response(&e),
+        }
+    };
+    let overlap = req
+        .overlap_seconds
+        .unwrap_or(DEFAULT_OVERLAP.as_secs())
+        .min(365 * 24 * 3600);
+    if let Err(e) = super::forward::linearize(&s).await {
+        return error_response(&e);
+    }
+    let Some(td) = s.raft.read(|m| m.mesh_ca().map(|c| c.trust_domain.clone())) else {
+        return error_response(&no_ca());
+    };
+    let root = match shoal_pki::mesh::generate_root(&td) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(&ApiError::new(
+                shoal_model::ErrorKind::InternalServerError,
+                format!("making a new root: {e}"),
+            ))
+        }
+    };
+    let now = now();
+    let cmd = Command::RotateMeshCa {
+        authority: MeshAuthority {
+            cert_pem: root.cert_pem().to_string(),
+            key_pem: root.key_pem().to_string(),
+            root_pem: root.cert_pem().to_string(),
+            since: now,
+        },
+        overlap_until: now + overlap,
+        now,
+    };
+    if let Err(e) = super::forward::commit_reply(&s, cmd).await {
+        return error_response(&e);
+    }
+    tracing::info!(overlap_seconds = overlap, "the mesh CA's root is rotated");
+    match s.raft.read(|m| m.mesh_ca().cloned()) {
+        Some(ca) => Json(describe(&ca)).into_response(),
+        None => error_response(&no_ca()),
+    }
 }
 
 /// The cluster-port side, for agents.
