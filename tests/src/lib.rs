@@ -102,6 +102,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((r.code, r.body))
 }
 
+/// A directory for a test's processes (data and logs), printed so a failure can be looked
+/// into: it is kept unless the test removes it at its end, which a failing test never reaches.
+pub fn logs_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(true)
+        .tempdir()
+        .expect("a temporary directory");
+    eprintln!("logs in {}", dir.path().display());
+    dir
+}
+
 /// `PUT path` with a JSON body to `api`; panics unless it answers 200 with JSON, which it
 /// returns.
 #[track_caller]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    http_call, http_request, put_json, register_when_up, sidecar_args, wait_for, AgentSpec,
-    Backend, Envoy, Process, ServerProcess, ServerSpec,
+    http_call, http_request, logs_dir, put_json, register_when_up, sidecar_args, wait_for,
+    AgentSpec, Backend, Envoy, Process, ServerProcess, ServerSpec,
 };
 
 const BLOCK: u8 = 43;
@@ -210,13 +210,8 @@ fn listeners(envoy: &Envoy) -> usize {
 #[test]
 fn envoys_follow_the_mesh_and_survive_the_control_plane() {
     // Kept when the test fails (logs of every process), removed at the end when it passes.
-    let dir = tempfile::Builder::new()
-        .prefix("shoal-envoy-")
-        .disable_cleanup(true)
-        .tempdir()
-        .unwrap();
+    let dir = logs_dir("shoal-envoy-");
     let root = dir.path();
-    eprintln!("logs in {}", root.display());
     let mut sspec = ServerSpec::on_loopback(root, BLOCK, 1);
     sspec.bootstrap_expect = 1;
     let mut server = ServerProcess::spawn(&sspec);

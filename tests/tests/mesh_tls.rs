@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shoal_e2e::{
-    http_call, http_request, put_json, register_when_up, sidecar_args, wait_for, AgentSpec,
-    Backend, Envoy, Process, ServerProcess, ServerSpec,
+    http_call, http_request, logs_dir, put_json, register_when_up, sidecar_args, wait_for,
+    AgentSpec, Backend, Envoy, Process, ServerProcess, ServerSpec,
 };
 
 const BLOCK: u8 = 44;
@@ -89,13 +89,8 @@ fn stat(envoy: &Envoy, parts: &[&str]) -> u64 {
 #[test]
 fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
     // Kept when the test fails (logs of every process), removed at the end when it passes.
-    let dir = tempfile::Builder::new()
-        .prefix("shoal-mesh-tls-")
-        .disable_cleanup(true)
-        .tempdir()
-        .unwrap();
+    let dir = logs_dir("shoal-mesh-tls-");
     let root = dir.path();
-    eprintln!("logs in {}", root.display());
     let mut sspec = ServerSpec::on_loopback(root, BLOCK, 1);
     sspec.bootstrap_expect = 1;
     let mut server = ServerProcess::spawn(&sspec);
@@ -309,7 +304,7 @@ fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
 
     drop(app);
     agent.terminate(secs(10));
-    drop(dir);
+    let _ = std::fs::remove_dir_all(root);
 }
 
 fn now() -> u64 {
