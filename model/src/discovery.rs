@@ -523,14 +523,18 @@ pub fn dns_zones(
 /// sorted, each once; names that are not valid DNS names are left out (the caller checks).
 pub fn workload_dns_names(model: &Model, mesh: &str, node: &str) -> Vec<String> {
     let mut names = BTreeSet::new();
+    let mut add = |n: &str| {
+        let n = n.trim_end_matches('.').to_ascii_lowercase();
+        if !n.is_empty() {
+            names.insert(n);
+        }
+    };
     let key = ResourceKey::in_mesh(mesh, Kind::VirtualNode, node);
     if let Some(Spec::VirtualNode(spec)) = model.get(&key).map(|r| &r.spec) {
         match &spec.service_discovery {
-            Some(api::ServiceDiscovery::Dns(dns)) => {
-                names.insert(dns.hostname.clone());
-            }
+            Some(api::ServiceDiscovery::Dns(dns)) => add(&dns.hostname),
             Some(api::ServiceDiscovery::AwsCloudMap(cm)) => {
-                names.insert(format!("{}.{}", cm.service_name, cm.namespace_name));
+                add(&format!("{}.{}", cm.service_name, cm.namespace_name))
             }
             None => {}
         }
@@ -543,14 +547,8 @@ pub fn workload_dns_names(model: &Model, mesh: &str, node: &str) -> Vec<String> 
             .iter()
             .any(|n| n == node)
         {
-            names.insert(r.key.name.clone());
+            add(&r.key.name);
         }
     }
-    names
-        .into_iter()
-        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+    names.into_iter().collect()
 }

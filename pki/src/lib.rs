@@ -77,6 +77,10 @@ pub enum PkiError {
     /// A renewal that does not prove who asks.
     #[error("renewal refused: {0}")]
     Renewal(String),
+    /// A workload certificate that does not chain to the bundle, is not valid now, or names
+    /// no workload.
+    #[error("workload certificate refused: {0}")]
+    Untrusted(String),
 }
 
 /// A certificate authority: its certificate and private key, both PEM.

@@ -150,13 +150,24 @@ fn check_segment(s: &str) -> Result<(), PkiError> {
     }
 }
 
+/// The trust domain's own SPIFFE id, `spiffe://<trust-domain>`: the mesh root's URI name, and
+/// the name Envoy asks for the trust bundle by.
+pub fn trust_domain_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}")
+}
+
+/// Whether `name` may be a DNS name in a workload certificate (what rustls verifies against).
+pub fn is_dns_name(name: &str) -> bool {
+    rustls_pki_types::DnsName::try_from(name).is_ok()
+}
+
 /// A new mesh CA root for `trust_domain`: self-signed, ECDSA P-256, valid ten years, with
 /// the trust domain's own SPIFFE id (`spiffe://<trust-domain>`) as its URI name. It may sign
 /// one level of intermediates (an operator's issuing CA) as well as workloads.
 pub fn generate_root(trust_domain: &str) -> Result<Ca, PkiError> {
     check_trust_domain(trust_domain)?;
     let mut p = crate::ca_params(&format!("shoal mesh CA {trust_domain}"), 1);
-    let uri = format!("spiffe://{trust_domain}");
+    let uri = trust_domain_id(trust_domain);
     p.subject_alt_names.push(SanType::URI(
         uri.clone().try_into().map_err(|_| PkiError::Name(uri))?,
     ));
@@ -182,10 +193,7 @@ impl Ca {
     ) -> Result<String, PkiError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Csr(e.to_string()))?;
-        if let Some(bad) = dns
-            .iter()
-            .find(|d| rustls_pki_types::DnsName::try_from(d.as_str()).is_err())
-        {
+        if let Some(bad) = dns.iter().find(|d| !is_dns_name(d)) {
             return Err(PkiError::Name(bad.clone()));
         }
         let mut p = CertificateParams::new(dns.to_vec())
@@ -247,7 +255,7 @@ pub fn verify_workload(
 ) -> Result<SpiffeId, PkiError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
-    let refused = |why: String| PkiError::Renewal(why);
+    let refused = PkiError::Untrusted;
     let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bundle_pem.as_bytes())
         .filter_map(Result::ok)
         .collect();

@@ -116,7 +116,9 @@ impl Inner {
             if Arc::ptr_eq(&held.model, &inputs.model)
                 && Arc::ptr_eq(&held.endpoints, &inputs.endpoints)
                 && Arc::ptr_eq(&held.index, &inputs.index)
-                && Arc::ptr_eq(&held.identities, &inputs.identities)
+                // The memo depends on the trust domain only: a certificate issued or renewed
+                // keeps every shared cluster and egress half.
+                && held.identities.trust_domain == inputs.identities.trust_domain
             {
                 return shared.clone();
             }
@@ -304,12 +306,8 @@ fn with_secrets(mut snap: Snapshot, ids: &crate::Identities, proxy: &ProxyId) ->
         return snap;
     }
     let secrets = ids.secrets_for(proxy, snap.agent_secrets());
-    let served: std::collections::BTreeSet<&str> =
-        secrets.iter().map(|r| r.name.as_str()).collect();
-    for name in snap.agent_secrets() {
-        if !served.contains(name.as_str()) {
-            tracing::debug!(proxy = %proxy, secret = %shoal_model::logsafe::log_safe(name), "a secret the proxy's configuration names is not served to it (not its own, or not issued yet)");
-        }
+    if secrets.len() < snap.agent_secrets().len() {
+        tracing::debug!(proxy = %proxy, wanted = snap.agent_secrets().len(), served = secrets.len(), "secrets the proxy's configuration names are not served to it (not its own, or not issued yet)");
     }
     for r in secrets {
         snap.insert(ResourceType::Secret, r);

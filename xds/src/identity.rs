@@ -15,11 +15,14 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     secret, CertificateValidationContext, Secret, TlsCertificate,
 };
 
-use crate::{ProxyId, ProxyKind, Resource};
+use crate::{ProxyId, Resource};
 
 /// One proxy's workload certificate and key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WorkloadCert {
+    /// The SPIFFE id the certificate carries, as the mesh CA issued it: the name of its
+    /// secret.
+    pub spiffe_id: String,
     /// The certificate chain, PEM (the certificate first).
     pub chain_pem: String,
     /// Its private key, PEM. Made on the agent's host; never leaves it but to its proxy.
@@ -32,6 +35,7 @@ impl std::fmt::Debug for WorkloadCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
         f.debug_struct("WorkloadCert")
+            .field("spiffe_id", &self.spiffe_id)
             .field("expiration", &self.expiration)
             .finish_non_exhaustive()
     }
@@ -49,16 +53,10 @@ pub struct Identities {
     pub certs: BTreeMap<ProxyId, WorkloadCert>,
 }
 
-/// The SPIFFE id of `proxy` in `trust_domain` (the name of its certificate's secret).
-pub fn spiffe_id(trust_domain: &str, proxy: &ProxyId) -> String {
-    let kind = match proxy.kind {
-        ProxyKind::VirtualNode => "virtualNode",
-        ProxyKind::VirtualGateway => "virtualGateway",
-    };
-    format!(
-        "spiffe://{trust_domain}/mesh/{}/{kind}/{}",
-        proxy.mesh, proxy.name
-    )
+/// A trust domain's own SPIFFE id, `spiffe://<trust-domain>` (SPIFFE's form): the name the
+/// trust bundle's secret is asked for by, and the prefix of every name the agent serves.
+pub fn trust_domain_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}")
 }
 
 fn inline(pem: &str) -> Option<DataSource> {
@@ -71,31 +69,31 @@ fn inline(pem: &str) -> Option<DataSource> {
 impl Identities {
     /// The name of the trust bundle's secret, `spiffe://<trust-domain>`.
     pub fn bundle_name(&self) -> Option<String> {
-        self.trust_domain
-            .as_ref()
-            .map(|td| format!("spiffe://{td}"))
+        self.trust_domain.as_deref().map(trust_domain_id)
     }
 
     /// The secrets of `wanted` that `proxy` may have and the agent holds: its own certificate
     /// and the trust bundle. Names it may not have, or that are not held yet, are left out.
     pub fn secrets_for(&self, proxy: &ProxyId, wanted: &BTreeSet<String>) -> Vec<Arc<Resource>> {
-        let Some(td) = &self.trust_domain else {
+        if self.trust_domain.is_none() {
             return Vec::new();
-        };
+        }
         let mut out = Vec::new();
-        let own = spiffe_id(td, proxy);
-        if wanted.contains(&own) {
-            if let Some(c) = self.certs.get(proxy) {
-                let s = Secret {
-                    name: own.clone(),
-                    r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                        certificate_chain: inline(&c.chain_pem),
-                        private_key: inline(&c.key_pem),
-                        ..Default::default()
-                    })),
-                };
-                out.push(Arc::new(Resource::new(own, &s)));
-            }
+        // Only ever the proxy's own certificate, under the name the CA issued it for.
+        if let Some(c) = self
+            .certs
+            .get(proxy)
+            .filter(|c| wanted.contains(&c.spiffe_id))
+        {
+            let s = Secret {
+                name: c.spiffe_id.clone(),
+                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: inline(&c.chain_pem),
+                    private_key: inline(&c.key_pem),
+                    ..Default::default()
+                })),
+            };
+            out.push(Arc::new(Resource::new(c.spiffe_id.clone(), &s)));
         }
         if let Some(bundle) = self.bundle_name().filter(|b| wanted.contains(b)) {
             if !self.bundle_pem.is_empty() {
@@ -118,6 +116,7 @@ impl Identities {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ProxyKind;
 
     fn proxy(name: &str) -> ProxyId {
         ProxyId {
@@ -138,6 +137,7 @@ mod tests {
             ids.certs.insert(
                 proxy(n),
                 WorkloadCert {
+                    spiffe_id: format!("spiffe://shoal/mesh/m/virtualNode/{n}"),
                     chain_pem: format!("CHAIN-{n}"),
                     key_pem: format!("KEY-{n}"),
                     expiration: 1,

@@ -133,7 +133,7 @@ pub struct AgentConfig {
 }
 
 fn default_workload_cert_ttl() -> u64 {
-    24 * 3600
+    shoal_pki::mesh::WORKLOAD_VALIDITY.as_secs()
 }
 
 fn default_api_opt() -> Option<SocketAddr> {
@@ -161,8 +161,12 @@ impl AgentConfig {
         if self.data_dir.as_os_str().is_empty() {
             bail!("--data-dir is required (or data_dir in the --config file)");
         }
-        if !(20..=24 * 3600).contains(&self.workload_cert_ttl) {
-            bail!("--workload-cert-ttl is between 20 seconds and a day (86400)");
+        let (min, max) = (
+            shoal_pki::mesh::MIN_WORKLOAD_VALIDITY.as_secs(),
+            shoal_pki::mesh::WORKLOAD_VALIDITY.as_secs(),
+        );
+        if !(min..=max).contains(&self.workload_cert_ttl) {
+            bail!("--workload-cert-ttl is between {min} and {max} seconds");
         }
         if self.tls_ca.is_none() && !self.gossip.ip().is_loopback() && !self.insecure {
             bail!(

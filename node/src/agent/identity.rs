@@ -13,7 +13,7 @@
 //! **Revocation**: a server signs only for a virtual node or gateway that exists (after a
 //! linearizable read); once one is deleted, its proxy's certificate is not renewed, and ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use shoal_xds::{Identities, ProxyId, ProxyKind, WorkloadCert};
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 use crate::unix_now as now;
 use crate::watch::ca::grpc::mesh_ca_client::MeshCaClient;
@@ -60,6 +61,8 @@ struct Held {
     mesh: String,
     gateway: bool,
     name: String,
+    /// The SPIFFE id the certificate carries, as the server issued it.
+    spiffe_id: String,
     chain_pem: String,
     key_pem: String,
     expiration: u64,
@@ -67,47 +70,51 @@ struct Held {
     renew_at: u64,
 }
 
+impl Held {
+    fn proxy(&self) -> ProxyId {
+        ProxyId {
+            mesh: self.mesh.clone(),
+            kind: if self.gateway {
+                ProxyKind::VirtualGateway
+            } else {
+                ProxyKind::VirtualNode
+            },
+            name: self.name.clone(),
+        }
+    }
+}
+
 /// The file's contents.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct Stored {
     trust_domain: Option<String>,
     bundle_pem: String,
     certs: Vec<Held>,
 }
 
-fn proxy_of(h: &Held) -> ProxyId {
-    ProxyId {
-        mesh: h.mesh.clone(),
-        kind: if h.gateway {
-            ProxyKind::VirtualGateway
-        } else {
-            ProxyKind::VirtualNode
-        },
-        name: h.name.clone(),
-    }
+/// What the agent holds: read from `identities.json` at start ([`load`]), kept up to date by
+/// the [`Manager`]. The certificates are by proxy in memory, a list on disk.
+#[derive(Default)]
+pub struct Kept {
+    trust_domain: Option<String>,
+    bundle_pem: String,
+    certs: BTreeMap<ProxyId, Held>,
 }
 
-impl Stored {
-    fn read(path: &Path) -> anyhow::Result<Stored> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not an identities file", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Stored::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-
-    fn identities(&self) -> Identities {
+impl Kept {
+    /// The xDS view of it.
+    pub fn identities(&self) -> Identities {
         Identities {
             trust_domain: self.trust_domain.clone(),
             bundle_pem: self.bundle_pem.clone(),
             certs: self
                 .certs
                 .iter()
-                .map(|h| {
+                .map(|(p, h)| {
                     (
-                        proxy_of(h),
+                        p.clone(),
                         WorkloadCert {
+                            spiffe_id: h.spiffe_id.clone(),
                             chain_pem: h.chain_pem.clone(),
                             key_pem: h.key_pem.clone(),
                             expiration: h.expiration,
@@ -117,13 +124,41 @@ impl Stored {
                 .collect(),
         }
     }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let stored = Stored {
+            trust_domain: self.trust_domain.clone(),
+            bundle_pem: self.bundle_pem.clone(),
+            certs: self.certs.values().cloned().collect(),
+        };
+        serde_json::to_vec(&stored).unwrap_or_default()
+    }
+}
+
+/// Reads the kept identities (fail-static: served before any server answers). A damaged
+/// file is an error: the caller refuses to start rather than hand out nothing silently.
+pub fn load(data_dir: &Path) -> anyhow::Result<Kept> {
+    let path = data_dir.join(FILE);
+    let stored: Stored = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not an identities file", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(Kept {
+        trust_domain: stored.trust_domain,
+        bundle_pem: stored.bundle_pem,
+        certs: stored.certs.into_iter().map(|h| (h.proxy(), h)).collect(),
+    })
 }
 
 /// What the manager needs.
 pub struct Manager {
     /// The data dir's identities file.
     pub path: PathBuf,
-    /// The servers' gRPC URLs, re-read before every request.
+    /// What [`load`] read at start (and the view already serves).
+    pub kept: Kept,
+    /// The servers' gRPC URLs, re-read at every tick.
     pub servers: Box<dyn Fn() -> Vec<String> + Send + Sync>,
     /// The cluster's mutual TLS (none: plain gRPC, as the cluster port is then).
     pub tls: Option<crate::tls::Live>,
@@ -137,23 +172,12 @@ pub struct Manager {
     pub status: Arc<Mutex<IdentityStatus>>,
 }
 
-/// Reads the kept identities (fail-static: served before any server answers). A damaged
-/// file is an error: the caller refuses to start rather than hand out nothing silently.
-pub fn load(data_dir: &Path) -> anyhow::Result<Identities> {
-    Ok(Stored::read(&data_dir.join(FILE))?.identities())
-}
-
 impl Manager {
-    /// Runs until `stop`: keeps a certificate for every connected proxy.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut stored = match Stored::read(&self.path) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "workload certificates are not kept across restarts until the file is fixed");
-                Stored::default()
-            }
-        };
-        self.report(&stored);
+    /// Runs until `stop`: keeps a certificate for every connected proxy. Each tick that has
+    /// something to ask (a proxy without a certificate or due for renewal, or the bundle)
+    /// asks one server, over one connection.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        self.report_status();
         let mut next = 0usize;
         let mut bundle_at: Option<tokio::time::Instant> = None;
         // Proxies whose last request failed: not asked again before their time (1 s doubling
@@ -161,84 +185,72 @@ impl Manager {
         let mut retry: HashMap<ProxyId, (tokio::time::Instant, Duration)> = HashMap::new();
         loop {
             let now = now();
+            let tick = tokio::time::Instant::now();
+            let connected = self.proxies.connected();
+            retry.retain(|p, _| connected.binary_search(p).is_ok());
+            let due: Vec<ProxyId> = connected
+                .into_iter()
+                .filter(|p| self.kept.certs.get(p).is_none_or(|h| h.renew_at <= now))
+                .filter(|p| retry.get(p).is_none_or(|(at, _)| *at <= tick))
+                .collect();
             // The trust domain and bundle first, before any proxy asks: a proxy's first
             // configuration then takes its secrets from this agent from the start.
+            let bundle_due = bundle_at.is_none_or(|t| t.elapsed() >= BUNDLE_EVERY);
             let list = (self.servers)();
-            if !list.is_empty() && bundle_at.is_none_or(|t| t.elapsed() >= BUNDLE_EVERY) {
-                let server = list[next % list.len()].clone();
-                next = next.wrapping_add(1);
-                match self.bundle(&server).await {
-                    Ok(b) => {
-                        bundle_at = Some(tokio::time::Instant::now());
-                        if stored.trust_domain.as_deref() != Some(b.trust_domain.as_str())
-                            || stored.bundle_pem != b.trust_bundle
-                        {
-                            stored.trust_domain = Some(b.trust_domain);
-                            stored.bundle_pem = b.trust_bundle;
-                            self.keep(&stored);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(server = %server, error = %format!("{e:#}"), "cannot fetch the mesh CA's trust bundle; will retry")
-                    }
-                }
-            }
-            let due: Vec<ProxyId> = self
-                .proxies
-                .connected()
-                .into_iter()
-                .filter(|p| {
-                    stored
-                        .certs
-                        .iter()
-                        .find(|h| proxy_of(h) == *p)
-                        .is_none_or(|h| h.renew_at <= now)
-                })
-                .filter(|p| {
-                    retry
-                        .get(p)
-                        .is_none_or(|(at, _)| *at <= tokio::time::Instant::now())
-                })
-                .collect();
-            let connected = self.proxies.connected();
-            retry.retain(|p, _| connected.contains(p));
             let mut changed = false;
-            for proxy in due {
-                let list = (self.servers)();
-                if list.is_empty() {
-                    break;
-                }
+            if !list.is_empty() && (bundle_due || !due.is_empty()) {
                 let server = list[next % list.len()].clone();
                 next = next.wrapping_add(1);
-                match self.issue(&server, &proxy, &stored).await {
-                    Ok((held, out)) => {
-                        tracing::info!(proxy = %proxy, expiration = held.expiration, "workload certificate issued");
-                        stored.trust_domain = Some(out.trust_domain);
-                        stored.bundle_pem = out.trust_bundle;
-                        stored.certs.retain(|h| proxy_of(h) != proxy);
-                        stored.certs.push(held);
-                        changed = true;
-                        retry.remove(&proxy);
-                        self.status.lock().expect("identity status").issued += 1;
-                    }
+                match self.client(&server).await {
                     Err(e) => {
-                        let delay = retry
-                            .get(&proxy)
-                            .map_or(TICK, |(_, d)| (*d * 2).min(Duration::from_secs(60)));
-                        retry.insert(proxy.clone(), (tokio::time::Instant::now() + delay, delay));
-                        tracing::warn!(proxy = %proxy, server = %server, error = %format!("{e:#}"), retry_in = ?delay, "cannot get a workload certificate; will retry");
-                        let mut st = self.status.lock().expect("identity status");
-                        st.failures += 1;
-                        st.last_error = Some(format!("{proxy}: {e:#}"));
+                        tracing::debug!(server = %server, error = %format!("{e:#}"), "cannot reach a server for workload certificates; will retry")
+                    }
+                    Ok(mut client) => {
+                        if bundle_due {
+                            match bundle(&mut client).await {
+                                Ok(b) => {
+                                    bundle_at = Some(tokio::time::Instant::now());
+                                    changed |= self.take_bundle(b.trust_domain, b.trust_bundle);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(server = %server, error = %format!("{e:#}"), "cannot fetch the mesh CA's trust bundle; will retry")
+                                }
+                            }
+                        }
+                        for proxy in due {
+                            match self.issue(&mut client, &proxy).await {
+                                Ok((held, out)) => {
+                                    tracing::info!(proxy = %proxy, expiration = held.expiration, "workload certificate issued");
+                                    self.take_bundle(out.trust_domain, out.trust_bundle);
+                                    self.kept.certs.insert(proxy.clone(), held);
+                                    changed = true;
+                                    retry.remove(&proxy);
+                                    self.status.lock().expect("identity status").issued += 1;
+                                }
+                                Err(e) => {
+                                    let delay = retry.get(&proxy).map_or(TICK, |(_, d)| {
+                                        (*d * 2).min(Duration::from_secs(60))
+                                    });
+                                    retry.insert(
+                                        proxy.clone(),
+                                        (tokio::time::Instant::now() + delay, delay),
+                                    );
+                                    tracing::warn!(proxy = %proxy, server = %server, error = %format!("{e:#}"), retry_in = ?delay, "cannot get a workload certificate; will retry");
+                                    let mut st = self.status.lock().expect("identity status");
+                                    st.failures += 1;
+                                    st.last_error = Some(format!("{proxy}: {e:#}"));
+                                }
+                            }
+                        }
                     }
                 }
             }
             // Certificates that ended a day ago belong to proxies long gone: forget them.
-            let before = stored.certs.len();
-            stored.certs.retain(|h| h.expiration + 86_400 > now);
-            changed |= stored.certs.len() != before;
+            let before = self.kept.certs.len();
+            self.kept.certs.retain(|_, h| h.expiration + 86_400 > now);
+            changed |= self.kept.certs.len() != before;
             if changed {
-                self.keep(&stored);
+                self.keep();
             }
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
@@ -247,28 +259,33 @@ impl Manager {
         }
     }
 
-    /// Writes `stored` (before it is served: a restart serves what the proxies had), then
-    /// publishes it.
-    fn keep(&self, stored: &Stored) {
-        let bytes = serde_json::to_vec(stored).unwrap_or_default();
-        if let Err(e) = crate::files::replace(&self.path, &bytes, 0o600) {
+    /// Takes the trust domain and bundle a server sent; whether they changed.
+    fn take_bundle(&mut self, trust_domain: String, bundle_pem: String) -> bool {
+        let changed = self.kept.trust_domain.as_deref() != Some(trust_domain.as_str())
+            || self.kept.bundle_pem != bundle_pem;
+        self.kept.trust_domain = Some(trust_domain);
+        self.kept.bundle_pem = bundle_pem;
+        changed
+    }
+
+    /// Writes what is kept (before it is served: a restart serves what the proxies had),
+    /// then publishes it.
+    fn keep(&self) {
+        if let Err(e) = crate::files::replace(&self.path, &self.kept.to_bytes(), 0o600) {
             tracing::error!(error = %format!("{e:#}"), "cannot keep the workload certificates; serving them anyway");
         }
-        self.report(stored);
+        self.view.set_identities(Arc::new(self.kept.identities()));
+        self.report_status();
     }
 
-    fn report(&self, stored: &Stored) {
-        self.view.set_identities(Arc::new(stored.identities()));
+    fn report_status(&self) {
         let mut st = self.status.lock().expect("identity status");
-        st.held = stored.certs.len();
-        st.trust_domain = stored.trust_domain.clone();
-        st.soonest_expiry = stored.certs.iter().map(|h| h.expiration).min();
+        st.held = self.kept.certs.len();
+        st.trust_domain = self.kept.trust_domain.clone();
+        st.soonest_expiry = self.kept.certs.values().map(|h| h.expiration).min();
     }
 
-    async fn client(
-        &self,
-        server: &str,
-    ) -> anyhow::Result<MeshCaClient<tonic::transport::Channel>> {
+    async fn client(&self, server: &str) -> anyhow::Result<MeshCaClient<Channel>> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
             .with_context(|| format!("server address {server}"))?;
         if let Some(tls) = &self.tls {
@@ -283,28 +300,13 @@ impl Manager {
         Ok(MeshCaClient::new(channel))
     }
 
-    async fn bundle(&self, server: &str) -> anyhow::Result<TrustBundle> {
-        let reply = self
-            .client(server)
-            .await?
-            .trust_bundle(TrustBundleRequest {})
-            .await
-            .map_err(|s| anyhow::anyhow!("{server}: {}", s.message()))?
-            .into_inner();
-        let outcome: Result<TrustBundle, shoal_model::ApiError> =
-            serde_json::from_slice(&reply.outcome).context("the server's answer")?;
-        outcome.map_err(|e| anyhow::anyhow!("{}: {}", e.kind.code(), e.message))
-    }
-
-    /// A certificate for `proxy` from `server`, for its kept key (a renewal) or a new one.
+    /// A certificate for `proxy`, for its kept key (a renewal) or a new one.
     async fn issue(
         &self,
-        server: &str,
+        client: &mut MeshCaClient<Channel>,
         proxy: &ProxyId,
-        stored: &Stored,
     ) -> anyhow::Result<(Held, SignOutput)> {
-        let kept = stored.certs.iter().find(|h| proxy_of(h) == *proxy);
-        let (csr, key_pem) = match kept {
+        let (csr, key_pem) = match self.kept.certs.get(proxy) {
             Some(h) => (
                 shoal_pki::csr_for_key(&proxy.name, &h.key_pem)?,
                 h.key_pem.clone(),
@@ -318,23 +320,20 @@ impl Manager {
             csr,
             validity_seconds: Some(self.validity.as_secs()),
         };
-        let reply = self
-            .client(server)
-            .await?
+        let reply = client
             .sign_workload(SignRequest {
                 request: serde_json::to_vec(&input)?,
             })
             .await
-            .map_err(|s| anyhow::anyhow!("{server}: {}", s.message()))?
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
-        let outcome: Result<SignOutput, shoal_model::ApiError> =
-            serde_json::from_slice(&reply.outcome).context("the server's answer")?;
-        let out = outcome.map_err(|e| anyhow::anyhow!("{}: {}", e.kind.code(), e.message))?;
+        let out: SignOutput = outcome(&reply.outcome)?;
         let issued = now();
         let held = Held {
             mesh: proxy.mesh.clone(),
             gateway: proxy.kind == ProxyKind::VirtualGateway,
             name: proxy.name.clone(),
+            spiffe_id: out.spiffe_id.clone(),
             chain_pem: out.certificate_chain.clone(),
             key_pem,
             expiration: out.expiration,
@@ -342,6 +341,22 @@ impl Manager {
         };
         Ok((held, out))
     }
+}
+
+async fn bundle(client: &mut MeshCaClient<Channel>) -> anyhow::Result<TrustBundle> {
+    let reply = client
+        .trust_bundle(TrustBundleRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    outcome(&reply.outcome)
+}
+
+/// A server's answer: `Result<T, ApiError>` as JSON.
+fn outcome<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
+    let outcome: Result<T, shoal_model::ApiError> =
+        serde_json::from_slice(bytes).context("the server's answer")?;
+    outcome.map_err(|e| anyhow::anyhow!("{}: {}", e.kind.code(), e.message))
 }
 
 #[cfg(test)]
@@ -352,7 +367,10 @@ mod tests {
     fn the_file_round_trips_and_a_damaged_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
-        assert_eq!(load(dir.path()).unwrap(), Identities::default());
+        assert_eq!(
+            load(dir.path()).unwrap().identities(),
+            Identities::default()
+        );
         let s = Stored {
             trust_domain: Some("shoal".into()),
             bundle_pem: "ROOT".into(),
@@ -360,6 +378,7 @@ mod tests {
                 mesh: "m".into(),
                 gateway: true,
                 name: "gw".into(),
+                spiffe_id: "spiffe://shoal/mesh/m/virtualGateway/gw".into(),
                 chain_pem: "CHAIN".into(),
                 key_pem: "KEY".into(),
                 expiration: 100,
@@ -367,10 +386,14 @@ mod tests {
             }],
         };
         std::fs::write(&path, serde_json::to_vec(&s).unwrap()).unwrap();
-        let ids = load(dir.path()).unwrap();
+        let kept = load(dir.path()).unwrap();
+        let ids = kept.identities();
         let p = ProxyId::parse("mesh/m/virtualGateway/gw").unwrap();
         assert_eq!(ids.certs[&p].key_pem, "KEY");
         assert_eq!(ids.trust_domain.as_deref(), Some("shoal"));
+        // Written back, it reads the same.
+        std::fs::write(&path, kept.to_bytes()).unwrap();
+        assert_eq!(load(dir.path()).unwrap().identities(), ids);
         std::fs::write(&path, b"{not json").unwrap();
         assert!(load(dir.path()).is_err());
     }

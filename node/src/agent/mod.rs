@@ -273,7 +273,9 @@ pub async fn start(
 
     let cfg = Arc::new(cfg);
     let pipeline = Pipeline::new(cached.unwrap_or_default());
-    pipeline.view.set_identities(Arc::new(kept_identities));
+    pipeline
+        .view
+        .set_identities(Arc::new(kept_identities.identities()));
     let identity_status = Arc::new(Mutex::new(identity::IdentityStatus::default()));
     let follow_status = Arc::new(Mutex::new(follow::FollowStatus {
         from_cache,
@@ -326,6 +328,7 @@ pub async fn start(
         let secure = tls.is_some();
         let manager = identity::Manager {
             path: cfg.data_dir.join(identity::FILE),
+            kept: kept_identities,
             servers: Box::new(move || servers(&c, &g, secure)),
             tls: tls.clone(),
             proxies: proxies.clone(),

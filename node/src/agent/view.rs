@@ -20,7 +20,6 @@ pub struct View {
     endpoints: Arc<RwLock<Arc<Vec<Endpoint>>>>,
     revision: Arc<RwLock<u64>>,
     inputs: Arc<watch::Sender<Inputs>>,
-    identities: Arc<RwLock<Arc<shoal_xds::Identities>>>,
 }
 
 impl Default for View {
@@ -37,16 +36,13 @@ impl View {
             endpoints: Arc::default(),
             revision: Arc::default(),
             inputs: Arc::new(watch::channel(Inputs::default()).0),
-            identities: Arc::default(),
         }
     }
 
     /// Replaces the proxies' workload certificates (kept by the identity manager),
     /// republishing the xDS inputs with the same model and endpoints.
     pub fn set_identities(&self, ids: Arc<shoal_xds::Identities>) {
-        *self.identities.write().unwrap_or_else(|e| e.into_inner()) = ids.clone();
-        self.inputs
-            .send_modify(|i| *i = i.clone().with_identities(ids));
+        self.inputs.send_modify(|i| i.identities = ids);
     }
 
     /// The model and endpoints of every rebuild, for the xDS proxies.
@@ -79,13 +75,11 @@ impl View {
         let endpoints = Arc::new(endpoints);
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = endpoints.clone();
         *self.revision.write().unwrap_or_else(|e| e.into_inner()) = model.revision();
-        let ids = self
-            .identities
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // The identities stay as they are: replaced under the channel's lock, so a
+        // certificate published meanwhile is not lost.
+        let fresh = Inputs::new(model, endpoints);
         self.inputs
-            .send_replace(Inputs::new(model, endpoints).with_identities(ids));
+            .send_modify(|i| *i = fresh.with_identities(i.identities.clone()));
     }
 }
 

@@ -85,16 +85,21 @@ pub async fn ensure(
 }
 
 fn make(trust_domain: &str) -> Result<MeshCa, shoal_pki::PkiError> {
-    let root = shoal_pki::mesh::generate_root(trust_domain)?;
     Ok(MeshCa {
         trust_domain: trust_domain.to_string(),
-        signing: MeshAuthority {
-            cert_pem: root.cert_pem().to_string(),
-            key_pem: root.key_pem().to_string(),
-            root_pem: root.cert_pem().to_string(),
-            since: now(),
-        },
+        signing: own_root(trust_domain, now())?,
         previous: Vec::new(),
+    })
+}
+
+/// A new root of shoal's own for `trust_domain`, signing from `since`.
+fn own_root(trust_domain: &str, since: u64) -> Result<MeshAuthority, shoal_pki::PkiError> {
+    let root = shoal_pki::mesh::generate_root(trust_domain)?;
+    Ok(MeshAuthority {
+        cert_pem: root.cert_pem().to_string(),
+        key_pem: root.key_pem().to_string(),
+        root_pem: root.cert_pem().to_string(),
+        since,
     })
 }
 
@@ -197,8 +202,9 @@ async fn rotate(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
     let Some(td) = s.raft.read(|m| m.mesh_ca().map(|c| c.trust_domain.clone())) else {
         return error_response(&no_ca());
     };
-    let root = match shoal_pki::mesh::generate_root(&td) {
-        Ok(r) => r,
+    let now = now();
+    let authority = match own_root(&td, now) {
+        Ok(a) => a,
         Err(e) => {
             return error_response(&ApiError::new(
                 shoal_model::ErrorKind::InternalServerError,
@@ -206,14 +212,8 @@ async fn rotate(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
             ))
         }
     };
-    let now = now();
     let cmd = Command::RotateMeshCa {
-        authority: MeshAuthority {
-            cert_pem: root.cert_pem().to_string(),
-            key_pem: root.key_pem().to_string(),
-            root_pem: root.cert_pem().to_string(),
-            since: now,
-        },
+        authority,
         overlap_until: now + overlap,
         now,
     };
@@ -344,7 +344,7 @@ pub(super) async fn issue(s: &AppState, req: SignInput) -> Result<SignOutput, Ap
     // certificate rather than refusing the proxy its identity.
     let dns: Vec<String> = dns
         .into_iter()
-        .filter(|d| rustls_pki_types::DnsName::try_from(d.as_str()).is_ok())
+        .filter(|d| shoal_pki::mesh::is_dns_name(d))
         .collect();
     let signer =
         shoal_pki::Ca::from_pem(&ca.signing.cert_pem, &ca.signing.key_pem).map_err(|e| {

@@ -411,9 +411,7 @@ impl Ctx<'_> {
         let proto = l.port_mapping.protocol;
         let tls = tls.filter(|t| t.applies_to(port)).cloned();
         if let Some(t) = &tls {
-            self.out
-                .agent_secrets
-                .extend(t.agent_secrets().map(str::to_string));
+            self.out.want_agent_secrets(t.agent_secrets());
         }
         let key = EgressKey {
             node: node.to_string(),

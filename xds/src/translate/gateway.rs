@@ -437,9 +437,7 @@ pub(crate) fn virtual_gateway(
         let server_tls = util::gateway_listener_tls(&resource, l.tls.as_ref())?
             .map(|t| t.served_by(ctx.trust_domain));
         if let Some(t) = &server_tls {
-            ctx.out
-                .agent_secrets
-                .extend(t.agent_secrets().map(str::to_string));
+            ctx.out.want_agent_secrets(t.agent_secrets());
         }
         let mut rts = Vec::new();
         for g in &groutes {

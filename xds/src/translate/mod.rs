@@ -136,6 +136,11 @@ pub(crate) struct Out {
 }
 
 impl Out {
+    /// Notes secrets the configuration takes from the agent over ADS.
+    pub fn want_agent_secrets<'s>(&mut self, names: impl Iterator<Item = &'s str>) {
+        self.agent_secrets.extend(names.map(str::to_string));
+    }
+
     /// Adds route configuration `name` with `virtual_hosts`. Clusters are not validated by
     /// Envoy when it loads them: shoal's push order already guarantees they exist, and a
     /// validated route configuration would be refused whole for one missing cluster.

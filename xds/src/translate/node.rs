@@ -238,9 +238,7 @@ fn ingress(
         let tls =
             util::listener_tls(&resource, l.tls.as_ref())?.map(|t| t.served_by(ctx.trust_domain));
         if let Some(t) = &tls {
-            ctx.out
-                .agent_secrets
-                .extend(t.agent_secrets().map(str::to_string));
+            ctx.out.want_agent_secrets(t.agent_secrets());
         }
         permissive |= tls.as_ref().is_some_and(|t| !t.strict);
         let cluster = cluster::ingress_cluster(ctx, name, l);

@@ -289,8 +289,7 @@ fn agent_served(name: &str, trust_domain: Option<&str>) -> bool {
     let Some(td) = trust_domain else {
         return false;
     };
-    name.strip_prefix("spiffe://")
-        .and_then(|rest| rest.strip_prefix(td))
+    name.strip_prefix(&crate::identity::trust_domain_id(td))
         .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
 }
 
@@ -607,6 +606,19 @@ fn common_tls(
                 })
             })
             .collect();
+        // A secret's validation context, with the SANs checked on top of what it holds.
+        let combined = |secret: SdsSecretConfig, matchers: Vec<SubjectAltNameMatcher>| {
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: matchers,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(secret),
+                    ..Default::default()
+                },
+            )
+        };
         ctx.validation_context_type = Some(match trust {
             TrustSource::File(path) => {
                 common_tls_context::ValidationContextType::ValidationContext(
@@ -617,22 +629,8 @@ fn common_tls(
                     },
                 )
             }
-            TrustSource::Sds(name) | TrustSource::Agent(name) => {
-                let secret = match trust {
-                    TrustSource::Agent(_) => ads_secret(name),
-                    _ => sds(name),
-                };
-                common_tls_context::ValidationContextType::CombinedValidationContext(
-                    common_tls_context::CombinedCertificateValidationContext {
-                        default_validation_context: Some(CertificateValidationContext {
-                            match_typed_subject_alt_names: matchers,
-                            ..Default::default()
-                        }),
-                        validation_context_sds_secret_config: Some(secret),
-                        ..Default::default()
-                    },
-                )
-            }
+            TrustSource::Sds(name) => combined(sds(name), matchers),
+            TrustSource::Agent(name) => combined(ads_secret(name), matchers),
         });
     }
     ctx
