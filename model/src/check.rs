@@ -721,7 +721,7 @@ pub(crate) fn targets_of(spec: &Spec) -> Vec<&api::WeightedTarget> {
     }
 }
 
-fn gateway_target(spec: &Spec) -> Option<&str> {
+pub(crate) fn gateway_target(spec: &Spec) -> Option<&str> {
     match spec {
         Spec::GatewayRoute(g) => {
             let t = [&g.http_route, &g.http2_route]
@@ -883,13 +883,14 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
         }
         Ok(())
     };
-    let tags = |tags: &[crate::api::TagRef]| -> Result<(), ApiError> {
+    let tags = |k: &ResourceKey, tags: &[crate::api::TagRef]| -> Result<(), ApiError> {
         for t in tags {
             if t.key.is_empty() || t.key.len() > 128 || t.value.len() > 256 {
                 return Err(ApiError::bad_request(
                     "A tag key has 1 to 128 characters, its value at most 256",
                 ));
             }
+            mtls_tag(k, t)?;
         }
         Ok(())
     };
@@ -911,7 +912,7 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
                 )));
             }
             into_result(spec(s))?;
-            tags(t)?;
+            tags(k, t)?;
             if client_token.as_ref().is_some_and(|c| c.len() > 64) {
                 return Err(ApiError::bad_request(
                     "A client token has at most 64 characters",
@@ -943,7 +944,7 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
         Command::Delete { key: k } => key(k),
         Command::Tag { key: k, tags: t } => {
             key(k)?;
-            tags(t)
+            tags(k, t)
         }
         Command::Untag { key: k, keys } => {
             key(k)?;
@@ -989,10 +990,8 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
             Ok(())
         }
         Command::InitMeshCa { ca } => {
-            if !valid_trust_domain(&ca.trust_domain) {
-                return Err(ApiError::bad_request(
-                    "A trust domain is lowercase letters, digits, '.', '-' and '_', at most 255",
-                ));
+            if let Err(e) = crate::identity::check_trust_domain(&ca.trust_domain) {
+                return Err(ApiError::bad_request(e.to_string()));
             }
             mesh_authority(&ca.signing)?;
             if !ca.previous.is_empty() {
@@ -1019,12 +1018,26 @@ pub fn command(cmd: &crate::Command) -> Result<(), ApiError> {
     }
 }
 
-fn valid_trust_domain(td: &str) -> bool {
-    !td.is_empty()
-        && td.len() <= 255
-        && td.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        })
+/// The automatic mTLS tag ([`crate::identity::MTLS_TAG`]) is a mesh's, with one of its values:
+/// a typo must not leave a mesh in plain text while its operator believes it is `STRICT`.
+fn mtls_tag(k: &ResourceKey, t: &crate::api::TagRef) -> Result<(), ApiError> {
+    use crate::identity::{MtlsMode, MTLS_TAG};
+    if t.key != MTLS_TAG {
+        return Ok(());
+    }
+    if k.kind != Kind::Mesh {
+        return Err(ApiError::bad_request(format!(
+            "The tag {MTLS_TAG} belongs on a mesh, not on a {}",
+            k.kind.title()
+        )));
+    }
+    if MtlsMode::parse(&t.value).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "The tag {MTLS_TAG} is STRICT, PERMISSIVE or DISABLED, not {:?}",
+            t.value
+        )));
+    }
+    Ok(())
 }
 
 fn mesh_authority(a: &crate::MeshAuthority) -> Result<(), ApiError> {

@@ -409,7 +409,12 @@ pub fn virtual_service_nodes(model: &Model, mesh: &str, name: &str) -> Vec<Strin
 }
 
 /// [`virtual_service_nodes`], with route targets of weight 0 too when `idle_targets`.
-fn service_nodes(model: &Model, mesh: &str, name: &str, idle_targets: bool) -> Vec<String> {
+pub(crate) fn service_nodes(
+    model: &Model,
+    mesh: &str,
+    name: &str,
+    idle_targets: bool,
+) -> Vec<String> {
     let key = ResourceKey::in_mesh(mesh, Kind::VirtualService, name);
     let Some(Spec::VirtualService(spec)) = model.get(&key).map(|r| &r.spec) else {
         return Vec::new();

@@ -14,6 +14,8 @@
 //! - [`health`]: which health check an instance gets, its clamped spec, and the threshold
 //!   state machine over probe results.
 //! - [`history`]: recent changes by revision, so watchers resume instead of resyncing.
+//! - [`identity`]: the SPIFFE id of every proxy (what the mesh CA issues and the translation
+//!   names).
 //!
 //! This crate does no I/O and has no async code: every other crate builds on it, and
 //! everything in it is tested without a network.
@@ -25,6 +27,7 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod identity;
 pub mod logsafe;
 pub mod re2;
 pub mod request;

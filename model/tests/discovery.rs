@@ -14,7 +14,7 @@ fn put(model: &mut Model, kind: Kind, parent: &str, body: serde_json::Value) {
     let r = parse_create(kind, body.to_string().as_bytes()).unwrap();
     let key = match kind {
         Kind::Mesh => ResourceKey::mesh(&r.name),
-        Kind::Route => ResourceKey::child("m", kind, parent, &r.name),
+        Kind::Route | Kind::GatewayRoute => ResourceKey::child("m", kind, parent, &r.name),
         _ => ResourceKey::in_mesh("m", kind, &r.name),
     };
     let index = model.revision() + 1;
@@ -345,4 +345,95 @@ fn a_workload_certificate_names_what_callers_dial() {
     );
     assert!(workload_dns_names(&m, "m", "absent").is_empty());
     assert!(workload_dns_names(&m, "other", "red").is_empty());
+}
+
+#[test]
+fn callers_are_whoever_lists_a_service_the_node_serves() {
+    use shoal_model::identity::{callers, WorkloadKind};
+    let mut m = world();
+    // front calls color (router: red, and blue at weight 0) and legacy; lonely calls a
+    // service nobody provides... none; the gateway routes to color.
+    put(
+        &mut m,
+        Kind::VirtualNode,
+        "",
+        json!({"virtualNodeName": "front", "spec": {"backends": [
+            {"virtualService": {"virtualServiceName": "color.m.local"}},
+            {"virtualService": {"virtualServiceName": "legacy.m.local"}}]}}),
+    );
+    put(
+        &mut m,
+        Kind::VirtualNode,
+        "",
+        json!({"virtualNodeName": "lonely", "spec": {}}),
+    );
+    put(
+        &mut m,
+        Kind::VirtualGateway,
+        "",
+        json!({"virtualGatewayName": "gw", "spec": {"listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}]}}),
+    );
+    put(
+        &mut m,
+        Kind::GatewayRoute,
+        "gw",
+        json!({"gatewayRouteName": "g", "spec": {"httpRoute": {"match": {"prefix": "/"},
+            "action": {"target": {"virtualService": {"virtualServiceName": "color.m.local"}}}}}}),
+    );
+    let got = callers(&m, "m");
+    let node = |n: &str| (WorkloadKind::VirtualNode, n.to_string());
+    let gw = (WorkloadKind::VirtualGateway, "gw".to_string());
+    let want: BTreeMap<String, std::collections::BTreeSet<(WorkloadKind, String)>> = [
+        ("blue".to_string(), [node("front"), gw.clone()].into()),
+        ("dnsnode".to_string(), [node("front")].into()),
+        ("red".to_string(), [node("front"), gw].into()),
+    ]
+    .into();
+    assert_eq!(got, want);
+    assert!(callers(&m, "other").is_empty());
+}
+
+#[test]
+fn the_mtls_tag_is_a_meshs_and_one_of_three_values() {
+    use shoal_model::api::TagRef;
+    use shoal_model::identity::{MtlsMode, MTLS_TAG};
+    let tag = |key: ResourceKey, value: &str| Command::Tag {
+        key,
+        tags: vec![TagRef {
+            key: MTLS_TAG.into(),
+            value: value.into(),
+        }],
+    };
+    for v in ["STRICT", "PERMISSIVE", "DISABLED"] {
+        shoal_model::check::command(&tag(ResourceKey::mesh("m"), v)).unwrap();
+    }
+    let e = shoal_model::check::command(&tag(ResourceKey::mesh("m"), "strict")).unwrap_err();
+    assert!(
+        e.message.contains("STRICT, PERMISSIVE or DISABLED"),
+        "{}",
+        e.message
+    );
+    let node = ResourceKey::in_mesh("m", Kind::VirtualNode, "red");
+    let e = shoal_model::check::command(&tag(node, "STRICT")).unwrap_err();
+    assert!(e.message.contains("belongs on a mesh"), "{}", e.message);
+    // Other tags are the user's.
+    shoal_model::check::command(&Command::Tag {
+        key: ResourceKey::mesh("m"),
+        tags: vec![TagRef {
+            key: "team".into(),
+            value: "strict".into(),
+        }],
+    })
+    .unwrap();
+
+    let mut m = world();
+    assert_eq!(MtlsMode::of_mesh(&m, "m"), MtlsMode::Off);
+    m.apply(100, &tag(ResourceKey::mesh("m"), "STRICT"))
+        .outcome
+        .unwrap();
+    assert_eq!(MtlsMode::of_mesh(&m, "m"), MtlsMode::Strict);
+    m.apply(101, &tag(ResourceKey::mesh("m"), "PERMISSIVE"))
+        .outcome
+        .unwrap();
+    assert_eq!(MtlsMode::of_mesh(&m, "m"), MtlsMode::Permissive);
 }

@@ -71,6 +71,9 @@ pub enum PkiError {
     /// A name given for the certificate is not a valid DNS name or address.
     #[error("invalid name {0:?} for a certificate")]
     Name(String),
+    /// A name that cannot be part of a workload's SPIFFE id.
+    #[error(transparent)]
+    Identity(#[from] shoal_model::identity::IdentityError),
     /// A certificate signing request that does not parse or whose signature fails.
     #[error("certificate signing request: {0}")]
     Csr(String),

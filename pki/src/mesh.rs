@@ -1,9 +1,8 @@
 //! The mesh CA's side: workload identities for the proxies of a mesh.
 //!
-//! Every virtual node and virtual gateway has an identity, a SPIFFE id
-//! `spiffe://<trust-domain>/mesh/<mesh>/virtualNode/<name>` (or `virtualGateway/<name>`), which
-//! its proxy's certificate carries as its only URI name (an X.509-SVID, as a SPIRE agent served
-//! App Mesh users). The mesh CA is a **sibling** of the cluster CA, not its child: a workload's
+//! Every virtual node and virtual gateway has an identity, a SPIFFE id (its form is
+//! [`shoal_model::identity`]'s), which its proxy's certificate carries as its only URI name.
+//! The mesh CA is a **sibling** of the cluster CA, not its child: a workload's
 //! key lives next to an application, and a certificate issued to it must never chain to the
 //! authority the servers and agents trust each other by; the mesh CA can also be replaced by an
 //! operator's intermediate, or rotated, without touching the control plane's trust.
@@ -25,136 +24,9 @@ pub const WORKLOAD_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// The shortest workload certificate lifetime shoal issues (tests rotate every 30 s or so).
 pub const MIN_WORKLOAD_VALIDITY: Duration = Duration::from_secs(20);
 
-/// What kind of proxy an identity is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum WorkloadKind {
-    /// A virtual node's proxy (a sidecar).
-    VirtualNode,
-    /// A virtual gateway's proxy.
-    VirtualGateway,
-}
-
-impl WorkloadKind {
-    /// The path segment of the SPIFFE id: `virtualNode` or `virtualGateway` (App Mesh's names).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::VirtualNode => "virtualNode",
-            WorkloadKind::VirtualGateway => "virtualGateway",
-        }
-    }
-}
-
-/// A proxy's identity: a SPIFFE id in the mesh's trust domain.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SpiffeId {
-    /// The trust domain (`shoal` unless configured).
-    pub trust_domain: String,
-    /// The mesh's name.
-    pub mesh: String,
-    /// A virtual node's or a virtual gateway's.
-    pub kind: WorkloadKind,
-    /// The virtual node's or gateway's name.
-    pub name: String,
-}
-
-impl SpiffeId {
-    /// The identity of `kind` `name` in `mesh`, checked: every part must be a valid SPIFFE
-    /// path segment (letters, digits, `.`, `-`, `_`; App Mesh's names are all of that).
-    pub fn new(
-        trust_domain: &str,
-        mesh: &str,
-        kind: WorkloadKind,
-        name: &str,
-    ) -> Result<SpiffeId, PkiError> {
-        check_trust_domain(trust_domain)?;
-        for part in [mesh, name] {
-            check_segment(part)?;
-        }
-        Ok(SpiffeId {
-            trust_domain: trust_domain.to_string(),
-            mesh: mesh.to_string(),
-            kind,
-            name: name.to_string(),
-        })
-    }
-
-    /// `spiffe://<trust-domain>/mesh/<mesh>/<virtualNode|virtualGateway>/<name>`.
-    pub fn uri(&self) -> String {
-        format!(
-            "spiffe://{}/mesh/{}/{}/{}",
-            self.trust_domain,
-            self.mesh,
-            self.kind.as_str(),
-            self.name
-        )
-    }
-
-    /// Reads a workload SPIFFE id back (`None` for anything else, such as the cluster's own
-    /// `spiffe://shoal/server/<name>` identities).
-    pub fn parse(uri: &str) -> Option<SpiffeId> {
-        let rest = uri.strip_prefix("spiffe://")?;
-        let mut parts = rest.split('/');
-        let (td, m, mesh, kind, name) = (
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-        );
-        if parts.next().is_some() || m != "mesh" {
-            return None;
-        }
-        let kind = match kind {
-            "virtualNode" => WorkloadKind::VirtualNode,
-            "virtualGateway" => WorkloadKind::VirtualGateway,
-            _ => return None,
-        };
-        SpiffeId::new(td, mesh, kind, name).ok()
-    }
-}
-
-impl std::fmt::Display for SpiffeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.uri())
-    }
-}
-
-/// Checks a trust domain as SPIFFE defines it: lowercase letters, digits, `.`, `-` and `_`,
-/// at most 255 characters.
-pub fn check_trust_domain(td: &str) -> Result<(), PkiError> {
-    let ok = !td.is_empty()
-        && td.len() <= 255
-        && td.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(PkiError::Name(format!(
-            "trust domain {td:?}: lowercase letters, digits, '.', '-' and '_', at most 255"
-        )))
-    }
-}
-
-fn check_segment(s: &str) -> Result<(), PkiError> {
-    let ok = !s.is_empty()
-        && s.len() <= 255
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(PkiError::Name(s.to_string()))
-    }
-}
-
-/// The trust domain's own SPIFFE id, `spiffe://<trust-domain>`: the mesh root's URI name, and
-/// the name Envoy asks for the trust bundle by.
-pub fn trust_domain_id(trust_domain: &str) -> String {
-    format!("spiffe://{trust_domain}")
-}
+pub use shoal_model::identity::{
+    check_trust_domain, trust_domain_id, IdentityError, SpiffeId, WorkloadKind,
+};
 
 /// Whether `name` may be a DNS name in a workload certificate (what rustls verifies against).
 pub fn is_dns_name(name: &str) -> bool {
@@ -298,52 +170,6 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
-    }
-
-    #[test]
-    fn spiffe_ids_round_trip_and_refuse_what_is_not_a_segment() {
-        let id =
-            SpiffeId::new("shoal", "app", WorkloadKind::VirtualNode, "colorteller-red").unwrap();
-        assert_eq!(
-            id.uri(),
-            "spiffe://shoal/mesh/app/virtualNode/colorteller-red"
-        );
-        assert_eq!(SpiffeId::parse(&id.uri()), Some(id));
-        let gw = SpiffeId::new(
-            "example.org",
-            "m",
-            WorkloadKind::VirtualGateway,
-            "ingress_gw",
-        )
-        .unwrap();
-        assert_eq!(
-            gw.uri(),
-            "spiffe://example.org/mesh/m/virtualGateway/ingress_gw"
-        );
-        for bad in [
-            "spiffe://shoal/server/s1",
-            "spiffe://shoal/mesh/app/virtualNode",
-            "spiffe://shoal/mesh/app/virtualRouter/r",
-            "spiffe://shoal/mesh/app/virtualNode/a/b",
-            "spiffe://Shoal/mesh/app/virtualNode/a",
-            "https://shoal/mesh/app/virtualNode/a",
-            "spiffe://shoal/mesh/../virtualNode/a",
-        ] {
-            assert_eq!(SpiffeId::parse(bad), None, "{bad}");
-        }
-        for (td, mesh, name) in [
-            ("", "m", "n"),
-            ("UPPER", "m", "n"),
-            ("shoal", "", "n"),
-            ("shoal", "m", "a b"),
-            ("shoal", "m", "a/b"),
-            ("shoal", "..", "n"),
-        ] {
-            assert!(
-                SpiffeId::new(td, mesh, WorkloadKind::VirtualNode, name).is_err(),
-                "{td:?} {mesh:?} {name:?}"
-            );
-        }
     }
 
     #[test]

@@ -53,11 +53,13 @@ pub struct Identities {
     pub certs: BTreeMap<ProxyId, WorkloadCert>,
 }
 
-/// A trust domain's own SPIFFE id, `spiffe://<trust-domain>` (SPIFFE's form): the name the
-/// trust bundle's secret is asked for by, and the prefix of every name the agent serves.
-pub fn trust_domain_id(trust_domain: &str) -> String {
-    format!("spiffe://{trust_domain}")
-}
+pub use shoal_model::identity::trust_domain_id;
+
+/// The name of a proxy's own certificate when its spec does not name it: for `acm`
+/// certificates and automatic mTLS. SPIRE's name for the same thing (its agent's
+/// `default_svid_name`), so a proxy's configuration reads as it would with SPIRE. Each proxy
+/// has its own ADS stream, so one name serves every proxy its own certificate.
+pub const OWN_CERTIFICATE: &str = "default";
 
 fn inline(pem: &str) -> Option<DataSource> {
     Some(DataSource {
@@ -79,21 +81,23 @@ impl Identities {
             return Vec::new();
         }
         let mut out = Vec::new();
-        // Only ever the proxy's own certificate, under the name the CA issued it for.
-        if let Some(c) = self
-            .certs
-            .get(proxy)
-            .filter(|c| wanted.contains(&c.spiffe_id))
-        {
-            let s = Secret {
-                name: c.spiffe_id.clone(),
-                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                    certificate_chain: inline(&c.chain_pem),
-                    private_key: inline(&c.key_pem),
-                    ..Default::default()
-                })),
-            };
-            out.push(Arc::new(Resource::new(c.spiffe_id.clone(), &s)));
+        // Only ever the proxy's own certificate, under the name the CA issued it for or as
+        // its own certificate.
+        if let Some(c) = self.certs.get(proxy) {
+            for name in [c.spiffe_id.as_str(), OWN_CERTIFICATE] {
+                if !wanted.contains(name) {
+                    continue;
+                }
+                let s = Secret {
+                    name: name.to_string(),
+                    r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                        certificate_chain: inline(&c.chain_pem),
+                        private_key: inline(&c.key_pem),
+                        ..Default::default()
+                    })),
+                };
+                out.push(Arc::new(Resource::new(name.to_string(), &s)));
+            }
         }
         if let Some(bundle) = self.bundle_name().filter(|b| wanted.contains(b)) {
             if !self.bundle_pem.is_empty() {

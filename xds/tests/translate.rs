@@ -197,13 +197,15 @@ fn unknown_proxies_and_meshes_are_errors() {
 }
 
 #[test]
-fn acm_certificates_are_refused_not_dropped() {
+fn acm_certificates_wait_for_the_mesh_ca() {
     let model = model_of(&[
         json!({"meshName": "m", "spec": {}}),
         json!({"meshName": "m", "virtualNodeName": "a", "spec": {"listeners": [{
             "portMapping": {"port": 80, "protocol": "http"},
             "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:aws:acm:us-east-1:000000000000:certificate/x"}}}}]}}),
     ]);
+    // Without the mesh CA's trust domain the agent cannot serve it: an error, not a listener
+    // without its certificate (mesh_secrets.rs translates it with one).
     let err = translate(
         &model,
         &[],
@@ -211,7 +213,7 @@ fn acm_certificates_are_refused_not_dropped() {
         &ProxyOptions::default(),
     )
     .unwrap_err();
-    assert!(matches!(err, TranslateError::Unsupported { .. }), "{err}");
+    assert!(matches!(err, TranslateError::NoMeshCa { .. }), "{err}");
 }
 
 #[test]

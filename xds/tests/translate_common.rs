@@ -75,7 +75,7 @@ pub fn try_put(model: &mut Model, doc: &Value) -> Result<(), String> {
             key,
             spec: Box::new(r.spec),
             mode: PutMode::Create,
-            tags: vec![],
+            tags: r.tags,
             client_token: None,
             stamp: Stamp {
                 now: 1.0,

@@ -409,7 +409,10 @@ impl Ctx<'_> {
         };
         let port = port_of(l.port_mapping.port);
         let proto = l.port_mapping.protocol;
-        let tls = tls.filter(|t| t.applies_to(port)).cloned();
+        let tls = tls
+            .filter(|t| t.applies_to(port))
+            .cloned()
+            .map(|t| t.for_target(self.mesh, node, self.trust_domain));
         if let Some(t) = &tls {
             self.out.want_agent_secrets(t.agent_secrets());
         }

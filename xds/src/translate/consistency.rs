@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::{route, route_action, RouteConfig
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, HttpConnectionManager,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
@@ -209,6 +210,14 @@ impl Refs {
                     None => self
                         .problems
                         .push(format!("{what}: TCP proxy without cluster")),
+                }
+            } else if any.type_url == RbacFilter::type_url() {
+                // Authorization by the client's certificate: only where there is one.
+                if decode::<RbacFilter>(&any.value, what, self).is_some()
+                    && c.transport_socket.is_none()
+                {
+                    self.problems
+                        .push(format!("{what}: RBAC on a filter chain without TLS"));
                 }
             } else {
                 self.problems.push(format!(

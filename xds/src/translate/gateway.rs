@@ -14,6 +14,7 @@ use super::node::{self, hcm, router_http_routes, target_clusters, tls_chains};
 use super::routes::{self, Order, PathCond, ValueMatch};
 use super::util::{self, ClientTls};
 use super::{names, Ctx, TranslateError};
+use shoal_model::identity::MtlsMode;
 
 fn gateway_protocol(p: api::VirtualGatewayPortProtocol) -> PortProtocol {
     match p {
@@ -420,13 +421,20 @@ pub(crate) fn virtual_gateway(
     {
         ctx.logs = util::access_logs(&f.path, f.format.as_ref());
     }
-    let tls = util::gateway_client_tls(
-        &resource,
-        spec.backend_defaults
-            .as_ref()
-            .and_then(|d| d.client_policy.as_ref()),
-    )?
-    .map(|t| t.served_by(ctx.trust_domain));
+    let policy = spec
+        .backend_defaults
+        .as_ref()
+        .and_then(|d| d.client_policy.as_ref())
+        .filter(|p| p.tls.is_some());
+    // A gateway's listeners face clients outside the mesh and keep what their spec says;
+    // automatic mTLS covers its calls into the mesh.
+    let tls = match policy {
+        Some(p) => util::gateway_client_tls(&resource, Some(p), ctx.trust_domain)?,
+        None if ctx.mtls != MtlsMode::Off => {
+            Some(util::auto_client_tls(&resource, ctx.trust_domain)?)
+        }
+        None => None,
+    };
     let groutes = gateway_routes(ctx, name);
     let mut listeners: Vec<&api::VirtualGatewayListener> = spec.listeners.iter().collect();
     listeners.sort_by_key(|l| l.port_mapping.port);
@@ -434,8 +442,7 @@ pub(crate) fn virtual_gateway(
         let port = port_of(l.port_mapping.port);
         let proto = gateway_protocol(l.port_mapping.protocol);
         let limits = Limits::of_gateway(l.connection_pool.as_ref());
-        let server_tls = util::gateway_listener_tls(&resource, l.tls.as_ref())?
-            .map(|t| t.served_by(ctx.trust_domain));
+        let server_tls = util::gateway_listener_tls(&resource, l.tls.as_ref(), ctx.trust_domain)?;
         if let Some(t) = &server_tls {
             ctx.out.want_agent_secrets(t.agent_secrets());
         }
@@ -461,6 +468,7 @@ pub(crate) fn virtual_gateway(
             FilterChainMatch::default(),
             hcm("gateway", &rds, &ctx.logs, true),
             server_tls.as_ref(),
+            None,
             node::server_alpn(proto),
         );
         let permissive = server_tls.as_ref().is_some_and(|t| !t.strict);

@@ -60,11 +60,11 @@
 //!
 //! # Not translated
 //!
-//! ACM certificates and ACM trust (no ACM outside AWS: [`TranslateError::Unsupported`]);
-//! secrets named by `sds` members are fetched from the local SDS provider through the
-//! bootstrap cluster [`SDS_CLUSTER`], never served as `Secret` resources; a virtual gateway
+//! Secrets named by `sds` members outside the mesh CA's trust domain are fetched from the
+//! local SDS provider through the bootstrap cluster [`SDS_CLUSTER`]; a virtual gateway
 //! listener's health check; TCP traffic sent to the egress port directly (it has no name).
 
+mod authz;
 mod bootstrap;
 mod cluster;
 mod consistency;
@@ -75,7 +75,7 @@ mod render;
 mod routes;
 mod util;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
@@ -84,6 +84,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use shoal_model::api;
 use shoal_model::discovery::Endpoint;
+use shoal_model::identity::{MtlsMode, WorkloadKind};
 use shoal_model::{Kind, Model, ResourceKey, Spec};
 
 use crate::proxy::{ProxyId, ProxyKind, ProxyOptions};
@@ -109,9 +110,13 @@ pub enum TranslateError {
     /// The proxy's virtual node or virtual gateway is not in the model.
     #[error("{0} does not exist")]
     UnknownProxy(String),
-    /// The model uses something shoal cannot configure outside AWS.
-    #[error("{resource} uses {what}, which shoal cannot configure (no ACM outside AWS); use file or SDS certificates")]
-    Unsupported {
+    /// The model asks for a certificate or trust from the mesh CA (`acm`, or automatic mTLS)
+    /// and the agent has not received the mesh CA's trust domain yet: the proxy keeps what it
+    /// has until it does.
+    #[error(
+        "{resource} uses {what}, served from the mesh CA, which this agent has not heard from yet"
+    )]
+    NoMeshCa {
         /// The resource (ARN path form).
         resource: String,
         /// What it uses.
@@ -178,6 +183,8 @@ pub(crate) struct Ctx<'a> {
     pub shared: &'a Shared,
     /// The mesh CA's trust domain, when the agent serves its secrets.
     pub trust_domain: Option<&'a str>,
+    /// The mesh's automatic mTLS (its `shoal:mtls` tag).
+    pub mtls: MtlsMode,
 }
 
 impl<'a> Ctx<'a> {
@@ -236,6 +243,18 @@ impl<'a> Ctx<'a> {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Who may call virtual node `node` (the model's authorization, computed once per mesh and
+    /// view).
+    pub fn callers(&self, node: &str) -> BTreeSet<(WorkloadKind, String)> {
+        let all = {
+            let mut memo = lock(&self.shared.callers);
+            memo.entry(self.mesh.to_string())
+                .or_insert_with(|| Arc::new(shoal_model::identity::callers(self.model, self.mesh)))
+                .clone()
+        };
+        all.get(node).cloned().unwrap_or_default()
     }
 
     /// Whether the mesh lets unknown destinations through (egress filter ALLOW_ALL; App
@@ -328,7 +347,12 @@ enum Memo<'a> {
 pub struct Shared {
     egress: Mutex<HashMap<(String, ProxyOptions), Egress>>,
     clusters: Mutex<HashMap<cluster::SharedKey, cluster::SharedCluster>>,
+    /// Each mesh's authorization ([`shoal_model::identity::callers`]).
+    callers: Mutex<HashMap<String, Arc<Callers>>>,
 }
+
+/// Who may call each virtual node of a mesh.
+type Callers = BTreeMap<String, BTreeSet<(WorkloadKind, String)>>;
 
 impl Shared {
     /// The encoded egress cluster (and endpoints) remembered under `key`.
@@ -419,6 +443,7 @@ impl<'a> Translator<'a> {
             logs: Vec::new(),
             shared: self.shared(),
             trust_domain: self.trust_domain,
+            mtls: MtlsMode::of_mesh(self.model, mesh),
         }
     }
 

@@ -18,6 +18,8 @@ use prost::{Message, Name};
 use shoal_model::api;
 
 use super::{TranslateError, SDS_CLUSTER};
+use crate::identity::{trust_domain_id, OWN_CERTIFICATE};
+use shoal_model::identity::{SpiffeId, WorkloadKind};
 
 /// Packs a message into Envoy's `Any`.
 pub(crate) fn any<T: Message + Name>(msg: &T) -> Any {
@@ -267,7 +269,7 @@ pub(crate) enum CertSource {
     /// A secret of the local SDS provider.
     Sds(String),
     /// A secret the agent serves over ADS: the proxy's own workload certificate from the mesh
-    /// CA (named by its SPIFFE id).
+    /// CA (named by its SPIFFE id, or [`OWN_CERTIFICATE`] for `acm` and automatic mTLS).
     Agent(String),
 }
 
@@ -289,7 +291,7 @@ fn agent_served(name: &str, trust_domain: Option<&str>) -> bool {
     let Some(td) = trust_domain else {
         return false;
     };
-    name.strip_prefix(&crate::identity::trust_domain_id(td))
+    name.strip_prefix(&trust_domain_id(td))
         .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
 }
 
@@ -336,11 +338,27 @@ pub(crate) struct ClientTls {
     pub sans: Vec<String>,
     /// Target ports the policy applies to (empty: every port).
     pub ports: Vec<u16>,
+    /// Automatic mTLS: each target must present its own SPIFFE id (added per cluster by
+    /// [`ClientTls::for_target`]).
+    pub verify_target: bool,
 }
 
 impl ClientTls {
+    /// The same, for the cluster of virtual node `node` in `mesh`: with automatic mTLS, the
+    /// node's own SPIFFE id is the one name its certificate must carry.
+    pub fn for_target(mut self, mesh: &str, node: &str, trust_domain: Option<&str>) -> Self {
+        if self.verify_target {
+            if let Some(id) = trust_domain
+                .and_then(|td| SpiffeId::new(td, mesh, WorkloadKind::VirtualNode, node).ok())
+            {
+                self.sans = vec![id.uri()];
+            }
+        }
+        self
+    }
+
     /// The same, with the `sds` secrets of the mesh CA's `trust_domain` served by the agent.
-    pub fn served_by(self, trust_domain: Option<&str>) -> Self {
+    fn served_by(self, trust_domain: Option<&str>) -> Self {
         ClientTls {
             cert: self.cert.map(|c| c.served_by(trust_domain)),
             trust: self.trust.served_by(trust_domain),
@@ -374,8 +392,14 @@ pub(crate) struct ServerTls {
 }
 
 impl ServerTls {
+    /// Whether the listener checks clients against the mesh CA and names no SANs of its own:
+    /// the model then says who may call ([`shoal_model::identity::callers`]).
+    pub fn admits_by_model(&self) -> bool {
+        matches!(&self.validation, Some((TrustSource::Agent(_), sans)) if sans.is_empty())
+    }
+
     /// The same, with the `sds` secrets of the mesh CA's `trust_domain` served by the agent.
-    pub fn served_by(self, trust_domain: Option<&str>) -> Self {
+    fn served_by(self, trust_domain: Option<&str>) -> Self {
         ServerTls {
             cert: self.cert.served_by(trust_domain),
             validation: self
@@ -394,11 +418,68 @@ impl ServerTls {
     }
 }
 
-fn unsupported(resource: &str, what: &str) -> TranslateError {
-    TranslateError::Unsupported {
+/// The proxy's own certificate from the mesh CA, for an `acm` certificate or automatic mTLS.
+fn mesh_ca_cert(
+    resource: &str,
+    trust_domain: Option<&str>,
+    what: &str,
+) -> Result<CertSource, TranslateError> {
+    match trust_domain {
+        Some(_) => Ok(CertSource::Agent(OWN_CERTIFICATE.to_string())),
+        None => Err(no_mesh_ca(resource, what)),
+    }
+}
+
+/// The mesh CA's trust bundle, for `acm` trust or automatic mTLS.
+fn mesh_ca_trust(
+    resource: &str,
+    trust_domain: Option<&str>,
+    what: &str,
+) -> Result<TrustSource, TranslateError> {
+    match trust_domain {
+        Some(td) => Ok(TrustSource::Agent(trust_domain_id(td))),
+        None => Err(no_mesh_ca(resource, what)),
+    }
+}
+
+fn no_mesh_ca(resource: &str, what: &str) -> TranslateError {
+    TranslateError::NoMeshCa {
         resource: resource.to_string(),
         what: what.to_string(),
     }
+}
+
+/// The client TLS automatic mTLS gives a backend without a client policy: the proxy's own
+/// certificate, the mesh CA's bundle, and each target's own SPIFFE id.
+pub(crate) fn auto_client_tls(
+    resource: &str,
+    trust_domain: Option<&str>,
+) -> Result<ClientTls, TranslateError> {
+    Ok(ClientTls {
+        cert: Some(mesh_ca_cert(resource, trust_domain, "automatic mTLS")?),
+        trust: mesh_ca_trust(resource, trust_domain, "automatic mTLS")?,
+        sans: Vec::new(),
+        ports: Vec::new(),
+        verify_target: true,
+    })
+}
+
+/// The listener TLS automatic mTLS gives a listener without TLS of its own: the proxy's own
+/// certificate and client certificates from the mesh CA, required (`strict`) or optional
+/// beside plain text.
+pub(crate) fn auto_server_tls(
+    resource: &str,
+    strict: bool,
+    trust_domain: Option<&str>,
+) -> Result<ServerTls, TranslateError> {
+    Ok(ServerTls {
+        strict,
+        cert: mesh_ca_cert(resource, trust_domain, "automatic mTLS")?,
+        validation: Some((
+            mesh_ca_trust(resource, trust_domain, "automatic mTLS")?,
+            Vec::new(),
+        )),
+    })
 }
 
 fn sans_of(s: &Option<api::SubjectAlternativeNames>) -> Vec<String> {
@@ -408,9 +489,11 @@ fn sans_of(s: &Option<api::SubjectAlternativeNames>) -> Vec<String> {
 }
 
 /// Resolves a virtual node's client policy. `None` when there is none or it is not enforced.
+/// `acm` trust is the mesh CA's bundle (every certificate authority ARN maps to it).
 pub(crate) fn client_tls(
     resource: &str,
     policy: Option<&api::ClientPolicy>,
+    trust_domain: Option<&str>,
 ) -> Result<Option<ClientTls>, TranslateError> {
     let Some(tls) = policy.and_then(|p| p.tls.as_ref()) else {
         return Ok(None);
@@ -430,18 +513,19 @@ pub(crate) fn client_tls(
         api::TlsValidationContextTrust::File(f) => TrustSource::File(f.certificate_chain.clone()),
         api::TlsValidationContextTrust::Sds(s) => TrustSource::Sds(s.secret_name.clone()),
         api::TlsValidationContextTrust::Acm(_) => {
-            return Err(unsupported(
-                resource,
-                "an ACM certificate authority as client TLS trust",
-            ))
+            mesh_ca_trust(resource, trust_domain, "ACM certificate authorities")?
         }
     };
-    Ok(Some(ClientTls {
-        cert,
-        trust,
-        sans: sans_of(&tls.validation.subject_alternative_names),
-        ports: ports(&tls.ports),
-    }))
+    Ok(Some(
+        ClientTls {
+            cert,
+            trust,
+            sans: sans_of(&tls.validation.subject_alternative_names),
+            ports: ports(&tls.ports),
+            verify_target: false,
+        }
+        .served_by(trust_domain),
+    ))
 }
 
 fn ports(p: &Option<Vec<i32>>) -> Vec<u16> {
@@ -459,6 +543,7 @@ fn ports(p: &Option<Vec<i32>>) -> Vec<u16> {
 pub(crate) fn gateway_client_tls(
     resource: &str,
     policy: Option<&api::VirtualGatewayClientPolicy>,
+    trust_domain: Option<&str>,
 ) -> Result<Option<ClientTls>, TranslateError> {
     let Some(tls) = policy.and_then(|p| p.tls.as_ref()) else {
         return Ok(None);
@@ -484,24 +569,27 @@ pub(crate) fn gateway_client_tls(
             TrustSource::Sds(s.secret_name.clone())
         }
         api::VirtualGatewayTlsValidationContextTrust::Acm(_) => {
-            return Err(unsupported(
-                resource,
-                "an ACM certificate authority as client TLS trust",
-            ))
+            mesh_ca_trust(resource, trust_domain, "ACM certificate authorities")?
         }
     };
-    Ok(Some(ClientTls {
-        cert,
-        trust,
-        sans: sans_of(&tls.validation.subject_alternative_names),
-        ports: ports(&tls.ports),
-    }))
+    Ok(Some(
+        ClientTls {
+            cert,
+            trust,
+            sans: sans_of(&tls.validation.subject_alternative_names),
+            ports: ports(&tls.ports),
+            verify_target: false,
+        }
+        .served_by(trust_domain),
+    ))
 }
 
-/// Resolves a virtual node listener's TLS. `None` for DISABLED.
+/// Resolves a virtual node listener's TLS. `None` for DISABLED. An `acm` certificate is the
+/// proxy's own certificate from the mesh CA.
 pub(crate) fn listener_tls(
     resource: &str,
     tls: Option<&api::ListenerTls>,
+    trust_domain: Option<&str>,
 ) -> Result<Option<ServerTls>, TranslateError> {
     let Some(tls) = tls else { return Ok(None) };
     let strict = match tls.mode {
@@ -516,7 +604,7 @@ pub(crate) fn listener_tls(
         },
         api::ListenerTlsCertificate::Sds(s) => CertSource::Sds(s.secret_name.clone()),
         api::ListenerTlsCertificate::Acm(_) => {
-            return Err(unsupported(resource, "an ACM listener certificate"))
+            mesh_ca_cert(resource, trust_domain, "an ACM certificate")?
         }
     };
     let validation = tls.validation.as_ref().map(|v| {
@@ -530,17 +618,21 @@ pub(crate) fn listener_tls(
         };
         (trust, sans_of(&v.subject_alternative_names))
     });
-    Ok(Some(ServerTls {
-        strict,
-        cert,
-        validation,
-    }))
+    Ok(Some(
+        ServerTls {
+            strict,
+            cert,
+            validation,
+        }
+        .served_by(trust_domain),
+    ))
 }
 
 /// Resolves a virtual gateway listener's TLS. `None` for DISABLED.
 pub(crate) fn gateway_listener_tls(
     resource: &str,
     tls: Option<&api::VirtualGatewayListenerTls>,
+    trust_domain: Option<&str>,
 ) -> Result<Option<ServerTls>, TranslateError> {
     let Some(tls) = tls else { return Ok(None) };
     let strict = match tls.mode {
@@ -555,7 +647,7 @@ pub(crate) fn gateway_listener_tls(
         },
         api::VirtualGatewayListenerTlsCertificate::Sds(s) => CertSource::Sds(s.secret_name.clone()),
         api::VirtualGatewayListenerTlsCertificate::Acm(_) => {
-            return Err(unsupported(resource, "an ACM listener certificate"))
+            mesh_ca_cert(resource, trust_domain, "an ACM certificate")?
         }
     };
     let validation = tls.validation.as_ref().map(|v| {
@@ -569,11 +661,14 @@ pub(crate) fn gateway_listener_tls(
         };
         (trust, sans_of(&v.subject_alternative_names))
     });
-    Ok(Some(ServerTls {
-        strict,
-        cert,
-        validation,
-    }))
+    Ok(Some(
+        ServerTls {
+            strict,
+            cert,
+            validation,
+        }
+        .served_by(trust_domain),
+    ))
 }
 
 fn common_tls(
