@@ -160,6 +160,26 @@ pub fn verify_workload(
     spiffe_id_of(cert_pem).ok_or_else(|| refused("the certificate names no workload".into()))
 }
 
+/// Checks an operator's issuing CA before the mesh CA signs with it: `chain_pem` (its
+/// certificate, then any intermediates above it) and `key_pem` load, and a workload
+/// certificate it signs for `trust_domain` verifies against `root_pem` now. That one test
+/// covers what matters: the key is the certificate's, the certificate may sign certificates
+/// (webpki checks it is a CA and its usages), and the chain reaches the root the proxies will
+/// trust. ECDSA P-256 and P-384 keys, as Envoy and the agents verify them.
+pub fn check_authority(
+    trust_domain: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    root_pem: &str,
+    now_secs: u64,
+) -> Result<(), PkiError> {
+    let signer = Ca::from_pem(chain_pem, key_pem)?;
+    let (csr, _) = crate::new_csr("check")?;
+    let id = SpiffeId::new(trust_domain, "check", WorkloadKind::VirtualNode, "check")?;
+    let leaf = signer.issue_workload_for_csr(&csr, &id, &[], MIN_WORKLOAD_VALIDITY)?;
+    verify_workload(root_pem, &format!("{leaf}{chain_pem}"), now_secs).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +235,35 @@ mod tests {
             Err(PkiError::Csr(_))
         ));
         assert!(generate_root("Not A Domain").is_err());
+    }
+
+    #[test]
+    fn an_operators_intermediate_is_checked_against_its_root() {
+        let root = generate_root("shoal").unwrap();
+        // An intermediate the root signs (as an operator's PKI would make one).
+        let mut p = crate::ca_params("operator issuing CA", 0);
+        crate::validity(&mut p, Duration::from_secs(3600 * 24 * 30));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let inter = p.signed_by(&key, &root.issuer().unwrap()).unwrap().pem();
+        let key = key.serialize_pem();
+        check_authority("shoal", &inter, &key, root.cert_pem(), now()).unwrap();
+        // Its certificates chain to the root through it.
+        let signer = Ca::from_pem(&inter, &key).unwrap();
+        let (csr, _) = new_csr("x").unwrap();
+        let leaf = signer
+            .issue_workload_for_csr(&csr, &spiffe("n"), &[], WORKLOAD_VALIDITY)
+            .unwrap();
+        assert!(verify_workload(root.cert_pem(), &format!("{leaf}{inter}"), now()).is_ok());
+        // Another root, a key that is not the certificate's, a leaf as a CA: refused.
+        let other = generate_root("shoal").unwrap();
+        assert!(check_authority("shoal", &inter, &key, other.cert_pem(), now()).is_err());
+        let stranger_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        assert!(check_authority("shoal", &inter, &stranger_key, root.cert_pem(), now()).is_err());
+        let not_ca = root
+            .issue_workload_for_csr(&csr, &spiffe("leaf"), &[], WORKLOAD_VALIDITY)
+            .unwrap();
+        assert!(check_authority("shoal", &not_ca, &key, root.cert_pem(), now()).is_err());
+        assert!(check_authority("shoal", "garbage", &key, root.cert_pem(), now()).is_err());
     }
 
     fn spiffe(name: &str) -> SpiffeId {

@@ -48,8 +48,14 @@ fn create_mesh(api: SocketAddr) {
         json!({"virtualServiceName": "back.m.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "back"}}}}),
     );
     for (name, backends) in [
-        ("front", json!([{"virtualService": {"virtualServiceName": "back.m.local"}}])),
-        ("tool", json!([{"virtualService": {"virtualServiceName": "back.m.local"}}])),
+        (
+            "front",
+            json!([{"virtualService": {"virtualServiceName": "back.m.local"}}]),
+        ),
+        (
+            "tool",
+            json!([{"virtualService": {"virtualServiceName": "back.m.local"}}]),
+        ),
         ("stranger", json!([])),
     ] {
         put_json(
@@ -101,17 +107,22 @@ fn certificate(api: SocketAddr, dir: &Path, node: &str) -> Result<(String, Strin
     let keyf = dir.join(format!("{node}.key"));
     std::fs::write(&chain, v["CertificateChain"].as_str().unwrap()).unwrap();
     std::fs::write(&keyf, key).unwrap();
-    Ok((
-        chain.display().to_string(),
-        keyf.display().to_string(),
-    ))
+    Ok((chain.display().to_string(), keyf.display().to_string()))
 }
 
 /// curl to back's ingress listener: over mutual TLS with `cert` (checking back's certificate
 /// against `bundle` and its DNS name), or in plain text. The HTTP status, or curl's error.
 fn curl(bundle: &str, cert: Option<&(String, String)>) -> Result<u16, String> {
     let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"]);
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ]);
     cmd.args(["-H", &format!("host: {HOST}")]);
     match cert {
         Some((chain, key)) => {
@@ -210,9 +221,11 @@ fn strict_admits_the_models_callers_and_permissive_admits_everyone() {
 
     // No spec says TLS; the tag alone puts front → back on mutual TLS, and back's app is
     // told who called.
-    let body = wait_for("front to reach back", secs(60), || match call(front_egress) {
-        Ok((200, body)) => Ok(body),
-        other => Err(format!("{other:?}")),
+    let body = wait_for("front to reach back", secs(60), || {
+        match call(front_egress) {
+            Ok((200, body)) => Ok(body),
+            other => Err(format!("{other:?}")),
+        }
     });
     assert!(
         body.contains(&format!("URI={FRONT_ID}")),
@@ -244,7 +257,11 @@ fn strict_admits_the_models_callers_and_permissive_admits_everyone() {
         &failed[..failed.len().min(5)]
     );
     let renewed = issued(&agent_status(aspec.api)) - issued_before;
-    assert!(renewed >= 4, "{renewed} certificates issued in {} s", TTL + 10);
+    assert!(
+        renewed >= 4,
+        "{renewed} certificates issued in {} s",
+        TTL + 10
+    );
     let serials_after = serials(&back);
     assert!(
         !serials_after.is_empty() && serials_after.iter().all(|s| !serials_before.contains(s)),
@@ -273,9 +290,11 @@ fn strict_admits_the_models_callers_and_permissive_admits_everyone() {
     .unwrap();
     assert_eq!(deleted.code, 200, "{}", deleted.body);
     let t0 = Instant::now();
-    wait_for("tool to be refused", secs(10), || match curl(&bundle, Some(&tool)) {
-        Err(_) => Ok(()),
-        Ok(c) => Err(format!("HTTP {c}")),
+    wait_for("tool to be refused", secs(10), || {
+        match curl(&bundle, Some(&tool)) {
+            Err(_) => Ok(()),
+            Ok(c) => Err(format!("HTTP {c}")),
+        }
     });
     eprintln!("tool refused {:?} after its deletion", t0.elapsed());
     assert!(certificate(sspec.api, root, "tool")

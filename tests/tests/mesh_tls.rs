@@ -269,6 +269,94 @@ fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
     // Traffic signed by the old root keeps flowing during the overlap.
     assert_eq!(call(front_egress).unwrap().0, 200);
 
+    // An operator's own PKI, made with openssl as an operator would: a root and an
+    // intermediate it signs. `shoal ca import` makes the intermediate the signer; certificates
+    // then chain to the operator's root, which every bundle carries from then on.
+    let pki = root.join("operator-pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&pki)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "openssl (./scripts/install-tools): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out root.key
+        openssl req -x509 -new -key root.key -subj /CN=operator-root -days 30 -out root.pem \
+          -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out int.key
+        openssl req -new -key int.key -subj /CN=operator-issuing -out int.csr
+        printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' > ext
+        openssl x509 -req -in int.csr -CA root.pem -CAkey root.key -CAcreateserial -days 7 \
+          -extfile ext -out int.pem");
+    let shoal_ca = |args: &[&str]| {
+        let out = std::process::Command::new(shoal_e2e::shoal_bin())
+            .arg("ca")
+            .args(args)
+            .args(["--addr", &format!("http://{}", sspec.api)])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let p = |f: &str| pki.join(f).display().to_string();
+    // A key that is not the intermediate's is refused, and nothing changes.
+    let (ok, _, err) = shoal_ca(&[
+        "import",
+        "--cert",
+        &p("int.pem"),
+        "--key",
+        &p("root.key"),
+        "--root",
+        &p("root.pem"),
+    ]);
+    assert!(!ok && err.contains("issuing CA"), "{err}");
+    let (ok, out, err) = shoal_ca(&[
+        "import",
+        "--cert",
+        &p("int.pem"),
+        "--key",
+        &p("int.key"),
+        "--root",
+        &p("root.pem"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("trust domain  shoal") && out.contains("signing"),
+        "{out}"
+    );
+    let operator_root = std::fs::read_to_string(pki.join("root.pem")).unwrap();
+    let signed = ask("back");
+    assert_eq!(signed.code, 200, "{}", signed.body);
+    let signed: Value = signed.json().unwrap();
+    let chain = signed["CertificateChain"].as_str().unwrap();
+    assert_eq!(
+        shoal_pki::mesh::verify_workload(&operator_root, chain, now())
+            .unwrap()
+            .uri(),
+        BACK_ID
+    );
+    let (ok, bundle_now, _) = shoal_ca(&["show", "--bundle"]);
+    assert!(
+        ok && bundle_now.starts_with(operator_root.trim_end()),
+        "{bundle_now}"
+    );
+    let rotated_root = roots[0]["CertificatePem"].as_str().unwrap();
+    assert!(
+        bundle_now.contains(rotated_root.trim_end()),
+        "the root it replaced stays trusted for the overlap: {bundle_now}"
+    );
+    assert_eq!(call(front_egress).unwrap().0, 200);
+
     // A proxy of a node that does not exist gets no certificate, and its agent asks less and
     // less often (1 s doubling to a minute), not every second.
     let failures = || -> u64 {

@@ -10,10 +10,12 @@
 //! - [`acl`]: `acl bootstrap|create|list|revoke` (the API's access keys).
 //! - [`gossip`]: `gossip keygen`, `gossip keyring list|step` (the gossip encryption keys).
 //! - [`tls`]: `tls ca create`, `tls cert create` (the cluster CA and member certificates).
+//! - [`ca`]: `ca show|rotate|import` (the mesh CA that signs the proxies' certificates).
 //!
 //! The HTTP client they use is `crate::client` (shared with `shoal dev` and `shoal-bench`).
 
 mod acl;
+mod ca;
 mod cluster;
 mod envoy;
 mod gossip;
@@ -81,6 +83,10 @@ pub enum Command {
     /// The API's access keys (with `shoal server --api-auth`).
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// The mesh CA (the proxies' workload certificates): show, rotate, import an
+    /// intermediate.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// The gossip encryption key: make one, list and rotate a member's keyring.
     #[command(subcommand)]
     Gossip(gossip::GossipCommand),
@@ -135,6 +141,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Snapshot(SnapshotCommand::Restore(a)) => cluster::snapshot_restore(a).await,
         Command::Tls(c) => tls::run(c).await,
         Command::Acl(c) => acl::run(c).await,
+        Command::Ca(c) => ca::run(c).await,
         Command::Gossip(c) => gossip::run(c).await,
     }
 }

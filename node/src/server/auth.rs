@@ -98,6 +98,8 @@ pub fn need(method: &Method, path: &str, query: &str, body: &[u8], id: &Identity
         ["v1", "tls", "tokens", ..] => act("shoal:ManageJoinTokens", "*"),
         ["v1", "ca", "mesh", "sign"] => act("shoal:IssueWorkloadCertificate", "*"),
         ["v1", "ca", "mesh", "rotate"] => act("shoal:RotateMeshCa", "*"),
+        // Replacing the signer with the operator's: the same power as a rotation.
+        ["v1", "ca", "mesh", "import"] => act("shoal:RotateMeshCa", "*"),
         ["v1", "acl", ..] => act("shoal:ManageAccessKeys", "*"),
         ["v1", "snapshot"] => act("shoal:SnapshotSave", "*"),
         ["v1", "snapshot", "restore"] => act("shoal:SnapshotRestore", "*"),
@@ -467,6 +469,13 @@ mod tests {
             (
                 Method::POST,
                 "/v1/ca/mesh/rotate",
+                "",
+                "",
+                act("shoal:RotateMeshCa", "*"),
+            ),
+            (
+                Method::POST,
+                "/v1/ca/mesh/import",
                 "",
                 "",
                 act("shoal:RotateMeshCa", "*"),

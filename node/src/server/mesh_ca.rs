@@ -34,6 +34,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/ca/mesh", get(show))
         .route("/v1/ca/mesh/sign", post(sign))
         .route("/v1/ca/mesh/rotate", post(rotate))
+        .route("/v1/ca/mesh/import", post(import))
 }
 
 /// Makes the mesh CA once this server leads, unless the replicated state holds one: retried
@@ -221,6 +222,74 @@ async fn rotate(State(s): State<AppState>, body: axum::body::Bytes) -> Response 
         return error_response(&e);
     }
     tracing::info!(overlap_seconds = overlap, "the mesh CA's root is rotated");
+    match s.raft.read(|m| m.mesh_ca().cloned()) {
+        Some(ca) => Json(describe(&ca)).into_response(),
+        None => error_response(&no_ca()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct ImportInput {
+    /// The operator's issuing CA certificate, PEM, followed by any intermediates above it.
+    certificate_chain: String,
+    /// Its private key, PEM. Replicated to the servers (as the mesh CA's own is); never
+    /// logged or shown.
+    private_key: String,
+    /// The root the chain ends at: what every proxy will trust.
+    root_certificate: String,
+    /// How long the previous root stays trusted, seconds (as for a rotation).
+    #[serde(default)]
+    overlap_seconds: Option<u64>,
+}
+
+/// `POST /v1/ca/mesh/import`: an operator's intermediate signs from now on (the mesh CA
+/// becomes part of their PKI); the previous root stays trusted for the overlap, as in a
+/// rotation. Refused unless a certificate it signs verifies against the given root now.
+async fn import(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let req: ImportInput = match shoal_model::request::json(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let overlap = req
+        .overlap_seconds
+        .unwrap_or(DEFAULT_OVERLAP.as_secs())
+        .min(365 * 24 * 3600);
+    if let Err(e) = super::forward::linearize(&s).await {
+        return error_response(&e);
+    }
+    let Some(td) = s.raft.read(|m| m.mesh_ca().map(|c| c.trust_domain.clone())) else {
+        return error_response(&no_ca());
+    };
+    let now = now();
+    if let Err(e) = shoal_pki::mesh::check_authority(
+        &td,
+        &req.certificate_chain,
+        &req.private_key,
+        &req.root_certificate,
+        now,
+    ) {
+        return error_response(&ApiError::bad_request(format!(
+            "The certificate, key and root do not make an issuing CA for the mesh: {e}"
+        )));
+    }
+    let cmd = Command::RotateMeshCa {
+        authority: MeshAuthority {
+            cert_pem: req.certificate_chain,
+            key_pem: req.private_key,
+            root_pem: req.root_certificate,
+            since: now,
+        },
+        overlap_until: now + overlap,
+        now,
+    };
+    if let Err(e) = super::forward::commit_reply(&s, cmd).await {
+        return error_response(&e);
+    }
+    tracing::info!(
+        overlap_seconds = overlap,
+        "an intermediate is imported into the mesh CA"
+    );
     match s.raft.read(|m| m.mesh_ca().cloned()) {
         Some(ca) => Json(describe(&ca)).into_response(),
         None => error_response(&no_ca()),
