@@ -126,6 +126,13 @@ fn envoys_talk_mutual_tls_with_certificates_from_the_mesh_ca() {
     };
     let missing = ask("nobody");
     assert_eq!(missing.code, 404, "{}", missing.body);
+    let metrics = http_request(sspec.api, "GET", "/metrics", None, secs(5))
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains("shoal_mesh_ca_workload_certificates_total{outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
     let signed = ask("back");
     assert_eq!(signed.code, 200, "{}", signed.body);
     let signed: Value = signed.json().unwrap();

@@ -363,6 +363,12 @@ async fn sign(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
 /// A workload certificate for a proxy of a virtual node or gateway that exists now, after a
 /// linearizable read (a node removed a moment ago gets nothing).
 pub(super) async fn issue(s: &AppState, req: SignInput) -> Result<SignOutput, ApiError> {
+    let out = issue_counted(s, req).await;
+    s.metrics.observe_workload_certificate(out.is_ok());
+    out
+}
+
+async fn issue_counted(s: &AppState, req: SignInput) -> Result<SignOutput, ApiError> {
     let (kind, wkind, name) = match (&req.virtual_node, &req.virtual_gateway) {
         (Some(n), None) => (Kind::VirtualNode, WorkloadKind::VirtualNode, n.clone()),
         (None, Some(g)) => (

@@ -29,6 +29,11 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -46,6 +51,7 @@ pub struct Metrics {
     commit_index: Gauge,
     applied_index: Gauge,
     is_leader: Gauge,
+    workload_certificates: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,8 +117,15 @@ impl Metrics {
             "1 if this node is the Raft leader",
             is_leader.clone(),
         );
+        let workload_certificates = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "mesh_ca_workload_certificates",
+            "Workload certificate requests this server answered, by outcome (issued, refused)",
+            workload_certificates.clone(),
+        );
         Metrics {
             registry,
+            workload_certificates,
             requests,
             request_seconds,
             apply_seconds,
@@ -123,6 +136,15 @@ impl Metrics {
             applied_index,
             is_leader,
         }
+    }
+
+    /// Counts one workload certificate request: issued, or refused (a missing node, a bad
+    /// CSR, no mesh CA).
+    pub fn observe_workload_certificate(&self, issued: bool) {
+        let outcome = if issued { "issued" } else { "refused" };
+        self.workload_certificates
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts one API request.
