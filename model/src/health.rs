@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{HealthCheckPolicy, PortProtocol};
 use crate::discovery::{selects, Instance};
-use crate::{Kind, Model, Spec};
+use crate::{api, Kind, Model, ResourceKey, Spec};
 
 /// The shortest interval [`CheckSpec::from_policy`] accepts: probing faster than once a second
 /// only loads the instance (App Mesh itself requires at least 5 s).
@@ -92,6 +92,20 @@ pub struct CheckSpec {
     pub healthy_threshold: u32,
     /// Consecutive failures that turn a healthy instance unhealthy.
     pub unhealthy_threshold: u32,
+    /// Whether the listener takes TLS only (set by [`check_for`]): the probe then speaks TLS
+    /// to it, as every caller must.
+    pub tls: Option<ProbeTls>,
+}
+
+/// How a probe reaches a listener that takes TLS only (`STRICT`, in its spec or by the mesh's
+/// automatic mTLS). The probe checks liveness, not who answers (the callers' Envoys check
+/// that), so the server's certificate is not verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTls {
+    /// The virtual node (mesh, name) whose workload certificate the probe presents, when the
+    /// listener asks clients for one (mutual TLS): the node probing itself, which automatic
+    /// mTLS's authorization admits.
+    pub client_identity: Option<(String, String)>,
 }
 
 impl CheckSpec {
@@ -120,6 +134,7 @@ impl CheckSpec {
             timeout: clamp_millis(policy.timeout_millis, MIN_TIMEOUT, MAX_TIMEOUT),
             healthy_threshold: clamp_threshold(policy.healthy_threshold),
             unhealthy_threshold: clamp_threshold(policy.unhealthy_threshold),
+            tls: None,
         }
     }
 
@@ -222,7 +237,8 @@ pub fn check_for(model: &Model, inst: &Instance) -> Option<(SocketAddr, CheckSpe
             .find(|l| l.port_mapping.port == i32::from(inst.port) && l.health_check.is_some());
         let chosen = on_port.or_else(|| listeners.iter().find(|l| l.health_check.is_some()));
         if let Some(policy) = chosen.and_then(|l| l.health_check.as_ref()) {
-            let spec = CheckSpec::from_policy(policy);
+            let mut spec = CheckSpec::from_policy(policy);
+            spec.tls = chosen.and_then(|l| probe_tls(model, &r.key, l));
             let target = spec.target_for(SocketAddr::new(inst.address, inst.port));
             return Some((target, spec));
         }
@@ -230,6 +246,24 @@ pub fn check_for(model: &Model, inst: &Instance) -> Option<(SocketAddr, CheckSpe
         return None;
     }
     None
+}
+
+/// How a probe must speak to listener `l` of virtual node `node`: TLS when the listener takes
+/// nothing else, with the node's own certificate when it also asks for the client's.
+fn probe_tls(model: &Model, node: &ResourceKey, l: &api::Listener) -> Option<ProbeTls> {
+    let mutual = match &l.tls {
+        Some(tls) => match tls.mode {
+            api::ListenerTlsMode::Strict => tls.validation.is_some(),
+            api::ListenerTlsMode::Permissive | api::ListenerTlsMode::Disabled => return None,
+        },
+        None => match crate::identity::MtlsMode::of_mesh(model, &node.mesh) {
+            crate::identity::MtlsMode::Strict => true,
+            _ => return None,
+        },
+    };
+    Some(ProbeTls {
+        client_identity: mutual.then(|| (node.mesh.clone(), node.name.clone())),
+    })
 }
 
 #[cfg(test)]
@@ -413,6 +447,7 @@ mod tests {
                 timeout: Duration::from_secs(2),
                 healthy_threshold: 3,
                 unhealthy_threshold: 4,
+                tls: None,
             }
         );
     }
@@ -555,5 +590,67 @@ mod tests {
         let mut other = inst(8080);
         other.service = "api".into();
         assert!(check_for(&Model::default(), &other).is_none());
+    }
+
+    #[test]
+    fn a_listener_that_takes_tls_only_is_probed_over_tls() {
+        let cert = json!({"file": {"certificateChain": "/c", "privateKey": "/k"}});
+        let tls = |mode: &str, mutual: bool| {
+            let mut t = json!({"mode": mode, "certificate": cert});
+            if mutual {
+                t["validation"] = json!({"trust": {"file": {"certificateChain": "/ca"}}});
+            }
+            json!({"serviceDiscovery": cloud_map(), "listeners": [{"portMapping":
+                {"port": 8080, "protocol": "http"}, "healthCheck": hc(None, "/"), "tls": t}]})
+        };
+        let probe = |spec: serde_json::Value| {
+            check_for(&model_with(&[("web", spec)]), &inst(8080))
+                .unwrap()
+                .1
+                .tls
+        };
+        assert_eq!(
+            probe(tls("PERMISSIVE", true)),
+            None,
+            "plain text still works"
+        );
+        assert_eq!(probe(tls("DISABLED", false)), None);
+        assert_eq!(
+            probe(tls("STRICT", false)),
+            Some(ProbeTls {
+                client_identity: None
+            })
+        );
+        assert_eq!(
+            probe(tls("STRICT", true)),
+            Some(ProbeTls {
+                client_identity: Some(("m".into(), "web".into()))
+            })
+        );
+        // Automatic mTLS at STRICT: the node's own certificate.
+        let mut m = model_with(&[(
+            "web",
+            json!({"serviceDiscovery": cloud_map(), "listeners": [{"portMapping":
+                {"port": 8080, "protocol": "http"}, "healthCheck": hc(None, "/")}]}),
+        )]);
+        assert_eq!(check_for(&m, &inst(8080)).unwrap().1.tls, None);
+        m.apply(
+            100,
+            &Command::Tag {
+                key: ResourceKey::mesh("m"),
+                tags: vec![api::TagRef {
+                    key: crate::identity::MTLS_TAG.into(),
+                    value: "STRICT".into(),
+                }],
+            },
+        )
+        .outcome
+        .unwrap();
+        assert_eq!(
+            check_for(&m, &inst(8080)).unwrap().1.tls,
+            Some(ProbeTls {
+                client_identity: Some(("m".into(), "web".into()))
+            })
+        );
     }
 }

@@ -36,10 +36,15 @@ fn create_mesh(api: SocketAddr) {
         json!({"meshName": "m", "tags": [{"key": "shoal:mtls", "value": "STRICT"}]}),
     );
     let listener = json!([{"portMapping": {"port": 8080, "protocol": "http"}}]);
+    // back's agent probes it through its Envoy, which takes mutual TLS only: the probe
+    // presents back's own certificate.
+    let checked = json!([{"portMapping": {"port": 8080, "protocol": "http"},
+        "healthCheck": {"protocol": "http", "path": "/echo", "intervalMillis": 5000,
+            "timeoutMillis": 2000, "healthyThreshold": 2, "unhealthyThreshold": 2}}]);
     put_json(
         api,
         "/v20190125/meshes/m/virtualNodes",
-        json!({"virtualNodeName": "back", "spec": {"listeners": listener,
+        json!({"virtualNodeName": "back", "spec": {"listeners": checked,
             "serviceDiscovery": {"awsCloudMap": {"namespaceName": "m.local", "serviceName": "back"}}}}),
     );
     put_json(
@@ -234,6 +239,22 @@ fn strict_admits_the_models_callers_and_permissive_admits_everyone() {
     assert!(stat(&back, &["listener.", "ssl.handshake"]) > 0);
     assert!(stat(&front, &["cluster.", "ssl.handshake"]) > 0);
     assert!(stat(&back, &["ingress_authz.rbac.allowed"]) > 0);
+    // back's health check passes over mutual TLS, as back itself (it failed while back's
+    // Envoy was not up yet: two passes 5 s apart turn it healthy).
+    let local = wait_for("back's health check to pass", secs(30), || {
+        let local: Value = http_request(aspec.api, "GET", "/v1/agent/instances", None, secs(2))
+            .map_err(|e| e.to_string())?
+            .json()
+            .ok_or("no JSON")?;
+        (local["instances"][0]["healthy"] == true)
+            .then_some(local.clone())
+            .ok_or(local.to_string())
+    });
+    assert_eq!(
+        local["instances"][0]["check_target"],
+        format!("{BACK_IP}:15000"),
+        "{local}"
+    );
 
     // Certificates of 30 s, renewed at half-life, under steady traffic: not one request
     // fails, and each Envoy gets new certificates at least twice.

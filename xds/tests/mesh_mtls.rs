@@ -181,16 +181,19 @@ fn strict_puts_every_sidecar_on_mutual_tls_and_admits_the_declared_callers_only(
         v2.contains("spiffe://shoal/mesh/m/virtualNode/front"),
         "{v2}"
     );
-    // Nobody declares stranger as a backend: its rule admits nobody.
+    // Nobody declares stranger as a backend: its rule admits only itself (its agent's health
+    // probe comes with its identity).
     let stranger = listener_text(&s[3]);
     assert!(
         stranger.contains("envoy.filters.network.rbac"),
         "{stranger}"
     );
-    assert!(
-        !stranger.contains("spiffe://shoal/mesh/m/virtual"),
+    assert_eq!(
+        stranger.matches("spiffe://shoal/mesh/m/virtual").count(),
+        1,
         "{stranger}"
     );
+    assert!(stranger.contains("spiffe://shoal/mesh/m/virtualNode/stranger"));
     assert_eq!(secret_names(&s[3]), ["default", "spiffe://shoal"]);
     // front calls back with its own certificate and checks back's identity (back-v2 at weight
     // 0 gets no cluster).

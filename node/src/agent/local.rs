@@ -31,6 +31,8 @@ struct Inner {
     checks: BTreeMap<String, Running>,
     /// What was last published for each key: the instance and its health.
     published: BTreeMap<String, (Instance, bool)>,
+    /// The workload certificates probes of mutual-TLS listeners present.
+    certs: Option<health::ClientCertSource>,
 }
 
 /// Why a registration was not taken.
@@ -72,11 +74,13 @@ pub struct LocalStatus {
 }
 
 impl Local {
-    /// A registry holding `registered` (from the store) and `configured` (config file).
+    /// A registry holding `registered` (from the store) and `configured` (config file); its
+    /// probes of mutual-TLS listeners present the certificates `certs` finds.
     pub fn new(
         store: Registrations,
         registered: BTreeMap<String, Instance>,
         configured: Vec<Instance>,
+        certs: Option<health::ClientCertSource>,
     ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
@@ -85,6 +89,7 @@ impl Local {
                 configured: configured.into_iter().map(|i| (i.key(), i)).collect(),
                 checks: BTreeMap::new(),
                 published: BTreeMap::new(),
+                certs,
             })),
             changed: Arc::new(Notify::new()),
         }
@@ -219,7 +224,7 @@ fn reconcile(local: &Local, model: &Model) -> (Vec<(Instance, bool)>, Vec<String
         inner.checks.remove(key);
         if let Some((target, spec)) = desired {
             tracing::info!(instance = %key, %target, protocol = ?spec.protocol, "starting a health check");
-            let handle = health::spawn_check(target, spec.clone());
+            let handle = health::spawn_check(target, spec.clone(), inner.certs.clone());
             let mut rx = handle.subscribe();
             let wake = local.changed.clone();
             tokio::spawn(async move {

@@ -281,7 +281,26 @@ pub async fn start(
         from_cache,
         ..Default::default()
     }));
-    let local = local::Local::new(registrations, registered, config_instances);
+    // A node's health probe of its own mutual-TLS listener presents the node's certificate,
+    // as this agent holds it for the node's proxy.
+    let inputs = pipeline.view.subscribe_inputs();
+    let certs: health::ClientCertSource = Arc::new(move |mesh: &str, node: &str| {
+        let proxy = shoal_xds::ProxyId {
+            mesh: mesh.to_string(),
+            kind: shoal_xds::ProxyKind::VirtualNode,
+            name: node.to_string(),
+        };
+        inputs
+            .borrow()
+            .identities
+            .certs
+            .get(&proxy)
+            .map(|c| health::ClientCert {
+                chain_pem: c.chain_pem.clone(),
+                key_pem: c.key_pem.clone(),
+            })
+    });
+    let local = local::Local::new(registrations, registered, config_instances, Some(certs));
     let dns_handler = dns_sockets
         .as_ref()
         .map(|_| shoal_dns::DnsHandler::new(pipeline.view.shared(), dns::dns_config(&cfg)));

@@ -4,7 +4,8 @@
 //! mTLS every connection carries its caller's SPIFFE id, so shoal also filters ingress: with a
 //! mesh's `shoal:mtls` tag at `STRICT`, a listener that checks clients against the mesh CA
 //! (and names no SANs of its own) runs Envoy's network RBAC filter admitting exactly the
-//! callers the model declares ([`shoal_model::identity::callers`]); anyone else's connection is
+//! callers the model declares ([`shoal_model::identity::callers`]) and the node itself (its
+//! agent's health probe presents the node's certificate); anyone else's connection is
 //! closed and counted (`ingress_authz.rbac.denied`). At `PERMISSIVE` the same rules run as
 //! shadow rules: nothing is refused, and what would be is counted
 //! (`ingress_authz.rbac.shadow_denied`), so an operator sees the effect before switching.

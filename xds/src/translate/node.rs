@@ -26,7 +26,7 @@ use super::cluster::{self, http_like, port_of, Limits};
 use super::routes::{self, Order, PathCond};
 use super::util::{self, ClientTls, ServerTls};
 use super::{authz, names, Ctx, TranslateError};
-use shoal_model::identity::MtlsMode;
+use shoal_model::identity::{MtlsMode, WorkloadKind};
 
 /// An HTTP connection manager filter routing by RDS route configuration `rds`.
 pub(crate) fn hcm(stat_prefix: &str, rds: &str, logs: &[AccessLog], edge: bool) -> Filter {
@@ -282,10 +282,13 @@ fn ingress(
         }
         let authz = match (&tls, ctx.trust_domain) {
             (Some(t), Some(td)) if ctx.mtls != MtlsMode::Off && t.admits_by_model() => {
+                // The node itself too: its agent's health probe comes with its identity.
+                let mut callers = ctx.callers(name);
+                callers.insert((WorkloadKind::VirtualNode, name.to_string()));
                 Some(authz::filter(
                     td,
                     ctx.mesh,
-                    &ctx.callers(name),
+                    &callers,
                     ctx.mtls == MtlsMode::Strict,
                 ))
             }
