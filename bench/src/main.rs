@@ -9,6 +9,7 @@
 //! shoal-bench failover --target shoal --addr … --pids-file F                 # kill -9 the leader
 //! shoal-bench peers --join 127.0.0.51:7946 --agent-api http://127.0.0.51:7070
 //! shoal-bench xds --agent-api http://127.0.0.72:7070 --xds http://127.0.0.72:18000
+//! shoal-bench mesh-ca --cluster http://127.0.0.81:7071 --nodes 1000
 //! ```
 //!
 //! The `scripts/bench-*` scripts start the processes under test and run these. Logs go to
@@ -22,6 +23,7 @@ use clap::{Parser, Subcommand};
 mod etcd;
 mod failover;
 mod fair;
+mod mesh_ca;
 mod peers;
 mod stats;
 mod system;
@@ -55,6 +57,9 @@ enum Command {
     /// One route change fanned out through one agent to many simulated ADS clients: time to
     /// the last ACK, agent CPU and memory per proxy.
     Xds(xds::XdsBenchArgs),
+    /// The mesh CA: certificates per second one server signs, and how long many simulated
+    /// agents' proxies take to get theirs after a cold start.
+    MeshCa(mesh_ca::MeshCaArgs),
 }
 
 fn init_logs() {
@@ -74,6 +79,7 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Failover(a) => failover::failover(a).await,
         Command::Peers(a) => peers::run(a).await,
         Command::Xds(a) => xds::run(a).await,
+        Command::MeshCa(a) => mesh_ca::run(a).await,
     }
 }
 
