@@ -386,6 +386,17 @@ fn envoys_follow_the_mesh_and_survive_the_control_plane() {
         .unwrap();
     let message = status["last_nack"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("/nonexistent/shoal-ca.pem"), "{status}");
+    // The agent names the proxy and the file itself (checked every 10 s on its host).
+    wait_for("the agent to report the missing file", secs(25), || {
+        let st: Value = http_request(aspec.api, "GET", "/v1/agent/xds", None, secs(2))
+            .map_err(|e| e.to_string())?
+            .json()
+            .ok_or("no JSON")?;
+        let files = &st["missing_files"]["mesh/color/virtualNode/client"];
+        (files == &json!(["/nonexistent/shoal-ca.pem"]))
+            .then_some(())
+            .ok_or(st.to_string())
+    });
     std::thread::sleep(secs(2));
     assert!(
         nacks() <= nacked + 1,

@@ -182,6 +182,20 @@ impl Proxies {
         out
     }
 
+    /// Every open stream's proxy with its current snapshot (a proxy with several option sets
+    /// once per set).
+    pub fn connected_snapshots(&self) -> Vec<(ProxyId, Arc<Snapshot>)> {
+        let mut out: Vec<(ProxyId, Arc<Snapshot>)> = self
+            .lock()
+            .proxies
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|((p, _), tx)| (p.clone(), tx.borrow().clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The current snapshot of `proxy` (computing it if it is not connected), for the API.
     pub fn snapshot(&self, proxy: &ProxyId, opts: &ProxyOptions) -> Option<Arc<Snapshot>> {
         let inputs = self.inputs.borrow().clone();

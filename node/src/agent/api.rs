@@ -142,6 +142,8 @@ async fn xds_status(State(s): State<AgentState>) -> Response {
         "acks": st.acks.total(),
         "nacks": st.nacks.total(),
         "last_nack": last_nack,
+        // Files a proxy's TLS configuration names that this host cannot read, by proxy.
+        "missing_files": *s.missing_files.lock().unwrap_or_else(|e| e.into_inner()),
     }))
     .into_response()
 }

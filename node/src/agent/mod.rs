@@ -22,6 +22,7 @@ mod identity;
 mod local;
 mod metrics;
 mod store;
+mod tls_files;
 mod view;
 
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub struct AgentState {
     pub gossip_keys: Option<crate::gossip_keys::GossipKeys>,
     /// The proxies' workload certificates.
     pub identity: Arc<Mutex<identity::IdentityStatus>>,
+    /// Files connected proxies' configurations name that this host cannot read.
+    pub missing_files: tls_files::Missing,
 }
 
 /// Addresses an agent actually listens on.
@@ -315,11 +318,13 @@ pub async fn start(
             ))
         }
     };
+    let missing_files = tls_files::Missing::default();
     let state = AgentState {
         cfg: cfg.clone(),
         gossip: gossip.clone(),
         gossip_keys,
         identity: identity_status.clone(),
+        missing_files: missing_files.clone(),
         model: pipeline.model.subscribe(),
         follow: follow_status.clone(),
         local: local.clone(),
@@ -379,6 +384,11 @@ pub async fn start(
         view,
         gossip.clone(),
         model_rx,
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(tls_files::run(
+        proxies.clone(),
+        missing_files,
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(proxies.run(stop_rx.clone())));

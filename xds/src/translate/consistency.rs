@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    api_config_source, config_source, grpc_service, ConfigSource, TransportSocket,
+    api_config_source, config_source, data_source, grpc_service, ConfigSource, DataSource,
+    TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
@@ -38,6 +39,8 @@ pub(crate) struct Refs {
     pub secrets: BTreeSet<String>,
     /// Secrets fetched from the local SDS provider through [`SDS_CLUSTER`].
     pub external_secrets: BTreeSet<String>,
+    /// Files the proxy reads (`file` certificates, keys and trust bundles).
+    pub files: BTreeSet<String>,
     pub problems: Vec<String>,
 }
 
@@ -75,11 +78,24 @@ impl Refs {
         }
     }
 
+    fn file(&mut self, d: Option<&DataSource>) {
+        if let Some(data_source::Specifier::Filename(f)) = d.and_then(|d| d.specifier.as_ref()) {
+            self.files.insert(f.clone());
+        }
+    }
+
     fn common_tls(&mut self, c: &CommonTlsContext, what: &str) {
         for s in &c.tls_certificate_sds_secret_configs {
             self.sds(s, what);
         }
+        for t in &c.tls_certificates {
+            self.file(t.certificate_chain.as_ref());
+            self.file(t.private_key.as_ref());
+        }
         match &c.validation_context_type {
+            Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
+                self.file(v.trusted_ca.as_ref());
+            }
             Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
                 s,
             )) => self.sds(s, what),
@@ -87,6 +103,11 @@ impl Refs {
                 if let Some(s) = &c.validation_context_sds_secret_config {
                     self.sds(s, what);
                 }
+                self.file(
+                    c.default_validation_context
+                        .as_ref()
+                        .and_then(|v| v.trusted_ca.as_ref()),
+                );
             }
             _ => {}
         }
@@ -339,6 +360,13 @@ pub(crate) fn collect(s: &Snapshot) -> Refs {
         }
     }
     refs
+}
+
+/// The files a proxy's configuration makes its Envoy read (`file` certificates, private keys
+/// and trust bundles), for the agent to check on the proxy's host: Envoy only says a file is
+/// missing by refusing the configuration.
+pub fn tls_files(s: &Snapshot) -> BTreeSet<String> {
+    collect(s).files
 }
 
 /// Checks that `s` is consistent as a whole, as a proxy needs it to be: every resource

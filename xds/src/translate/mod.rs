@@ -92,7 +92,7 @@ use crate::snapshot::{Resource, ResourceType, Snapshot};
 
 pub use bootstrap::{static_bootstrap, SDS_SOCKET};
 pub use cluster::UNLIMITED;
-pub use consistency::{check_consistency, ConsistencyError};
+pub use consistency::{check_consistency, tls_files, ConsistencyError};
 pub use render::render;
 pub use routes::DEFAULT_REQUEST_TIMEOUT_SECS;
 
