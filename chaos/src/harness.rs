@@ -40,6 +40,19 @@ pub const SERVICE_HOST: &str = "svc.chaos.local:8080";
 pub const PROXY_ID: &str = "mesh/chaos/virtualNode/client";
 /// How many register virtual nodes (`reg-<i>`) the workload writes.
 pub const REGISTERS: usize = 6;
+/// The mesh of the automatic-mTLS scenario, tagged `shoal:mtls` = `STRICT`: on each agent host,
+/// a `vault` backend behind its own sidecar, and a `caller` sidecar that calls it.
+pub const SECURE_MESH: &str = "secure";
+/// The virtual service the callers call.
+pub const SECURE_HOST: &str = "vault.secure.local:8080";
+/// The vault sidecar's ingress listener (where its instance is registered) and the other ports
+/// of the two sidecars (beside the chaos mesh's Envoy on the same host).
+const VAULT_INGRESS: u16 = 15100;
+const VAULT_EGRESS: u16 = 15101;
+const VAULT_ADMIN: u16 = 9911;
+const CALLER_INGRESS: u16 = 15200;
+const CALLER_EGRESS: u16 = 15201;
+const CALLER_ADMIN: u16 = 9912;
 /// Upper bound on how long a dead backend may stay in the Envoys' endpoints: two failed
 /// health checks 5 s apart with a 2 s timeout, plus gossip and xDS propagation.
 pub const DETECTION_BOUND: Duration = Duration::from_secs(20);
@@ -312,6 +325,27 @@ pub struct Backend {
     pub node: Node,
 }
 
+/// One agent host's part of the automatic-mTLS mesh.
+pub struct SecureHost {
+    /// The `caller` sidecar (mutual TLS to the vaults).
+    pub caller: Node,
+    /// The `vault` sidecar (mutual TLS only, RBAC from the model).
+    pub vault: Node,
+    /// The vault's application.
+    pub backend: Node,
+}
+
+impl SecureHost {
+    /// The caller sidecar's egress listener.
+    pub fn caller_egress(&self) -> SocketAddr {
+        SocketAddr::from((self.caller.host.ip, CALLER_EGRESS))
+    }
+    /// The vault sidecar's admin API.
+    pub fn vault_admin(&self) -> SocketAddr {
+        SocketAddr::from((self.vault.host.ip, VAULT_ADMIN))
+    }
+}
+
 impl AgentHost {
     /// The agent's API.
     pub fn api(&self) -> SocketAddr {
@@ -334,6 +368,10 @@ pub struct Harness {
     pub servers: BTreeMap<u64, Server>,
     /// Agent hosts.
     pub agents: Vec<AgentHost>,
+    /// The automatic-mTLS mesh's processes, once its scenario started them.
+    pub secure: Vec<SecureHost>,
+    /// The binaries, for processes started later.
+    pub bins: Binaries,
     /// The fault-injecting proxy on server links.
     pub proxy: FaultProxy,
     /// The network.
@@ -363,6 +401,94 @@ pub fn poll<T>(
             }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+/// `PUT path` on `api`, retried (a fresh cluster may still settle); an "already exists" answer
+/// after a lost reply counts as done.
+fn put_retried(api: SocketAddr, path: &str, body: Value) -> Result<(), HarnessError> {
+    poll(&format!("PUT {path}"), secs(30), || {
+        let r = http_request(api, "PUT", path, Some(&body.to_string()), secs(10))
+            .map_err(|e| e.to_string())?;
+        if r.code == 200 || r.code == 409 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.code, r.body))
+        }
+    })
+}
+
+/// An Envoy 1.40 sidecar for `node` of `mesh` on `host`, bootstrapped by `shoal envoy bootstrap`
+/// against the host's agent (not started).
+#[allow(clippy::too_many_arguments)]
+fn sidecar(
+    bins: &Binaries,
+    dir: &Path,
+    host: &Host,
+    name: &str,
+    mesh: &str,
+    node: &str,
+    (ingress, egress, admin): (u16, u16, u16),
+    app: Option<Ipv4Addr>,
+) -> Result<Node, HarnessError> {
+    let ip = host.ip.to_string();
+    let ports = [ingress, egress, admin].map(|p| p.to_string());
+    let xds = format!("{ip}:{XDS_PORT}");
+    let mut args: Vec<&str> = vec![
+        "envoy",
+        "bootstrap",
+        "--mesh",
+        mesh,
+        "--virtual-node",
+        node,
+        "--xds",
+        &xds,
+        "--listen-address",
+        &ip,
+        "--ingress-port",
+        &ports[0],
+        "--egress-port",
+        &ports[1],
+        "--admin-address",
+        &ip,
+        "--admin-port",
+        &ports[2],
+    ];
+    let app = app.map(|a| a.to_string());
+    if let Some(a) = &app {
+        args.extend(["--app-address", a]);
+    }
+    let boot = shoal_e2e::run_shoal(&args, secs(20));
+    if !boot.status.success() {
+        return Err(HarnessError::Failed(format!(
+            "shoal envoy bootstrap: {}",
+            String::from_utf8_lossy(&boot.stderr)
+        )));
+    }
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, &boot.stdout).map_err(|source| HarnessError::Io {
+        what: "write an Envoy bootstrap".into(),
+        source,
+    })?;
+    let envoy_args: Vec<String> = vec![
+        "-c".into(),
+        file.display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+        "--drain-time-s".into(),
+        "1".into(),
+        "--disable-hot-restart".into(),
+    ];
+    Ok(Node::new(name, host, &bins.envoy, envoy_args, dir))
+}
+
+/// `GET /` through `egress` for the automatic-mTLS mesh's vault: the vault that answered, or
+/// the failure.
+pub fn secure_call(egress: SocketAddr, timeout: Duration) -> Result<String, String> {
+    match http_call(egress, "GET", "/", &[("host", SECURE_HOST)], None, timeout) {
+        Ok(r) if r.code == 200 => Ok(r.body.trim().to_string()),
+        Ok(r) => Err(format!("HTTP {} {}", r.code, r.body.trim())),
+        Err(e) => Err(format!("error {e}")),
     }
 }
 
@@ -600,6 +726,8 @@ impl Harness {
         let mut h = Harness {
             servers,
             agents,
+            secure: Vec::new(),
+            bins: bins.clone(),
             proxy,
             net,
             dir: dir.to_path_buf(),
@@ -626,19 +754,7 @@ impl Harness {
     }
 
     fn create_model(&self, api: SocketAddr) -> Result<(), HarnessError> {
-        let put = |path: &str, body: Value| -> Result<(), HarnessError> {
-            // Creating is retried (a fresh cluster may still settle); an "already exists"
-            // answer after a lost reply counts as done.
-            poll(&format!("PUT {path}"), secs(30), || {
-                let r = http_request(api, "PUT", path, Some(&body.to_string()), secs(10))
-                    .map_err(|e| e.to_string())?;
-                if r.code == 200 || r.code == 409 {
-                    Ok(())
-                } else {
-                    Err(format!("{} {}", r.code, r.body))
-                }
-            })
-        };
+        let put = |path: &str, body: Value| put_retried(api, path, body);
         put("/v20190125/meshes", json!({"meshName": MESH}))?;
         for c in ["red", "blue"] {
             put(
@@ -714,6 +830,119 @@ impl Harness {
                 } else {
                     Err(format!("saw {seen:?}, want {want:?}"))
                 }
+            },
+        )
+    }
+
+    /// Starts the automatic-mTLS mesh once (later calls return at once): the mesh tagged
+    /// `shoal:mtls` = `STRICT`, on each agent host a vault (backend and sidecar, registered at
+    /// the sidecar's ingress) and a caller sidecar; returns when every caller reaches every
+    /// vault over mutual TLS.
+    pub fn ensure_secure(&mut self) -> Result<(), HarnessError> {
+        if !self.secure.is_empty() {
+            return Ok(());
+        }
+        let leader = self.wait_leader(secs(60))?;
+        let api = self.servers[&leader].api();
+        put_retried(
+            api,
+            "/v20190125/meshes",
+            json!({"meshName": SECURE_MESH, "tags": [{"key": "shoal:mtls", "value": "STRICT"}]}),
+        )?;
+        put_retried(
+            api,
+            "/v20190125/meshes/secure/virtualNodes",
+            json!({"virtualNodeName": "vault", "spec": {
+                "serviceDiscovery": {"awsCloudMap": {"namespaceName": "secure.local", "serviceName": "vault"}},
+                "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                    "healthCheck": {"protocol": "http", "path": "/health", "intervalMillis": 5000,
+                        "timeoutMillis": 2000, "healthyThreshold": 2, "unhealthyThreshold": 2}}]}}),
+        )?;
+        put_retried(
+            api,
+            "/v20190125/meshes/secure/virtualServices",
+            json!({"virtualServiceName": "vault.secure.local", "spec": {
+                "provider": {"virtualNode": {"virtualNodeName": "vault"}}}}),
+        )?;
+        put_retried(
+            api,
+            "/v20190125/meshes/secure/virtualNodes",
+            json!({"virtualNodeName": "caller", "spec": {
+                "serviceDiscovery": {"dns": {"hostname": "caller.secure.local"}},
+                "backends": [{"virtualService": {"virtualServiceName": "vault.secure.local"}}]}}),
+        )?;
+        for (i, a) in self.agents.iter().enumerate() {
+            let host = a.agent.host.clone();
+            let n = i + 1;
+            let id = format!("vault-{n}");
+            let mut backend = Node::new(
+                &format!("backend-{id}"),
+                &host,
+                &self.bins.backend,
+                vec![
+                    "--listen".into(),
+                    SocketAddr::from((host.ip, 8080)).to_string(),
+                    "--version".into(),
+                    id.clone(),
+                ],
+                &self.dir,
+            );
+            let mut vault = sidecar(
+                &self.bins,
+                &self.dir,
+                &host,
+                &format!("envoy-vault-{n}"),
+                SECURE_MESH,
+                "vault",
+                (VAULT_INGRESS, VAULT_EGRESS, VAULT_ADMIN),
+                Some(host.ip),
+            )?;
+            let mut caller = sidecar(
+                &self.bins,
+                &self.dir,
+                &host,
+                &format!("envoy-caller-{n}"),
+                SECURE_MESH,
+                "caller",
+                (CALLER_INGRESS, CALLER_EGRESS, CALLER_ADMIN),
+                None,
+            )?;
+            backend.start();
+            vault.start();
+            caller.start();
+            let body = json!({"namespace": "secure.local", "service": "vault", "instanceId": id,
+                "address": host.ip.to_string(), "port": VAULT_INGRESS});
+            poll("the agent's registration API", secs(30), || {
+                call_json(a.api(), "PUT", "/v1/agent/instances", Some(&body), secs(3)).map(|_| ())
+            })?;
+            self.secure.push(SecureHost {
+                caller,
+                vault,
+                backend,
+            });
+        }
+        for i in 0..self.secure.len() {
+            self.wait_secure(i, secs(90))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until caller `i` reaches every vault (over mutual TLS).
+    pub fn wait_secure(&self, i: usize, timeout: Duration) -> Result<(), HarnessError> {
+        let want: BTreeSet<String> = (1..=self.secure.len())
+            .map(|n| format!("vault-{n}"))
+            .collect();
+        let egress = self.secure[i].caller_egress();
+        poll(
+            &format!("caller-{} to reach every vault over mutual TLS", i + 1),
+            timeout,
+            || {
+                let seen: BTreeSet<String> = (0..20)
+                    .map(|_| secure_call(egress, secs(2)).unwrap_or_else(|e| e))
+                    .collect();
+                (seen == want)
+                    .then_some(())
+                    .ok_or(format!("saw {seen:?}, want {want:?}"))
             },
         )
     }
@@ -834,11 +1063,13 @@ impl Harness {
                 ));
             }
         }
+        // Every backend healthy, the automatic-mTLS mesh's vaults too once they run.
         let want: BTreeSet<(String, bool)> = self
             .agents
             .iter()
             .flat_map(|a| a.backends.iter())
             .map(|b| (b.id.clone(), true))
+            .chain((1..=self.secure.len()).map(|n| (format!("vault-{n}"), true)))
             .collect();
         let apis: Vec<(String, SocketAddr)> = self
             .servers

@@ -49,11 +49,15 @@ pub enum Scenario {
     RollingRestart,
     /// A follower's data directory wiped; the server rejoins as a new member.
     WipeRejoin,
+    /// Automatic mTLS (a mesh tagged `shoal:mtls` = `STRICT`): every server killed, a caller
+    /// sidecar restarted; it must get its certificate and configuration from its agent and
+    /// call the vaults over mutual TLS again, while the other caller never fails.
+    MtlsServersDown,
 }
 
 impl Scenario {
     /// Every scenario, in the order quick mode runs them.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::KillLeader,
         Scenario::KillFollower,
         Scenario::PauseLeader,
@@ -67,6 +71,7 @@ impl Scenario {
         Scenario::BackendKill,
         Scenario::RollingRestart,
         Scenario::WipeRejoin,
+        Scenario::MtlsServersDown,
     ];
 
     /// The name in reports and on the command line.
@@ -85,6 +90,7 @@ impl Scenario {
             Scenario::BackendKill => "backend-kill",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::WipeRejoin => "wipe-rejoin",
+            Scenario::MtlsServersDown => "mtls-servers-down",
         }
     }
 
@@ -129,7 +135,13 @@ pub fn run(
         round,
         ..Default::default()
     };
-    match run_inner(h, sc, timing, rng, epoch, last_final, &mut row) {
+    // The automatic-mTLS mesh is started before its scenario's baseline, once.
+    let ready = if sc == Scenario::MtlsServersDown {
+        h.ensure_secure()
+    } else {
+        Ok(())
+    };
+    match ready.and_then(|()| run_inner(h, sc, timing, rng, epoch, last_final, &mut row)) {
         Ok(()) => {}
         Err(e) => {
             row.notes.push(format!("error: {e}"));
@@ -690,8 +702,140 @@ fn inject(
             )?;
             out.hold = t.elapsed();
         }
+        Scenario::MtlsServersDown => {
+            let i = rng.random_range(0..h.secure.len());
+            out.fault = format!(
+                "automatic mTLS: all servers killed; caller-{} Envoy kill -9 and restarted",
+                i + 1
+            );
+            let handshakes = |h: &Harness| -> u64 {
+                h.secure
+                    .iter()
+                    .map(|s| envoy_stat(s.vault_admin(), &["listener.", "ssl.handshake"]))
+                    .sum()
+            };
+            let allowed_before: u64 = h
+                .secure
+                .iter()
+                .map(|s| envoy_stat(s.vault_admin(), &["ingress_authz.rbac.allowed"]))
+                .sum();
+            if handshakes(h) == 0 || allowed_before == 0 {
+                out.failures.push(format!(
+                    "the vaults show no mutual TLS or authorization: {} handshakes, {allowed_before} allowed",
+                    handshakes(h)
+                ));
+            }
+            let load =
+                SecureLoad::start(h.secure.iter().map(|s| s.caller_egress()).collect(), epoch);
+            for s in h.servers.values_mut() {
+                s.node.kill9();
+            }
+            sleep(Duration::from_millis(300));
+            let killed_at = now_ns(epoch);
+            h.secure[i].caller.kill9();
+            h.secure[i].caller.start();
+            let restarted = Instant::now();
+            h.wait_secure(i, Duration::from_secs(30))?;
+            let back_at = now_ns(epoch);
+            out.notes.push(format!(
+                "caller-{} back on mutual TLS from its agent's cache in {:.1} s with every server down",
+                i + 1,
+                restarted.elapsed().as_secs_f64()
+            ));
+            sleep(hold(timing, rng, 2, 500..10_000));
+            out.hold = t.elapsed();
+            for s in h.servers.values_mut() {
+                s.node.start();
+            }
+            let reqs = load.stop();
+            // Only requests through the restarted caller while it was down may fail.
+            let excused = |r: &SecureReq| r.caller == i && r.at >= killed_at && r.at <= back_at;
+            let failed: Vec<&SecureReq> = reqs.iter().filter(|r| !r.ok && !excused(r)).collect();
+            let window = reqs.iter().filter(|r| !r.ok && excused(r)).count();
+            out.notes.push(format!(
+                "mTLS data plane: {} requests, {} failed through caller-{} while it restarted",
+                reqs.len(),
+                window,
+                i + 1
+            ));
+            if reqs.iter().filter(|r| r.ok).count() == 0 {
+                out.failures
+                    .push("no mTLS request succeeded during the fault".into());
+            }
+            if let Some(f) = failed.first() {
+                out.failures.push(format!(
+                    "MTLS DATA-PLANE FAILURES {} (first: caller-{}: {})",
+                    failed.len(),
+                    f.caller + 1,
+                    f.answer
+                ));
+            }
+            if handshakes(h) == 0 {
+                out.failures.push("the vaults made no TLS handshake".into());
+            }
+        }
     }
     Ok(out)
+}
+
+/// One request through a caller sidecar of the automatic-mTLS mesh.
+#[derive(Debug, Clone)]
+struct SecureReq {
+    caller: usize,
+    at: u64,
+    ok: bool,
+    answer: String,
+}
+
+/// Requests through every caller sidecar, one after another every 20 ms, until stopped.
+struct SecureLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<SecureReq>>,
+}
+
+impl SecureLoad {
+    fn start(callers: Vec<std::net::SocketAddr>, epoch: Instant) -> SecureLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !flag.load(Ordering::SeqCst) && !crate::interrupted() {
+                for (caller, egress) in callers.iter().enumerate() {
+                    let at = now_ns(epoch);
+                    let r = crate::harness::secure_call(*egress, Duration::from_secs(2));
+                    out.push(SecureReq {
+                        caller,
+                        at,
+                        ok: r.is_ok(),
+                        answer: r.unwrap_or_else(|e| e),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            out
+        });
+        SecureLoad { stop, thread }
+    }
+
+    fn stop(self) -> Vec<SecureReq> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The sum of an Envoy's admin stats whose names contain every one of `parts` (0 when it does
+/// not answer).
+fn envoy_stat(admin: std::net::SocketAddr, parts: &[&str]) -> u64 {
+    shoal_e2e::http_request(admin, "GET", "/stats", None, Duration::from_secs(2))
+        .map(|r| r.body)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| {
+            l.rsplit_once(": ")
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 fn agent_revisions(h: &Harness) -> Vec<Option<u64>> {
